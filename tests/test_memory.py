@@ -1,0 +1,149 @@
+"""Tests for the training-memory estimator."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab_utils.memory import (
+    MB,
+    MODEL_DIMS,
+    ModelDims,
+    estimate_training_memory,
+    lora_params,
+    reference_table,
+)
+
+TINY = ModelDims(n_layers=2, hidden=8, intermediate=16, n_heads=2, n_kv_heads=1, vocab=10)
+
+
+def test_llama3_param_counts() -> None:
+    """Llama-3-8B and 70B come out at their published sizes."""
+    assert MODEL_DIMS["llama3-8b"].n_params() == pytest.approx(8.03e9, rel=0.005)
+    assert MODEL_DIMS["llama3-70b"].n_params() == pytest.approx(70.55e9, rel=0.005)
+    assert MODEL_DIMS["smollm2-135m"].n_params() == pytest.approx(1.35e8, rel=0.01)
+
+
+def test_tiny_n_params_by_hand() -> None:
+    """Exact count for a tiny Llama, written out."""
+    head_dim = 8 // 2  # 4
+    q = 8 * (2 * head_dim)  # 64
+    k = v = 8 * (1 * head_dim)  # 32 each
+    o = (2 * head_dim) * 8  # 64
+    mlp = 3 * 8 * 16  # gate, up, down: 384
+    norms = 2 * 8  # 16
+    per_layer = q + k + v + o + mlp + norms  # 592
+    embed = lm_head = 10 * 8  # 80 each
+    final_norm = 8
+    assert per_layer == 592
+    assert TINY.n_params() == 2 * per_layer + embed + lm_head + final_norm == 1352
+    tied = ModelDims(2, 8, 16, 2, 1, 10, tie_embeddings=True)
+    assert tied.n_params() == 1352 - 80
+    assert TINY.linear_params() == 2 * (q + k + v + o + mlp) == 1152
+
+
+def test_tiny_lora_params_by_hand() -> None:
+    """r*(in+out) per projection per layer, written out for r=2."""
+    r = 2
+    q, k, v, o = r * (8 + 8), r * (8 + 4), r * (8 + 4), r * (8 + 8)  # 32, 24, 24, 32
+    gate, up, down = r * (8 + 16), r * (8 + 16), r * (16 + 8)  # 48 each
+    assert lora_params(TINY, r) == 2 * (q + k + v + o + gate + up + down) == 512
+    assert lora_params(TINY, r, "attention") == 2 * (q + k + v + o) == 224
+    assert lora_params(TINY, r, "q_proj,v_proj") == 2 * (q + v) == 112
+    with pytest.raises(ValueError):
+        lora_params(TINY, r, "lm_head")
+
+
+def test_full_fp32_adamw_is_16_bytes_per_param() -> None:
+    """Weights 4 + gradients 4 + AdamW 8 = 16 B/param, exactly."""
+    dims = MODEL_DIMS["llama3-8b"]
+    est = estimate_training_memory(dims, "full", "fp32", "adamw")
+    states_bytes = (est.weights_mb + est.gradients_mb + est.optimizer_mb) * MB
+    assert states_bytes == pytest.approx(16 * dims.n_params(), rel=1e-12)
+    assert est.weights_mb * MB == 4 * dims.n_params()
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "llama3-70b", "smollm2-135m"])
+def test_qlora_below_lora_below_full(name: str) -> None:
+    """Same dims and settings: QLoRA < LoRA < full, in total and in weights."""
+    dims = MODEL_DIMS[name]
+    est = {m: estimate_training_memory(dims, m, "bf16", "adamw", seq_len=1024) for m in ("full", "lora", "qlora")}
+    assert est["qlora"].total_mb < est["lora"].total_mb < est["full"].total_mb
+    assert est["qlora"].weights_mb < est["lora"].weights_mb < est["full"].weights_mb
+
+
+def test_gradient_checkpointing_lowers_activations() -> None:
+    """Keeping one hidden state per layer saves activation memory."""
+    dims = MODEL_DIMS["llama3-8b"]
+    plain = estimate_training_memory(dims, "lora", "bf16", micro_batch=4, seq_len=1024)
+    ckpt = estimate_training_memory(dims, "lora", "bf16", micro_batch=4, seq_len=1024, gradient_checkpointing=True)
+    assert ckpt.activations_mb < plain.activations_mb
+    assert ckpt.weights_mb == plain.weights_mb
+
+
+def test_8bit_adamw_quarters_optimizer_memory() -> None:
+    """8-bit AdamW keeps 2 B/param of state instead of 8."""
+    dims = MODEL_DIMS["llama3-8b"]
+    for method in ("full", "lora", "qlora"):
+        adamw = estimate_training_memory(dims, method, "bf16", "adamw")
+        for opt in ("adamw_8bit", "paged_adamw_8bit"):
+            assert estimate_training_memory(dims, method, "bf16", opt).optimizer_mb * 4 == pytest.approx(
+                adamw.optimizer_mb
+            )
+    assert estimate_training_memory(dims, "full", "bf16", "sgd").optimizer_mb == 0
+
+
+def test_activation_precision_and_sdpa() -> None:
+    """bf16 activations are smaller than fp32; sdpa drops the seq x seq attention probabilities."""
+    dims = MODEL_DIMS["smollm2-135m"]
+    fp32 = estimate_training_memory(dims, "full", "fp32", seq_len=512)
+    bf16 = estimate_training_memory(dims, "full", "bf16", seq_len=512)
+    sdpa = estimate_training_memory(dims, "full", "fp32", seq_len=512, attention="sdpa")
+    assert bf16.activations_mb < fp32.activations_mb
+    assert sdpa.activations_mb < fp32.activations_mb
+    assert bf16.weights_mb == fp32.weights_mb  # mixed precision keeps fp32 master weights
+
+
+def test_rejects_unknown_settings() -> None:
+    """Typos fail loudly instead of estimating something else."""
+    with pytest.raises(ValueError):
+        estimate_training_memory(TINY, "prefix-tuning")
+    with pytest.raises(ValueError):
+        estimate_training_memory(TINY, precision="int8")
+    with pytest.raises(ValueError):
+        estimate_training_memory(TINY, optimizer="adam")
+
+
+def test_to_dict_has_total() -> None:
+    """to_dict carries the four parts and their sum."""
+    d = estimate_training_memory(TINY).to_dict()
+    assert d["total_mb"] == pytest.approx(d["weights_mb"] + d["gradients_mb"] + d["optimizer_mb"] + d["activations_mb"])
+
+
+def test_reference_table() -> None:
+    """Six rows; full fine-tuning of 8B is ~16 B/param (~128 GB before activations)."""
+    rows = reference_table()
+    assert len(rows) == 6
+    full_8b = rows[0]
+    assert full_8b["model"] == "llama3-8b" and full_8b["bytes_per_param"] == pytest.approx(16.0, abs=0.01)
+    by_model = {m: [r["total_gb"] for r in rows if r["model"] == m] for m in ("llama3-8b", "llama3-70b")}
+    for totals in by_model.values():
+        assert totals[0] > totals[1] > totals[2]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_from_config_matches_transformers(tied: bool) -> None:
+    """ModelDims.from_config(cfg).n_params() equals the parameter count of LlamaForCausalLM(cfg)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=100,
+        tie_word_embeddings=tied,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    dims = ModelDims.from_config(config)
+    assert dims.tie_embeddings is tied
+    assert dims.n_params() == sum(p.numel() for p in model.parameters())

