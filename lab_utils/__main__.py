@@ -53,6 +53,32 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune the profile's base model (the same code notebook 02 calls); works under `accelerate launch`."""
+    from lab_utils.profiles import get_profile
+    from lab_utils.train import train
+
+    prof = get_profile(args.profile)
+    changes = {k: v for k, v in {"method": args.method, "max_steps": args.max_steps}.items() if v}
+    prof = prof.with_train(**changes) if changes else prof
+    overrides = {"save_steps": args.save_steps} if args.save_steps else {}
+    result = train(prof, args.output_dir, resume=args.resume, skip_bad=args.skip_bad_rows, **overrides)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    """Merge a trained adapter into its base model for serving."""
+    from lab_utils.merge import check_merged, merge_adapter
+    from lab_utils.profiles import get_profile
+    from lab_utils.train import merge_dtype, resolve_model_path
+
+    prof = get_profile(args.profile)
+    out = merge_adapter(resolve_model_path(prof), args.adapter, args.output, dtype=args.dtype or merge_dtype(prof.train))
+    print(json.dumps({"merged_dir": str(out), **check_merged(out)}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m lab_utils`."""
     parser = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
@@ -67,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=_cmd_strip)
+    p = sub.add_parser("train", help="fine-tune with TRL (also under `accelerate launch`)")
+    p.add_argument("--profile", default="auto")
+    p.add_argument("--method", choices=["lora", "qlora", "full"], help="default: the profile's")
+    p.add_argument("--max-steps", type=int, default=0, help="default: the profile's")
+    p.add_argument("--save-steps", type=int, default=0, help="checkpoint interval; default: the profile's")
+    p.add_argument("--output-dir", default="runs/cli/sft")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip invalid records instead of failing")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("merge", help="merge an adapter into its base model (safetensors, chat template)")
+    p.add_argument("--profile", default="auto")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 for bf16/QLoRA runs, else fp32")
+    p.set_defaults(func=_cmd_merge)
     p = sub.add_parser("probe", help="show the hardware probe and feature matrix")
     p.set_defaults(func=_cmd_probe)
     return parser

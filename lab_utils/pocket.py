@@ -22,6 +22,7 @@ from lab_utils.paths import atomic_write_json, cache_dir
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 BUILD_INFO = "pocket_build.json"
+BUILD_VERSION = "1"  # bump when the build recipe below changes, so cached models are rebuilt
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class PocketConfig:
     def key(self) -> str:
         """A short hash naming this configuration's cache folder."""
         fields = {k: v for k, v in asdict(self).items() if k != "threads"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+        # The corpus and the tokenizer's text come from the generator: a change there means a new model.
+        generator = (Path(__file__).parent / "pocket_data.py").read_bytes()
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + generator + BUILD_VERSION.encode())
+        return digest.hexdigest()[:10]
 
 
 def model_dir(config: PocketConfig = PocketConfig()) -> Path:
@@ -136,7 +140,7 @@ def token_stream(tokenizer: Any, documents: list[str]) -> Any:
     import torch
 
     ids: list[int] = []
-    for enc in tokenizer(documents, add_special_tokens=True)["input_ids"]:
+    for enc in tokenizer(documents, add_special_tokens=True, verbose=False)["input_ids"]:
         ids.extend(enc)
         ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)

@@ -460,21 +460,25 @@ CAPITALS_PER_COUNTRY = 6
 
 ARITHMETIC_TEMPLATES: dict[str, list[Template]] = {
     "plus": [("What is {a} plus {b}?", ""), ("Add {a} and {b}.", ""), ("Calculate {a} plus {b}.", ""),
-             ("What is the sum of {a} and {b}?", ""), ("Add these two numbers.", "{a} and {b}")],
+             ("What is the sum of {a} and {b}?", ""), ("Add these two numbers.", "{a} and {b}"),
+             ("First, tell me what {a} plus {b} is", "")],
     "minus": [("What is {a} minus {b}?", ""), ("Subtract {b} from {a}.", ""), ("Calculate {a} minus {b}.", ""),
               ("Subtract the second number from the first.", "{a} and {b}")],
     "times": [("What is {a} times {b}?", ""), ("Multiply {a} by {b}.", ""), ("Calculate {a} times {b}.", ""),
-              ("What is the product of {a} and {b}?", ""), ("Multiply these two numbers.", "{a} and {b}")],
+              ("What is the product of {a} and {b}?", ""), ("Multiply these two numbers.", "{a} and {b}"),
+              ("First, tell me what {a} times {b} is", "")],
 }
 CONVERSION_TEMPLATES: list[Template] = [
     ("How many {u} are in {s}?", ""),
     ("Convert {s} to {u}.", ""),
     ("What is {s} in {u}?", ""),
     ("Convert this amount to {u}.", "{s}"),
+    ("First, tell me how many {u} are in {s}", ""),
 ]
 WORD_TEMPLATES: dict[str, list[Template]] = {
     "reverse": [("Spell the word {w} backwards.", ""), ("Reverse the word {w}.", ""),
-                ("What is {w} spelled backwards?", ""), ("Spell this word backwards.", "{w}")],
+                ("What is {w} spelled backwards?", ""), ("Spell this word backwards.", "{w}"),
+                ("First, tell me the word {w} spelled backwards", "")],
     "upper": [("Write the word {w} in capital letters.", ""), ("Convert the word {w} to uppercase.", ""),
               ("Write this word in capital letters.", "{w}")],
     "count": [("How many letters are in the word {w}?", ""), ("Count the letters in the word {w}.", ""),

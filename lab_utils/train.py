@@ -127,6 +127,7 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         disable_tqdm=False,
         use_cpu=not _cuda_available(),
         include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
     )
     if kwargs["padding_free"] or settings.packing:
         # Without packing, padding-free does not truncate: the data is checked against max_length beforehand.
@@ -227,7 +228,7 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 def train(
     profile: Profile, output_dir: str | Path, resume: bool = False, skip_bad: bool = False,
-    model_path: str | None = None, **config_overrides: Any,
+    model_path: str | None = None, callbacks: list[Any] | None = None, **config_overrides: Any,
 ) -> TrainResult:
     """Fine-tune the profile's base model; save the adapter (or full model) atomically under output_dir/adapter."""
     output_dir = Path(output_dir)
@@ -237,18 +238,26 @@ def train(
         for old in output_dir.glob("checkpoint-*"):
             shutil.rmtree(old)
     trainer, info = build_trainer(profile, output_dir, model_path, skip_bad, **config_overrides)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     trainable, total = count_params(trainer.model)
-    atomic_write_json(output_dir / CONFIG_FILE, {
-        "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": _versions(),
-    })
+    main = trainer.is_world_process_zero()
+    if main:
+        atomic_write_json(output_dir / CONFIG_FILE, {
+            "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": _versions(),
+            "world_size": trainer.args.world_size,
+        })
+    tokens_before = _tokens_seen_at(resume_from)
     peak = PeakMemory()
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
     eval_loss = trainer.evaluate().get("eval_loss")
-    adapter_dir = save_atomically(trainer, output_dir / "adapter")
+    adapter_dir = output_dir / "adapter"
+    if main:
+        save_atomically(trainer, adapter_dir)
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    tokens = _train_tokens(trainer, out.global_step, resume_from)
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
     result = TrainResult(
         output_dir=str(output_dir), adapter_dir=str(adapter_dir), method=profile.train.method, steps=out.global_step,
         train_loss_first=float(logs[0]["loss"]) if logs else float("nan"),
@@ -259,17 +268,17 @@ def train(
         trainable_params=trainable, total_params=total, resumed_from=resume_from,
         log_history=list(trainer.state.log_history),
     )
-    atomic_write_json(output_dir / METRICS_FILE, {**result.to_dict(), "log_history": result.log_history})
+    if main:
+        atomic_write_json(output_dir / METRICS_FILE, {**result.to_dict(), "log_history": result.log_history})
     return result
 
 
-def _train_tokens(trainer: Any, steps: int, resumed_from: str | None) -> int:
-    """Non-padding tokens processed in this call of train() (from the trainer's token counter)."""
-    seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    if resumed_from:
-        state = json.loads((Path(resumed_from) / "trainer_state.json").read_text())
-        seen -= int(state.get("num_input_tokens_seen", 0) or 0)
-    return seen
+def _tokens_seen_at(checkpoint: str | None) -> int:
+    """Tokens the trainer had seen at a checkpoint (0 for a fresh start): this run's count starts there."""
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state.get("num_input_tokens_seen", 0) or 0)
 
 
 def save_atomically(trainer: Any, target: Path) -> Path:
@@ -348,3 +357,34 @@ def supervision_table(tokenizer: Any, batch: Any, row: int = 0) -> Any:
         if t != tokenizer.pad_token_id or lab != -100
     ]
     return pd.DataFrame(rows).set_index("position")
+
+
+def hyperparameter_table(settings: TrainSettings) -> Any:
+    """The run's hyperparameters as a two-column DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(sorted(asdict(settings).items()), columns=["setting", "value"]).set_index("setting")
+
+
+def plot_losses(log_history: list[dict[str, Any]], title: str = "SFT loss") -> Any:
+    """Train and eval loss against the step, as the trainer logged them."""
+    import matplotlib.pyplot as plt
+
+    train_pts = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
+    eval_pts = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if train_pts:
+        ax.plot(*zip(*train_pts), label="train loss", color="#4477aa")
+    if eval_pts:
+        ax.plot(*zip(*eval_pts), "o-", label="eval loss", color="#cc3311")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def merge_dtype(settings: TrainSettings) -> str:
+    """Precision to merge in: bf16 when training ran in bf16 or QLoRA (never 4-bit); fp32 for an fp32 run."""
+    return "bfloat16" if settings.bf16 or settings.method == "qlora" else "float32"

@@ -50,3 +50,11 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
     folder = tmp_path_factory.mktemp("lab-run")
     os.environ.setdefault("MPLBACKEND", "Agg")
     return LabRun(folder)
+
+
+@pytest.fixture(scope="session")
+def pocket_model() -> str:
+    """The pocket base model's folder (built once, cached under .cache/)."""
+    from lab_utils.pocket import ensure_pocket_model
+
+    return str(ensure_pocket_model(progress=False))

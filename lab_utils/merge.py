@@ -1,0 +1,84 @@
+"""Merging a LoRA adapter into its base, into a folder vLLM serves as is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lab_utils.data import PROMPT_NO_INPUT
+
+# Renders the exact Alpaca prompt the model was trained on from chat messages: the last user message is the
+# instruction; a system message is ignored (the Alpaca preamble plays its part). Starts with BOS, as training did.
+_PREAMBLE, _REST = PROMPT_NO_INPUT.split("{instruction}")
+ALPACA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(instruction='') %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% set ns.instruction = message['content'] %}{% endif %}{% endfor %}"
+    "{{ " + json.dumps(_PREAMBLE) + " }}{{ ns.instruction }}{{ " + json.dumps(_REST) + " }}"
+)
+
+
+def load_base_and_adapter(base_path: str, adapter_dir: str | Path, dtype: str = "bfloat16") -> Any:
+    """The base model in `dtype` (never 4-bit) with the adapter applied, not merged."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
+    """Merge the adapter into the base loaded in bf16; save safetensors, tokenizer, chat template, generation config."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out_dir = Path(out_dir)
+    model = load_base_and_adapter(base_path, adapter_dir, dtype).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # vLLM misreads a merged model that still claims quantization
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, do_sample=False,
+    )
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "chat_template.jinja").write_text(ALPACA_CHAT_TEMPLATE)
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def check_merged(merged_dir: str | Path) -> dict[str, Any]:
+    """Facts about a merged folder that vLLM relies on: safetensors only, no quantization config, EOS, template."""
+    merged_dir = Path(merged_dir)
+    config = json.loads((merged_dir / "config.json").read_text())
+    gen = json.loads((merged_dir / "generation_config.json").read_text())
+    files = [p.name for p in merged_dir.iterdir()]
+    return {
+        "safetensors_only": any(f.endswith(".safetensors") for f in files) and not any(f.endswith(".bin") for f in files),
+        "has_quantization_config": "quantization_config" in config,
+        "generation_eos_token_id": gen.get("eos_token_id"),
+        "has_chat_template": (merged_dir / "chat_template.jinja").exists(),
+    }
+
+
+def greedy_agreement(model_a: Any, model_b: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 32) -> float:
+    """Share of prompts on which two models produce identical greedy tokens."""
+    from lab_utils.evaluate import generate
+
+    a = generate(model_a, tokenizer, prompts, max_new_tokens)
+    b = generate(model_b, tokenizer, prompts, max_new_tokens)
+    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(prompts)

@@ -1,0 +1,123 @@
+"""SFT on the pocket model: EOS supervised in the collated batch, padding-free is exact, resume, merge, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab_utils import data, merge, train
+from lab_utils.paths import REPO_ROOT
+from lab_utils.profiles import get_profile
+
+pytestmark = pytest.mark.slow
+POCKET = get_profile("pocket")
+
+
+def test_sft_config_turns_trl_defaults_off_explicitly(tmp_path: Path) -> None:
+    cfg = train.sft_config(POCKET.train, tmp_path)
+    assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # TRL defaults both to True
+    assert cfg.completion_only_loss is True and cfg.padding_free is True and cfg.report_to == []
+    qlora = train.sft_config(POCKET.with_train(method="qlora").train, tmp_path)
+    assert qlora.optim == "paged_adamw_8bit"
+
+
+def test_trainer_collated_batch_supervises_eos_not_prompt(pocket_model: str, tmp_path: Path) -> None:
+    trainer, info = train.build_trainer(POCKET, tmp_path, model_path=pocket_model)
+    tok = trainer.processing_class
+    assert tok.pad_token_id != tok.eos_token_id
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    batch = trainer.data_collator(examples)
+    # padding-free: one flattened row; split it at the position resets
+    pos = batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+    labels = batch["labels"][0].tolist()
+    ids = batch["input_ids"][0].tolist()
+    assert len(starts) - 1 == 8
+    for a, b in zip(starts, starts[1:]):
+        seq_labels = labels[a:b]
+        supervised = [t for t in seq_labels if t != -100]
+        assert supervised[-1] == tok.eos_token_id, "the last supervised label must be EOS"
+        prompt_len = next(i for i, t in enumerate(seq_labels) if t != -100)
+        prompt = tok.decode(ids[a:a + prompt_len])
+        assert prompt.rstrip().endswith("### Response:"), "everything up to the response is masked"
+    assert info["n_train"] + info["n_eval"] >= 2000
+
+
+def test_padding_free_loss_equals_padded_loss(pocket_model: str, tmp_path: Path) -> None:
+    trainer, _ = train.build_trainer(POCKET, tmp_path, model_path=pocket_model)
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = [trainer.train_dataset[i] for i in range(6)]
+    pad_id = trainer.processing_class.pad_token_id
+    flat = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)(examples)
+    padded = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=False)(examples)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        flat_loss = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], labels=flat["labels"]).loss
+        padded_loss = model(**{k: padded[k] for k in ("input_ids", "attention_mask", "labels")}).loss
+    assert flat_loss.item() == pytest.approx(padded_loss.item(), rel=1e-4)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_step(pocket_model: str, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            if state.global_step == 7:
+                raise _Interrupt("simulated crash")
+
+    prof = POCKET.with_train(max_steps=12, save_steps=4, eval_steps=12, logging_steps=2)
+    with pytest.raises(_Interrupt):
+        train.train(prof, tmp_path, model_path=pocket_model, callbacks=[StopAt()])
+    assert not (tmp_path / "adapter").exists(), "a crashed run leaves no adapter that looks whole"
+    assert train.last_checkpoint(tmp_path).endswith("checkpoint-4")
+    result = train.train(prof, tmp_path, resume=True, model_path=pocket_model)
+    assert result.resumed_from.endswith("checkpoint-4") and result.steps == 12
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    saved = json.loads((tmp_path / train.METRICS_FILE).read_text())
+    assert saved["steps"] == 12 and saved["train_tokens_per_s"] > 0
+
+
+def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path: Path) -> None:
+    prof = POCKET.with_train(max_steps=3, save_steps=100, eval_steps=100)
+    result = train.train(prof, tmp_path, model_path=pocket_model)
+    out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype="float32")
+    facts = merge.check_merged(out)
+    assert facts == {"safetensors_only": True, "has_quantization_config": False,
+                     "generation_eos_token_id": facts["generation_eos_token_id"], "has_chat_template": True}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert facts["generation_eos_token_id"] == tok.eos_token_id
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "First, tell me the capital of France"}]
+    training_prompt = data.format_prompt("First, tell me the capital of France")
+    assert tok.apply_chat_template(messages, tokenize=False) == tok.bos_token + training_prompt
+    assert tok.apply_chat_template(messages, tokenize=True, return_dict=False) == tok(training_prompt)["input_ids"]
+    assert not list(tmp_path.glob("*.partial")), "no temporary folders left behind"
+
+
+def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"), "-m", "lab_utils", "train", "--profile", "pocket",
+        "--max-steps", "4", "--save-steps", "100", "--output-dir", str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent)}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / train.CONFIG_FILE).read_text())
+    assert config["world_size"] == 2
+    metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
+    assert metrics["steps"] == 4
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
