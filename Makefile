@@ -5,7 +5,7 @@ PROFILE ?= auto
 NOTEBOOKS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup lab test test-fast jupyter pocket strip clean-runs
+.PHONY: setup lab test test-fast jupyter pocket prefetch ready hooks strip clean-runs
 
 setup:
 	@bash scripts/setup_env.sh
@@ -24,6 +24,15 @@ jupyter: setup
 
 pocket: setup
 	$(PY) -m lab_utils build-pocket
+
+prefetch: setup
+	$(PY) -m lab_utils prefetch --profile $(PROFILE)
+
+ready: setup
+	$(PY) -m lab_utils ready --profile $(PROFILE)
+
+hooks:
+	cp scripts/pre-commit .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
 
 strip: setup
 	$(PY) -m lab_utils strip-notebooks notebooks/*.ipynb

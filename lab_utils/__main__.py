@@ -79,6 +79,48 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """(Re)write a run's report.html and report.md."""
+    from lab_utils.report import write_report
+
+    for path in write_report(Path(args.run)):
+        print(path)
+    return 0
+
+
+def _cmd_compare_runs(args: argparse.Namespace) -> int:
+    """Print every figure two runs recorded, side by side with the ratio."""
+    from lab_utils.report import compare_runs_text
+
+    print(compare_runs_text(args.a, args.b))
+    return 0
+
+
+def _cmd_prefetch(args: argparse.Namespace) -> int:
+    """Download a profile's hub model and data ahead of class, then report what is cached."""
+    from lab_utils.profiles import get_profile
+    from lab_utils.readiness import cache_report, prefetch
+
+    prof = get_profile(args.profile)
+    if not args.report_only:
+        prefetch(prof)
+    for row in cache_report(prof):
+        print(f"{'cached ' if row['cached'] else 'MISSING'}  {row['item']}  ({row['where']})")
+    return 0 if all(r["cached"] for r in cache_report(prof)) else 1
+
+
+def _cmd_ready(args: argparse.Namespace) -> int:
+    """Check whether this machine can run a profile, with the fix for each failure."""
+    from lab_utils.hardware import probe
+    from lab_utils.profiles import get_profile
+    from lab_utils.readiness import checks
+
+    results = checks(get_profile(args.profile), probe())
+    for c in results:
+        print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" + (f"\n      fix: {c.fix}" if c.fix else ""))
+    return 0 if all(c.ok for c in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m lab_utils`."""
     parser = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
@@ -108,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 for bf16/QLoRA runs, else fp32")
     p.set_defaults(func=_cmd_merge)
+    p = sub.add_parser("report", help="write report.html and report.md for a run folder")
+    p.add_argument("run", nargs="?", default="runs/latest")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("compare-runs", help="compare two runs' recorded figures (e.g. CPU vs GPU, LoRA vs QLoRA)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(func=_cmd_compare_runs)
+    p = sub.add_parser("prefetch", help="download a profile's hub model and data ahead of class")
+    p.add_argument("--profile", default="auto")
+    p.add_argument("--report-only", action="store_true", help="only report what is cached")
+    p.set_defaults(func=_cmd_prefetch)
+    p = sub.add_parser("ready", help="can this machine run the profile? (memory, GPU, gated-model access)")
+    p.add_argument("--profile", default="auto")
+    p.set_defaults(func=_cmd_ready)
     p = sub.add_parser("probe", help="show the hardware probe and feature matrix")
     p.set_defaults(func=_cmd_probe)
     return parser

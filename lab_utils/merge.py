@@ -36,7 +36,13 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
     from transformers import AutoTokenizer, GenerationConfig
 
     out_dir = Path(out_dir)
-    model = load_base_and_adapter(base_path, adapter_dir, dtype).merge_and_unload()
+    if (Path(adapter_dir) / "adapter_config.json").exists():
+        model = load_base_and_adapter(base_path, adapter_dir, dtype).merge_and_unload()
+    else:  # full fine-tuning saved a whole model: nothing to merge, only the serving files to add
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
     if hasattr(model.config, "quantization_config"):

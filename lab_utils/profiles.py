@@ -29,8 +29,10 @@ class TrainSettings:
     logging_steps: int = 10
     eval_steps: int = 50
     save_steps: int = 100
-    packing: bool = False
-    padding_free: bool = True
+    # How batches avoid wasting compute on padding: "padding_free" (examples concatenated, told apart by position
+    # ids: best with FlashAttention on a GPU), "group_by_length" (batches of similar lengths, padded to their longest:
+    # best on a CPU, measured in notebook 02), "padded" (the naive baseline) or "auto" (by hardware).
+    batching: str = "auto"
     seed: int = 42
 
 
@@ -45,6 +47,9 @@ class ServeSettings:
     quantization: Literal["auto", "none"] = "auto"  # auto: FP8 where the hardware supports it
     cpu_kvcache_space_gb: int = 1
     start_timeout_s: float = 900.0
+    # Requests that name no temperature are decoded at this one (vLLM's own default is to sample at 1.0):
+    # 0.0 makes the lab's before/after answers greedy and reproducible. None keeps vLLM's default.
+    default_temperature: float | None = 0.0
 
 
 @dataclass(frozen=True)

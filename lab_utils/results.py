@@ -107,3 +107,15 @@ def save_figure(fig: Any, name: str) -> Path:
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
     return path
+
+
+def find_result(notebook: str, key: str) -> Any:
+    """A value recorded by an earlier notebook: in this run's folder first, else in runs/latest."""
+    for folder in (run_dir(), REPO_ROOT / "runs" / "latest"):
+        value = load_results(folder).get(notebook, {}).get(key)
+        if value is not None:
+            return value
+    raise LookupError(
+        f"no {key!r} recorded by {notebook} in {run_dir()} or runs/latest: run notebook {notebook} first "
+        f"(or pass the path as a parameter)"
+    )

@@ -168,7 +168,11 @@ def run_lab(
             print(f"lab: {e}", file=sys.stderr, flush=True)
             raise
         print(f"done in {run.seconds:.0f} s", flush=True)
+    from lab_utils.report import write_report
+
+    html_path, md_path = write_report(folder)
     print(summarize(folder), flush=True)
+    print(f"\nReport: {html_path} (and {md_path.name}); executed notebooks and figures in {folder}", flush=True)
     return folder
 
 

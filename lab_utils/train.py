@@ -30,6 +30,7 @@ class TrainResult:
     train_loss_first: float
     train_loss_last: float
     eval_loss: float | None
+    eval_loss_before: float | None
     train_tokens_per_s: float
     train_seconds: float
     peak_memory_mb: float
@@ -117,8 +118,6 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
-        packing=settings.packing,
-        padding_free=settings.padding_free and not settings.packing,
         completion_only_loss=True,
         report_to="none",
         seed=settings.seed,
@@ -129,11 +128,32 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
     )
-    if kwargs["padding_free"] or settings.packing:
-        # Without packing, padding-free does not truncate: the data is checked against max_length beforehand.
-        kwargs["max_length"] = settings.max_seq_length if settings.packing else None
+    kwargs.update(batching_kwargs(resolve_batching(settings.batching)))
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
+
+
+BATCHING_MODES = ("padding_free", "group_by_length", "padded")
+
+
+def resolve_batching(batching: str) -> str:
+    """The batching mode for "auto": padding-free with FlashAttention on a GPU, length-grouped batches otherwise."""
+    if batching != "auto":
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be auto or one of {BATCHING_MODES}, got {batching!r}")
+        return batching
+    import importlib.util
+
+    return "padding_free" if _cuda_available() and importlib.util.find_spec("flash_attn") else "group_by_length"
+
+
+def batching_kwargs(mode: str) -> dict[str, Any]:
+    """SFTConfig arguments for a batching mode (no packing: examples stay whole)."""
+    if mode == "padding_free":
+        # Without packing, padding-free does not truncate: the data is checked against max_length beforehand.
+        return {"padding_free": True, "packing": False, "max_length": None}
+    strategy = "group_by_length" if mode == "group_by_length" else "random"
+    return {"padding_free": False, "packing": False, "train_sampling_strategy": strategy}
 
 
 def _cuda_available() -> bool:
@@ -247,6 +267,9 @@ def train(
             "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": _versions(),
             "world_size": trainer.args.world_size,
         })
+    # The eval loss before any training: the reference the final eval loss is judged against (per-batch train losses
+    # vary with the batch's composition, more so with length-grouped batches).
+    eval_before = None if resume_from else trainer.evaluate().get("eval_loss")
     tokens_before = _tokens_seen_at(resume_from)
     peak = PeakMemory()
     t0 = time.perf_counter()
@@ -263,6 +286,7 @@ def train(
         train_loss_first=float(logs[0]["loss"]) if logs else float("nan"),
         train_loss_last=float(logs[-1]["loss"]) if logs else float("nan"),
         eval_loss=float(eval_loss) if eval_loss is not None else None,
+        eval_loss_before=float(eval_before) if eval_before is not None else None,
         train_tokens_per_s=round(tokens / max(seconds, 1e-9), 1), train_seconds=round(seconds, 2),
         peak_memory_mb=round(peak.peak_mb(), 1), peak_memory_kind=peak.kind,
         trainable_params=trainable, total_params=total, resumed_from=resume_from,

@@ -16,6 +16,9 @@ TEST_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_setup": {"profile": "pocket"},
     "01_alpaca_data": {"profile": "pocket"},
     "02_sft": {"profile": "pocket"},
+    "03_memory_optimizations": {"profile": "pocket"},
+    "04_vllm_serving": {"profile": "pocket"},
+    "05_before_after": {"profile": "pocket"},
 }
 CELL_TIMEOUT_S = 900
 

@@ -28,8 +28,8 @@ def test_01_alpaca_data(lab_run) -> None:
 def test_02_sft(lab_run) -> None:
     r = lab_run.run("02_sft")
     assert r["method"] == "lora" and r["steps"] == 150
-    assert r["train_loss_last"] < 0.7 * r["train_loss_first"], "the loss must fall"
-    assert r["eval_loss"] < 2.0
+    assert r["eval_loss"] < 0.8 * r["eval_loss_before"], "the held-out eval loss must fall"
+    assert r["train_loss_first"] > 0 and r["train_loss_last"] > 0
     assert 0 < r["trainable_params"] < 0.2 * r["total_params"]
     assert r["train_tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "process_peak_rss"
     assert r["merge_greedy_agreement"] == 1.0 and r["merged_has_quantization_config"] is False
@@ -37,9 +37,72 @@ def test_02_sft(lab_run) -> None:
     assert r["stop_rate_finetuned"] >= 0.9
     assert r["stop_rate_finetuned"] >= r["stop_rate_base"] + 0.5
     assert r["mean_completion_tokens_finetuned"] < 0.5 * r["mean_completion_tokens_base"]
-    # Benchmark: ratios measured in one run; padding-free beats dynamic padding, which beats nothing else by design.
+    # Benchmark: ratios measured in one run, on the same model, data and steps.
     bench = {row["mode"]: row for row in r["sft_benchmark"]}
-    lab, naive = bench["lab: padding-free"], bench["naive: pad to batch's longest"]
-    assert lab["useful_tokens"] == naive["useful_tokens"], "the same data went through both"
-    assert lab["speedup_vs_naive"] > 1.0
-    assert r["padding_bound"] > 1.0
+    naive = bench["naive: pad to batch's longest"]
+    lab = next(row for row in r["sft_benchmark"] if row["lab_default"])
+    assert lab["mode"] == "length-grouped batches"  # the lab's choice on a CPU
+    assert 0.75 < lab["useful_tokens"] / naive["useful_tokens"] < 1.33, "comparable work (same steps and batch size)"
+    assert lab["speedup_vs_naive"] >= 1.25, "the lab's batching must clearly beat dynamic padding (goal: 1.5x)"
+    assert naive["tokens_per_s"] > bench["naive: pad to data's longest"]["tokens_per_s"]
+    assert r["lab_speedup_vs_naive"] == lab["speedup_vs_naive"] and r["padding_bound"] > 1.0
+
+
+@pytest.mark.server
+def test_04_vllm_serving(lab_run) -> None:
+    r = lab_run.run("04_vllm_serving")
+    assert r["quantization"] == "none" and "no FP8" in r["quantization_reason"]  # a CPU has no FP8 serving
+    assert r["server_bound_host"] == "127.0.0.1"
+    assert 0 < r["server_start_s"] < 600 and 0 < r["base_server_start_s"] < 600
+    assert r["chat_base_status"] == 400, "a base model without a chat template gets a clear 400"
+    assert r["chat_finetuned_status"] == 200
+    assert r["chat_finetuned"]["finish_reason"] == "stop" and r["chat_finetuned"]["completion_tokens"] < 40
+    assert r["openai_client_finish_reason"] == "stop"
+    assert r["base_completion"]["finish_reason"] == "length"
+    assert r["lora_completion"]["finish_reason"] == "stop" and r["lora_tokens_per_s_at_16"] > 0
+    levels = {lv["concurrency"]: lv for lv in r["throughput"]}
+    assert sorted(levels) == [1, 4, 16, 32]
+    assert all(lv["errors"] == 0 and lv["tokens_per_s"] > 0 and lv["ttft_p95_ms"] >= lv["ttft_p50_ms"] for lv in levels.values())
+    # Overhead-bound on a tiny model (the notebook says so): batching must still show at some level, and requests queue.
+    assert max(lv["tokens_per_s"] for lv in levels.values()) > 1.2 * levels[1]["tokens_per_s"]
+    assert levels[32]["ttft_p95_ms"] > levels[1]["ttft_p95_ms"]
+    assert r["chat_finetuned"]["content"] == r["openai_client_answer"], "greedy by default: the same request, the same answer"
+    assert r["hf_sequential_tokens_per_s"] > 0
+    assert any("cache" in k for k in r["kv_cache_metrics"])
+    assert 0 < r["fp8_weight_rel_error"] < 0.1 and 0.45 < r["fp8_memory_ratio"] < 0.55
+    assert r["fp8_greedy_agreement"] > 0.8
+    assert r["servers_running_after"] == [False, False]
+
+
+@pytest.mark.server
+def test_05_before_after(lab_run) -> None:
+    r = lab_run.run("05_before_after")
+    base, tuned = r["base"], r["finetuned"]
+    assert r["n_prompts"] >= 90
+    assert tuned["stop_rate"] >= 0.9 and tuned["stop_rate"] >= base["stop_rate"] + 0.5
+    assert tuned["mean_completion_tokens"] < 0.5 * base["mean_completion_tokens"]
+    assert tuned["exact_match"] > base["exact_match"]
+    assert tuned["template_adherence"] >= base["template_adherence"]
+    assert tuned["repetition"] < base["repetition"]
+    assert tuned["rouge_l"] > base["rouge_l"]
+    assert r["reference_base_chat_status"] == 400
+    assert r["reference_finetuned_chat"]["finish_reason"] == "stop"
+    assert "stop" in r["reading"] and f"{tuned['stop_rate']:.0%}" in r["reading"]
+
+
+def test_03_memory_optimizations(lab_run) -> None:
+    r = lab_run.run("03_memory_optimizations")
+    cfg = {c["name"]: c for c in r["configs"]}
+    assert len(cfg) == 9 and all(c["ran"] and c["skipped_reason"] is None for c in cfg.values())  # a CPU runs all 9
+    peak = {name: c["peak_memory_mb"] for name, c in cfg.items()}
+    assert all(v > 0 for v in peak.values())
+    # Orderings that must hold on the pocket profile.
+    assert peak["8 QLoRA"] < peak["7 LoRA"] < peak["1 baseline: full fp32"]
+    assert peak["3 + gradient checkpointing"] < peak["2 + bf16 mixed precision"]
+    assert peak["5 + 8-bit AdamW"] < peak["4 + gradient accumulation"]
+    for c in cfg.values():
+        assert c["estimated_memory_mb"] > 0 and c["tokens_per_s"] > 0 and c["loss_last"] > 0
+    # The estimate and the measurement agree on which of full and QLoRA is heavier, by a wide margin.
+    est = {name: c["estimated_memory_mb"] for name, c in cfg.items()}
+    assert est["1 baseline: full fp32"] > 2 * est["8 QLoRA"] and peak["1 baseline: full fp32"] > 2 * peak["8 QLoRA"]
+    assert r["model_params"] > 30_000_000 and r["sweep_seconds"] > 0

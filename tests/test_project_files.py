@@ -68,6 +68,7 @@ def test_notebook_is_clean_and_follows_the_outline(path: Path) -> None:
     for line in "".join(tagged[0]["source"]).splitlines():
         if line.strip() and not line.startswith("#"):
             assert "#" in line, f"parameter without a comment: {line}"
+            assert line.count("=") == 1, f"papermill cannot parse a parameter line with two '=': {line}"
     markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert markdown.lstrip().startswith("# " + path.stem[:2]), "first cell is the numbered title"
     for heading in ("What you will learn", "Time needed", "## Summary", "## Exercises"):
@@ -77,3 +78,13 @@ def test_notebook_is_clean_and_follows_the_outline(path: Path) -> None:
     assert not re.search(r"^\s*[!%]pip\b|notebook_login\(|hf_[A-Za-z0-9]{20,}", source, re.M)
     assert "record(" in source, "every notebook records its figures"
     assert "widgets" not in nb.get("metadata", {}), "saved widget state"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_sees_every_parameter(path: Path) -> None:
+    from lab_utils.runner import declared_parameters
+
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = set(re.findall(r"^(\w+) =", "".join(cell["source"]), re.M))
+    assert set(declared_parameters(path)) == assigned

@@ -81,3 +81,16 @@ def test_strip_removes_outputs(tmp_path: Path) -> None:
     again = nbformat.read(path, as_version=4)
     assert again.cells[0].outputs == [] and again.cells[0].execution_count is None and "widgets" not in again.metadata
     assert strip_notebook(path) is False
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_subset_runner_runs_only_the_chosen_notebook_and_writes_the_report(tmp_path: Path) -> None:
+    folder = runner.run_lab(profile="pocket", notebooks=["00"], run_root=tmp_path)
+    assert sorted(p.name for p in folder.glob("*.ipynb")) == ["00_setup.ipynb"]
+    results = load_results(folder)
+    assert list(results) == ["00_setup"] and results["00_setup"]["profile"] == "pocket"
+    assert (folder / "report.html").exists() and "00_setup" in (folder / "report.md").read_text()
+    executed = json.loads((folder / "00_setup.ipynb").read_text())
+    outputs = "".join(o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []))
+    assert "Warm-up quiz" in outputs and "Answer: B)" in outputs, "quizzes print question, choices and answer"

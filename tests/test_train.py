@@ -22,7 +22,15 @@ POCKET = get_profile("pocket")
 def test_sft_config_turns_trl_defaults_off_explicitly(tmp_path: Path) -> None:
     cfg = train.sft_config(POCKET.train, tmp_path)
     assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # TRL defaults both to True
-    assert cfg.completion_only_loss is True and cfg.padding_free is True and cfg.report_to == []
+    assert cfg.completion_only_loss is True and cfg.report_to == []
+    # On a CPU the lab batches by length (measured faster than padding-free there); on a GPU with FlashAttention it
+    # goes padding-free.
+    assert train.resolve_batching("auto") == "group_by_length"
+    assert cfg.train_sampling_strategy == "group_by_length" and cfg.padding_free is False
+    pf = train.sft_config(POCKET.with_train(batching="padding_free").train, tmp_path)
+    assert pf.padding_free is True and pf.max_length is None
+    with pytest.raises(ValueError, match="batching must be"):
+        train.resolve_batching("magic")
     qlora = train.sft_config(POCKET.with_train(method="qlora").train, tmp_path)
     assert qlora.optim == "paged_adamw_8bit"
 
@@ -33,19 +41,13 @@ def test_trainer_collated_batch_supervises_eos_not_prompt(pocket_model: str, tmp
     assert tok.pad_token_id != tok.eos_token_id
     examples = [trainer.train_dataset[i] for i in range(8)]
     batch = trainer.data_collator(examples)
-    # padding-free: one flattened row; split it at the position resets
-    pos = batch["position_ids"][0].tolist()
-    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-    labels = batch["labels"][0].tolist()
-    ids = batch["input_ids"][0].tolist()
-    assert len(starts) - 1 == 8
-    for a, b in zip(starts, starts[1:]):
-        seq_labels = labels[a:b]
-        supervised = [t for t in seq_labels if t != -100]
+    assert batch["labels"].shape[0] == 8
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        supervised = [t for t in labels if t != -100]
         assert supervised[-1] == tok.eos_token_id, "the last supervised label must be EOS"
-        prompt_len = next(i for i, t in enumerate(seq_labels) if t != -100)
-        prompt = tok.decode(ids[a:a + prompt_len])
-        assert prompt.rstrip().endswith("### Response:"), "everything up to the response is masked"
+        prompt_len = next(i for i, t in enumerate(labels) if t != -100)
+        assert tok.decode(ids[:prompt_len]).rstrip().endswith("### Response:"), "everything up to the response is masked"
+        assert all(t == -100 for t, i in zip(labels, ids) if i == tok.pad_token_id), "padding is never supervised"
     assert info["n_train"] + info["n_eval"] >= 2000
 
 
@@ -121,3 +123,19 @@ def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> Non
     metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
     assert metrics["steps"] == 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_other_methods_train_and_merge(method: str, pocket_model: str, tmp_path: Path) -> None:
+    prof = POCKET.with_train(method=method, max_steps=3, save_steps=100, eval_steps=100, logging_steps=1)
+    result = train.train(prof, tmp_path, model_path=pocket_model)
+    assert result.steps == 3 and result.method == method
+    if method == "full":
+        assert result.trainable_params == result.total_params
+    else:  # QLoRA: the adapters train, the 4-bit base is frozen
+        assert result.trainable_params < 0.2 * result.total_params
+    out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype=train.merge_dtype(prof.train))
+    facts = merge.check_merged(out)
+    assert facts["has_quantization_config"] is False and facts["safetensors_only"] and facts["has_chat_template"]
+    if method == "qlora":
+        assert train.merge_dtype(prof.train) == "bfloat16", "QLoRA merges into a bf16 base, never a 4-bit one"

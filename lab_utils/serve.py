@@ -1,0 +1,302 @@
+"""A vLLM OpenAI-compatible server as a context-managed subprocess: flags from profile and hardware, clean shutdown."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab_utils.hardware import Hardware, fp8_mode
+from lab_utils.profiles import Profile
+
+LOG_ROOT_CAUSE = re.compile(
+    r"(Error|Exception|error:|Traceback|RuntimeError|ValueError|OSError|CUDA out of memory|Unsupported|not supported)"
+)
+
+
+class ServerError(RuntimeError):
+    """The server could not start or answer; the message quotes the log lines with the root cause."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything the vLLM command line is built from."""
+
+    model: str
+    served_model_name: str
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    api_key: str = ""  # "": generate one
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.80
+    quantization: str | None = None  # "fp8" or None
+    enable_prefix_caching: bool = True
+    tensor_parallel_size: int = 1
+    chat_template: str | None = None  # path of a Jinja file
+    lora_modules: dict[str, str] = field(default_factory=dict)  # name -> adapter folder
+    max_lora_rank: int = 16
+    cpu: bool = False
+    cpu_kvcache_space_gb: int = 1
+    default_temperature: float | None = 0.0
+    notes: tuple[str, ...] = ()
+
+
+def quantization_for(hw: Hardware, wanted: str = "auto") -> tuple[str | None, str]:
+    """Which --quantization to pass on this hardware, with the reason shown to the learner."""
+    mode, reason = fp8_mode(hw)
+    if wanted == "none":
+        return None, "FP8 turned off by the profile"
+    if mode == "fp8":
+        return "fp8", f"FP8 weights and activations: {reason}"
+    if mode == "fp8-weight-only":
+        return "fp8", f"FP8 weight-only (Marlin): {reason}"
+    return None, f"no FP8: {reason}"
+
+
+def spec_for(
+    profile: Profile, hw: Hardware, model: str, served_model_name: str, chat_template: str | None = None,
+    lora_modules: dict[str, str] | None = None, **changes: Any,
+) -> ServerSpec:
+    """The server settings for a profile on described hardware (unit-tested against H100, A100, DGX Spark, CPU)."""
+    s = profile.serve
+    quant, why = quantization_for(hw, s.quantization)
+    cpu = hw.device != "cuda"
+    notes = [why]
+    if hw.unified_memory:
+        notes.append("unified memory: --gpu-memory-utilization leaves room for the OS and the notebook's own process")
+    spec = ServerSpec(
+        model=model, served_model_name=served_model_name, dtype=s.dtype, max_model_len=s.max_model_len,
+        max_num_seqs=s.max_num_seqs, gpu_memory_utilization=s.gpu_memory_utilization, quantization=quant,
+        enable_prefix_caching=not cpu, tensor_parallel_size=max(1, hw.gpu_count) if not cpu else 1,
+        chat_template=chat_template, lora_modules=dict(lora_modules or {}), cpu=cpu,
+        cpu_kvcache_space_gb=s.cpu_kvcache_space_gb, default_temperature=s.default_temperature, notes=tuple(notes),
+    )
+    return _replace(spec, **changes)
+
+
+def _replace(spec: ServerSpec, **changes: Any) -> ServerSpec:
+    """A copy of the spec with some fields changed."""
+    from dataclasses import replace
+
+    return replace(spec, **changes) if changes else spec
+
+
+def build_command(spec: ServerSpec, port: int, api_key: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment variables that start vLLM for `spec`."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec.model, "--served-model-name", spec.served_model_name,
+        "--host", spec.host, "--port", str(port), "--api-key", api_key,
+        "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+        "--generation-config", "auto",
+    ]
+    env: dict[str, str] = {}
+    if spec.cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kvcache_space_gb)
+    else:
+        cmd += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:.2f}",
+                "--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    if spec.quantization:
+        cmd += ["--quantization", spec.quantization]
+    if spec.default_temperature is not None:
+        cmd += ["--override-generation-config", json.dumps({"temperature": spec.default_temperature})]
+    # vLLM turns prefix caching on by default. Off on a CPU: a cached prefix changes bf16 rounding, and on a tiny
+    # model that can flip a greedy token between two identical requests.
+    cmd.append("--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching")
+    if spec.chat_template:
+        cmd += ["--chat-template", spec.chat_template]
+    if spec.lora_modules:
+        cmd += ["--enable-lora", "--max-lora-rank", str(spec.max_lora_rank), "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in spec.lora_modules.items()]
+    return cmd, env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def root_cause(log_text: str, context: int = 2, limit: int = 25) -> str:
+    """The log lines that explain a failure: those matching error patterns (with context), else the tail."""
+    lines = log_text.splitlines()
+    keep: list[int] = []
+    for i, line in enumerate(lines):
+        if LOG_ROOT_CAUSE.search(line):
+            keep.extend(range(max(0, i - context), min(len(lines), i + context + 1)))
+    chosen = sorted(set(keep))[-limit:] if keep else list(range(max(0, len(lines) - limit), len(lines)))
+    return "\n".join(lines[i] for i in chosen)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it if the notebook kernel dies without cleaning up."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_LIVE: "weakref.WeakSet[VLLMServer]" = weakref.WeakSet()
+
+
+def _stop_all() -> None:
+    """Stop every server still running when the interpreter exits."""
+    for server in list(_LIVE):
+        server.stop()
+
+
+atexit.register(_stop_all)
+
+
+class VLLMServer:
+    """A running vLLM server: `with VLLMServer(spec, log_dir) as server: server.base_url ...`."""
+
+    def __init__(self, spec: ServerSpec, log_dir: str | Path, name: str = "vllm", timeout: float = 300.0) -> None:
+        self.spec = spec
+        self.timeout = timeout
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.api_key = spec.api_key or "lab-" + secrets.token_urlsafe(16)
+        self.port = spec.port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_seconds: float | None = None
+        self.command: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL (the OpenAI API lives under /v1)."""
+        return f"http://{self.spec.host}:{self.port}"
+
+    def start(self, timeout: float = 300.0) -> VLLMServer:
+        """Start the process and wait until /health answers 200, the process dies, or the deadline passes."""
+        if self.port and port_in_use(self.port, self.spec.host):
+            raise ServerError(f"port {self.port} on {self.spec.host} is already in use: stop that server or pass port=0")
+        self.port = self.port or free_port(self.spec.host)
+        self.command, extra_env = build_command(self.spec, self.port, self.api_key)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **extra_env}
+        t0 = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            log.write(("$ " + " ".join(self._redacted(self.command)) + "\n").encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        _LIVE.add(self)
+        try:
+            self._wait_healthy(t0 + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = round(time.perf_counter() - t0, 1)
+        return self
+
+    def _redacted(self, cmd: list[str]) -> list[str]:
+        """The command with the API key hidden (the log is shared with learners)."""
+        return ["***" if part == self.api_key else part for part in cmd]
+
+    def _wait_healthy(self, deadline: float) -> None:
+        """Poll /health until it answers 200; raise ServerError quoting the log on death or timeout."""
+        import requests
+
+        while time.perf_counter() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(
+                    f"vLLM exited with code {self.process.returncode} before it was ready; from {self.log_path}:\n"
+                    + root_cause(self.log_text())
+                )
+            try:
+                if requests.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise ServerError(
+            f"vLLM did not answer /health within the deadline; last lines of {self.log_path}:\n"
+            + root_cause(self.log_text())
+        )
+
+    def log_text(self) -> str:
+        """Everything the server has logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            _LIVE.discard(self)
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace)
+        except ProcessLookupError:
+            pass
+        _LIVE.discard(self)
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> VLLMServer:
+        if not self.running:
+            self.start(self.timeout)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def headers(self) -> dict[str, str]:
+        """Authorization header for /v1 requests."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def client(self) -> Any:
+        """An official `openai` client pointed at this server."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key, max_retries=0, timeout=120)
+
+
+def command_table(profile: Profile, model: str, hardware: dict[str, Hardware] | None = None) -> Any:
+    """The vLLM command this profile would run on each described machine, with the FP8 decision."""
+    import pandas as pd
+
+    from lab_utils.hardware import DESCRIBED
+
+    rows = []
+    for name, hw in (hardware or DESCRIBED).items():
+        spec = spec_for(profile, hw, model, "model")
+        cmd, env = build_command(spec, 8000, "$API_KEY")
+        flags = " ".join(cmd[3:]).replace(f"--model {model} ", "")
+        rows.append({"hardware": name, "quantization": spec.quantization or "none", "why": spec.notes[0],
+                     "env": " ".join(f"{k}={v}" for k, v in env.items()), "flags": flags})
+    return pd.DataFrame(rows).set_index("hardware")

@@ -1,0 +1,153 @@
+"""The vLLM server component: flags for described hardware, port handling, clear start errors, no orphan processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from lab_utils import serve
+from lab_utils.hardware import DESCRIBED
+from lab_utils.profiles import get_profile
+
+LLAMA = get_profile("llama3-8b")
+POCKET = get_profile("pocket")
+
+
+def flags(profile, hw_name: str, **kw) -> tuple[list[str], dict[str, str]]:  # noqa: ANN001
+    spec = serve.spec_for(profile, DESCRIBED[hw_name], "/models/ft", "ft", **kw)
+    return serve.build_command(spec, 8123, "KEY")
+
+
+def value(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_h100_runs_the_reference_fp8_command() -> None:
+    cmd, env = flags(LLAMA, "h100")
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert value(cmd, "--quantization") == "fp8"
+    assert value(cmd, "--gpu-memory-utilization") == "0.80"
+    assert value(cmd, "--tensor-parallel-size") == "1"
+    assert value(cmd, "--host") == "127.0.0.1" and value(cmd, "--port") == "8123" and value(cmd, "--api-key") == "KEY"
+    assert "--enable-prefix-caching" in cmd and value(cmd, "--max-model-len") == "4096"
+    assert json.loads(value(cmd, "--override-generation-config")) == {"temperature": 0.0}, "greedy unless asked"
+    assert env == {}
+
+
+def test_a100_gets_weight_only_fp8_with_a_note() -> None:
+    spec = serve.spec_for(LLAMA, DESCRIBED["a100"], "/m", "m")
+    assert spec.quantization == "fp8" and "weight-only" in spec.notes[0] and "Marlin" in spec.notes[0]
+
+
+def test_dgx_spark_unified_memory_keeps_headroom() -> None:
+    spec = serve.spec_for(LLAMA, DESCRIBED["dgx-spark"], "/m", "m")
+    cmd, _ = serve.build_command(spec, 8000, "k")
+    assert value(cmd, "--quantization") == "fp8" and value(cmd, "--gpu-memory-utilization") == "0.80"
+    assert any("unified memory" in n for n in spec.notes)
+
+
+def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
+    t4 = serve.spec_for(LLAMA, DESCRIBED["t4"], "/m", "m")
+    assert t4.quantization is None and "no FP8" in t4.notes[0]
+    cmd, env = flags(POCKET, "cpu")
+    assert "--quantization" not in cmd and "--gpu-memory-utilization" not in cmd
+    assert value(cmd, "--dtype") == "bfloat16" and env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert "--no-enable-prefix-caching" in cmd
+
+
+def test_multi_gpu_tensor_parallel_and_lora_and_template() -> None:
+    from dataclasses import replace
+
+    four = replace(DESCRIBED["h100"], gpu_count=4)
+    spec = serve.spec_for(LLAMA, four, "/m", "m", chat_template="/m/chat_template.jinja",
+                          lora_modules={"alpaca": "/a"}, max_lora_rank=16)
+    cmd, _ = serve.build_command(spec, 8000, "k")
+    assert value(cmd, "--tensor-parallel-size") == "4"
+    assert value(cmd, "--chat-template") == "/m/chat_template.jinja"
+    assert "--enable-lora" in cmd and value(cmd, "--lora-modules") == "alpaca=/a" and value(cmd, "--max-lora-rank") == "16"
+
+
+def test_profile_can_turn_fp8_off() -> None:
+    from dataclasses import replace
+
+    prof = replace(LLAMA, serve=replace(LLAMA.serve, quantization="none"))
+    assert serve.spec_for(prof, DESCRIBED["h100"], "/m", "m").quantization is None
+
+
+def test_busy_port_is_a_clear_error_and_port_zero_picks_another(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        spec = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", port=busy)
+        with pytest.raises(serve.ServerError, match=f"port {busy} on 127.0.0.1 is already in use"):
+            serve.VLLMServer(spec, tmp_path).start(timeout=5)
+        assert serve.free_port() != busy and serve.port_in_use(busy)
+
+
+def test_root_cause_quotes_the_error_lines() -> None:
+    log = "\n".join(["INFO starting"] * 50 + ["Traceback (most recent call last):", "  File x", "OSError: no such model",
+                                             "INFO shutting down"])
+    cause = serve.root_cause(log)
+    assert "OSError: no such model" in cause and "Traceback" in cause and cause.count("INFO starting") <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_failed_start_raises_with_the_log_root_cause(tmp_path: Path) -> None:
+    spec = serve.spec_for(POCKET, DESCRIBED["cpu"], str(tmp_path / "no-such-model"), "m")
+    server = serve.VLLMServer(spec, tmp_path, "bad")
+    with pytest.raises(serve.ServerError) as err:
+        server.start(timeout=240)
+    text = str(err.value)
+    assert "vLLM exited with code" in text and "no-such-model" in text and str(server.log_path) in text
+    assert not server.running
+    assert "KEY" not in server.log_text() and server.api_key not in server.log_text(), "the API key is not logged"
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.notebook
+def test_no_server_outlives_a_notebook_cell_that_raises(pocket_model: str, tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from lab_utils.runner import NotebookError, execute_notebook
+
+    pid_file = tmp_path / "pid.json"
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        new_code_cell(f"model = {pocket_model!r}  # model folder", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "import json, os\nfrom lab_utils import serve, hardware, profiles\n"
+            "spec = serve.spec_for(profiles.get_profile('pocket'), hardware.probe(), model, 'm')\n"
+            f"server = serve.VLLMServer(spec, {str(tmp_path)!r}, 'orphan-check').start(240)\n"
+            f"json.dump({{'pid': server.process.pid, 'pgid': os.getpgid(server.process.pid)}}, open({str(pid_file)!r}, 'w'))\n"
+            "raise RuntimeError('a cell fails while the server runs')"
+        ),
+    ]
+    path = tmp_path / "95_orphan.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match="a cell fails while the server runs"):
+        execute_notebook(path, tmp_path / "run", {"model": pocket_model}, cell_timeout=300)
+    pgid = json.loads(pid_file.read_text())["pgid"]
+    assert not _group_alive(pgid, wait_s=20), "the server's process group outlived the notebook"
+
+
+def _group_alive(pgid: int, wait_s: float) -> bool:
+    """Whether any process of the group still exists after up to `wait_s` seconds."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.5)
+    return True
