@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,10 @@ from typing import Any
 
 from lab_utils.evaluate import contains_answer, exact_match
 
-TEMPLATE_MARKERS = ("### Instruction", "### Response", "### Input", "Below is an instruction")
+TEMPLATE_MARKERS = ("### Instruction", "### Response", "### Input", "Below is an instruction", "<|im_start|>", "<|im_end|>")
+# An answer that runs on into a new conversational turn ("Q: ...", "User: ...") has left the template too: that is how
+# a base model loops (the reference tutorial's base model opens new "<|im_start|>user" turns).
+NEW_TURN = re.compile(r"(^|\n)\s*(Q|Question|User|Human|Instruction)\s*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ def ask_all(base_url: str, api_key: str, model: str, prompts: list[str], max_tok
 
 
 def adheres_to_template(text: str) -> bool:
-    """True when the answer does not run on into a new template turn or leak template markers."""
-    return not any(marker.lower() in text.lower() for marker in TEMPLATE_MARKERS)
+    """True when the answer does not run on into a new turn or leak template markers."""
+    return not any(marker.lower() in text.lower() for marker in TEMPLATE_MARKERS) and not NEW_TURN.search(text)
 
 
 def repetition(text: str, n: int = 3) -> float:

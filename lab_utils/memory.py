@@ -25,7 +25,8 @@ Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 
    kept, plus one layer's full activations while it is recomputed in the backward pass.
    Plus the logits: micro_batch*seq_len*vocab values in fp32 for the loss, counted twice (logits and their
    softmax/gradient). (Q)LoRA still needs the activations of the frozen base to backpropagate into the adapters, so the
-   same formula applies; the adapters' own small r-sized activations are left out.
+   same formula applies, plus the dropped-out copy of each adapted projection's input that PEFT keeps (6*hidden +
+   intermediate values per token and layer); the adapters' own small r-sized activations are left out.
 
 It leaves out the CUDA context (~0.5-1 GB), allocator fragmentation and temporary buffers: measured peaks are higher.
 """
@@ -179,9 +180,14 @@ def optimizer_bytes(trainable: int, optimizer: str) -> float:
     return float(OPTIMIZER_BYTES[optimizer] * trainable)
 
 
-def layer_activation_values(dims: ModelDims, seq_len: int, attention: str = "eager") -> int:
-    """Values one decoder layer saves per token: ~10*hidden + 3*intermediate (+ n_heads*seq_len attention probs)."""
+def layer_activation_values(dims: ModelDims, seq_len: int, attention: str = "eager", lora: bool = False) -> int:
+    """Values one decoder layer saves per token: ~10*hidden + 3*intermediate (+ n_heads*seq_len attention probs,
+    + the dropped-out inputs LoRA saves for each adapted projection)."""
     values = 10 * dims.hidden + 3 * dims.intermediate
+    if lora:
+        # PEFT applies the adapter's dropout to the input of each of the 7 projections separately and keeps the
+        # result for the backward pass: q, k, v, o, gate, up read hidden-sized inputs, down an intermediate-sized one.
+        values += 6 * dims.hidden + dims.intermediate
     return values + (dims.n_heads * seq_len if attention == "eager" else 0)
 
 
@@ -197,10 +203,11 @@ def activation_bytes(
     seq_len: int,
     gradient_checkpointing: bool,
     attention: str = "eager",
+    lora: bool = False,
 ) -> float:
     """Bytes of saved activations across all layers, plus the logits (see rule 4 in the module docstring)."""
     tokens = micro_batch * seq_len
-    one_layer = layer_activation_values(dims, seq_len, attention) * tokens * VALUE_BYTES[precision]
+    one_layer = layer_activation_values(dims, seq_len, attention, lora) * tokens * VALUE_BYTES[precision]
     if gradient_checkpointing:
         layers = dims.n_layers * dims.hidden * tokens * VALUE_BYTES[precision] + one_layer
     else:
@@ -238,7 +245,9 @@ def estimate_training_memory(
         weights_mb=weight_bytes(dims, method, precision, lora_r) / MB,
         gradients_mb=gradient_bytes(trainable) / MB,
         optimizer_mb=optimizer_bytes(trainable, optimizer) / MB,
-        activations_mb=activation_bytes(dims, precision, micro_batch, seq_len, gradient_checkpointing, attention) / MB,
+        activations_mb=activation_bytes(
+            dims, precision, micro_batch, seq_len, gradient_checkpointing, attention, lora=method != "full"
+        ) / MB,
     )
 
 

@@ -1,0 +1,41 @@
+"""The before/after measures on hand-made answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab_utils import compare
+from lab_utils.compare import Answer
+
+RECORDS = [
+    {"instruction": "Capital of France?", "output": "The capital of France is Paris.", "answer": "Paris", "kind": "seen_fact"},
+    {"instruction": "What is 2 plus 2?", "output": "2 plus 2 is 4.", "answer": "4", "kind": "skill"},
+]
+
+
+def test_template_adherence_catches_new_turns_and_markers() -> None:
+    assert compare.adheres_to_template("The capital of France is Paris.")
+    assert not compare.adheres_to_template("Paris.\nQ: What is the capital of Peru? A: Lima.")
+    assert not compare.adheres_to_template("Paris<|im_end|>\n<|im_start|>user")
+    assert not compare.adheres_to_template("Paris.\n\n### Instruction:\nNow tell me")
+
+
+def test_repetition_is_zero_for_fresh_text_and_high_for_loops() -> None:
+    assert compare.repetition("the capital of France is Paris") == 0.0
+    assert compare.repetition("a b c a b c a b c a b c") > 0.6
+
+
+def test_measures_reward_short_correct_answers() -> None:
+    good = [Answer("The capital of France is Paris.", "stop", 8, 50.0), Answer("2 plus 2 is 4.", "stop", 6, 40.0)]
+    loop = [Answer("Q: x? A: y. " * 20, "length", 128, 300.0), Answer("14 14 14 " * 30, "length", 128, 310.0)]
+    g, b = compare.measures(RECORDS, good), compare.measures(RECORDS, loop)
+    assert g["stop_rate"] == 1.0 and b["stop_rate"] == 0.0
+    assert g["exact_match"] == 1.0 and b["exact_match"] == 0.0
+    assert b["contains_answer"] == 0.0, "'4' must not match inside '14'"
+    assert g["rouge_l"] == pytest.approx(1.0) and g["bleu"] > 90 and b["rouge_l"] < 0.2
+    assert g["repetition"] < b["repetition"] and g["template_adherence"] == 1.0 and b["template_adherence"] == 0.5
+    assert g["latency_p50_ms"] == 45.0
+    text = compare.reading(b, g)
+    assert "0%" in text and "100%" in text
+    assert compare.by_kind(RECORDS, good) == {"seen_fact": {"n": 1, "contains_answer": 1.0},
+                                              "skill": {"n": 1, "contains_answer": 1.0}}
