@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lab_utils.data import PROMPT_NO_INPUT
+from lab_utils.paths import swap_in_dir
 
 # Renders the exact Alpaca prompt the model was trained on from chat messages: the last user message is the
 # instruction; a system message is ignored (the Alpaca preamble plays its part). Starts with BOS, as training did.
@@ -58,13 +58,7 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "chat_template.jinja").write_text(ALPACA_CHAT_TEMPLATE)
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    return swap_in_dir(tmp, out_dir)
 
 
 def check_merged(merged_dir: str | Path) -> dict[str, Any]:

@@ -46,3 +46,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically, pretty-printed."""
     return atomic_write_text(path, json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def swap_in_dir(staged: Path, target: Path) -> Path:
+    """Put a fully written folder in place of `target` by renames, so `target` is never half-written."""
+    import shutil
+
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -11,14 +11,13 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab_utils.paths import atomic_write_json, cache_dir
+from lab_utils.paths import atomic_write_json, cache_dir, swap_in_dir
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 BUILD_INFO = "pocket_build.json"
@@ -79,8 +78,7 @@ def ensure_pocket_model(config: PocketConfig = PocketConfig(), force: bool = Fal
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         build_pocket_model(tmp, config, progress=progress)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        swap_in_dir(tmp, target)
     return target
 
 

@@ -74,7 +74,7 @@ def _token_check(profile: Profile, env: Mapping[str, str]) -> Check:
     if env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
         return Check("model access", True, f"HF_TOKEN is set for the gated model {profile.base_model}")
     return Check("model access", False, f"{profile.base_model} is gated and HF_TOKEN is not set",
-                 f"accept the licence on the model's hub page, create a read token, then `export HF_TOKEN=...` in the "
+                 "accept the licence on the model's hub page, create a read token, then `export HF_TOKEN=...` in the "
                  "shell that starts Jupyter (never paste it into a notebook)")
 
 

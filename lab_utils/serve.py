@@ -99,11 +99,12 @@ def build_command(spec: ServerSpec, port: int, api_key: str) -> tuple[list[str],
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", spec.model, "--served-model-name", spec.served_model_name,
-        "--host", spec.host, "--port", str(port), "--api-key", api_key,
+        "--host", spec.host, "--port", str(port),
         "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
         "--generation-config", "auto",
     ]
-    env: dict[str, str] = {}
+    # The key travels in the environment, not on the command line, where `ps` would show it to every local user.
+    env: dict[str, str] = {"VLLM_API_KEY": api_key}
     if spec.cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kvcache_space_gb)
     else:
@@ -202,7 +203,7 @@ class VLLMServer:
         env = {**os.environ, **extra_env}
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
-            log.write(("$ " + " ".join(self._redacted(self.command)) + "\n").encode())
+            log.write(("$ " + " ".join(self.command) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -216,10 +217,6 @@ class VLLMServer:
             raise
         self.start_seconds = round(time.perf_counter() - t0, 1)
         return self
-
-    def _redacted(self, cmd: list[str]) -> list[str]:
-        """The command with the API key hidden (the log is shared with learners)."""
-        return ["***" if part == self.api_key else part for part in cmd]
 
     def _wait_healthy(self, deadline: float) -> None:
         """Poll /health until it answers 200; raise ServerError quoting the log on death or timeout."""
@@ -298,5 +295,5 @@ def command_table(profile: Profile, model: str, hardware: dict[str, Hardware] | 
         cmd, env = build_command(spec, 8000, "$API_KEY")
         flags = " ".join(cmd[3:]).replace(f"--model {model} ", "")
         rows.append({"hardware": name, "quantization": spec.quantization or "none", "why": spec.notes[0],
-                     "env": " ".join(f"{k}={v}" for k, v in env.items()), "flags": flags})
+                     "env": " ".join(f"{k}={v}" for k, v in env.items() if k != "VLLM_API_KEY"), "flags": flags})
     return pd.DataFrame(rows).set_index("hardware")

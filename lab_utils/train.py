@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data import clean, load_records, split_records, to_prompt_completion
-from lab_utils.paths import atomic_write_json, repo_path
+from lab_utils.paths import atomic_write_json, repo_path, swap_in_dir
 from lab_utils.profiles import Profile, TrainSettings
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -311,13 +310,7 @@ def save_atomically(trainer: Any, target: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     trainer.processing_class.save_pretrained(str(tmp))
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+    return swap_in_dir(tmp, target)
 
 
 def _versions() -> dict[str, str]:

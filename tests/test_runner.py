@@ -92,5 +92,5 @@ def test_subset_runner_runs_only_the_chosen_notebook_and_writes_the_report(tmp_p
     assert list(results) == ["00_setup"] and results["00_setup"]["profile"] == "pocket"
     assert (folder / "report.html").exists() and "00_setup" in (folder / "report.md").read_text()
     executed = json.loads((folder / "00_setup.ipynb").read_text())
-    outputs = "".join(o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []))
+    outputs = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
     assert "Warm-up quiz" in outputs and "Answer: B)" in outputs, "quizzes print question, choices and answer"

@@ -32,10 +32,11 @@ def test_h100_runs_the_reference_fp8_command() -> None:
     assert value(cmd, "--quantization") == "fp8"
     assert value(cmd, "--gpu-memory-utilization") == "0.80"
     assert value(cmd, "--tensor-parallel-size") == "1"
-    assert value(cmd, "--host") == "127.0.0.1" and value(cmd, "--port") == "8123" and value(cmd, "--api-key") == "KEY"
+    assert value(cmd, "--host") == "127.0.0.1" and value(cmd, "--port") == "8123"
+    assert "--api-key" not in cmd and "KEY" not in cmd, "the key is not visible in `ps`"
     assert "--enable-prefix-caching" in cmd and value(cmd, "--max-model-len") == "4096"
     assert json.loads(value(cmd, "--override-generation-config")) == {"temperature": 0.0}, "greedy unless asked"
-    assert env == {}
+    assert env == {"VLLM_API_KEY": "KEY"}
 
 
 def test_a100_gets_weight_only_fp8_with_a_note() -> None:
@@ -55,7 +56,7 @@ def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
     assert t4.quantization is None and "no FP8" in t4.notes[0]
     cmd, env = flags(POCKET, "cpu")
     assert "--quantization" not in cmd and "--gpu-memory-utilization" not in cmd
-    assert value(cmd, "--dtype") == "bfloat16" and env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert value(cmd, "--dtype") == "bfloat16" and env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "KEY"}
     assert "--no-enable-prefix-caching" in cmd
 
 
