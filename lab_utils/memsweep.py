@@ -188,8 +188,10 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
             trainer.train()
         seconds = time.perf_counter() - t0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    rss_peak_mb = round((sampler.peak - baseline) / 1e6, 1)
     result = {
-        "peak_memory_mb": round((sampler.peak - baseline) / 1e6, 1),
+        "peak_memory_mb": rss_peak_mb,  # on a GPU replaced below by the CUDA allocator's peak
+        "rss_peak_mb": rss_peak_mb,  # the process's resident memory: what counts on unified-memory machines too
         "baseline_rss_mb": round(baseline / 1e6, 1),
         "tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1),
         "loss_last": round(float(losses[-1]), 4) if losses else None,
@@ -199,6 +201,7 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     if cuda:
         result["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
         result["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 1e6, 1)
+        result["peak_memory_mb"] = result["cuda_max_allocated_mb"]
     return result
 
 

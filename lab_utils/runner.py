@@ -160,14 +160,14 @@ def run_lab(
     print(f"lab: running {len(books)} notebook(s) on profile {profile!r} into {folder}", flush=True)
     for i, book in enumerate(books, start=1):
         params = {"profile": profile, **(extra_parameters or {}).get(book.stem, {})}
-        print(f"[{i}/{len(books)}] {book.stem} ...", end=" ", flush=True)
+        print(f"[{i}/{len(books)}] {book.stem}: running", flush=True)
         try:
             run = execute_notebook(book, folder, params, cell_timeout=cell_timeout)
         except NotebookError as e:
-            print("FAILED", flush=True)
+            print(f"[{i}/{len(books)}] {book.stem}: FAILED", flush=True)
             print(f"lab: {e}", file=sys.stderr, flush=True)
             raise
-        print(f"done in {run.seconds:.0f} s", flush=True)
+        print(f"[{i}/{len(books)}] {book.stem}: done in {run.seconds:.0f} s", flush=True)
     from lab_utils.report import write_report
 
     html_path, md_path = write_report(folder)

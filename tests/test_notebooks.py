@@ -23,6 +23,8 @@ def test_01_alpaca_data(lab_run) -> None:
     assert r["n_skipped"] == 0
     assert r["eos_supervised"] is True and r["n_checked"] >= 32
     assert r["max_tokens"] <= 256
+    # The pocket base model: built within the 3-minute budget (or found in the cache), the size the lab documents.
+    assert 0 < r["pocket_build_seconds"] < 240 and 3_000_000 < r["pocket_params"] < 5_000_000
 
 
 def test_02_sft(lab_run) -> None:
