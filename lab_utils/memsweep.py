@@ -66,28 +66,18 @@ class WideModel:
     num_layers: int = 6
     num_heads: int = 12  # head_dim 64
     intermediate_size: int = 2048
-    seq_len: int = 256
-
-    def dims(self, vocab: int) -> ModelDims:
-        """Its shape for the estimator."""
-        return ModelDims(self.num_layers, self.hidden_size, self.intermediate_size, self.num_heads, self.num_heads,
-                         vocab, tie_embeddings=True)
 
 
 def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(), seed: int = 0) -> Path:
     """Save a randomly initialised wide Llama (fp32 safetensors) with the pocket tokenizer; memory does not care
     whether the weights were pretrained."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from lab_utils.pocket import PocketConfig, make_model
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=wide.hidden_size, intermediate_size=wide.intermediate_size,
-        num_hidden_layers=wide.num_layers, num_attention_heads=wide.num_heads, num_key_value_heads=wide.num_heads,
-        head_dim=wide.hidden_size // wide.num_heads, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    ))
+    model = make_model(PocketConfig(hidden_size=wide.hidden_size, num_layers=wide.num_layers, num_heads=wide.num_heads,
+                                    intermediate_size=wide.intermediate_size, seed=seed), tok)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
