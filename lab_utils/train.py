@@ -65,12 +65,14 @@ def load_tokenizer(model_path: str) -> Any:
     return tok
 
 
-def load_model(model_path: str, method: str, bf16: bool) -> Any:
+def load_model(model_path: str, method: str, bf16: bool, attn_implementation: str | None = None) -> Any:
     """The base model for training: full precision for full/LoRA, 4-bit NF4 for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -141,9 +143,14 @@ def resolve_batching(batching: str) -> str:
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be auto or one of {BATCHING_MODES}, got {batching!r}")
         return batching
+    return "padding_free" if _flash_attn_usable() else "group_by_length"
+
+
+def _flash_attn_usable() -> bool:
+    """A CUDA GPU and the flash_attn package: what padding-free batches are made for."""
     import importlib.util
 
-    return "padding_free" if _cuda_available() and importlib.util.find_spec("flash_attn") else "group_by_length"
+    return _cuda_available() and importlib.util.find_spec("flash_attn") is not None
 
 
 def batching_kwargs(mode: str) -> dict[str, Any]:
@@ -189,7 +196,9 @@ def build_trainer(
     settings = profile.train
     model_path = model_path or resolve_model_path(profile)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, settings.method, settings.bf16)
+    # Padding-free batches are made for FlashAttention's variable-length kernels (on a GPU with flash_attn installed).
+    attn = "flash_attention_2" if resolve_batching(settings.batching) == "padding_free" and _flash_attn_usable() else None
+    model = load_model(model_path, settings.method, settings.bf16, attn)
     train_ds, eval_ds, info = load_splits(profile, tokenizer, skip_bad=skip_bad)
     args = sft_config(settings, output_dir, **config_overrides)
     peft_config = None if settings.method == "full" else lora_config(settings)
