@@ -43,14 +43,13 @@ def render_text(questions: list[Question], title: str = "Quiz") -> str:
     return "\n".join(lines)
 
 
-def show_quiz(questions: list[Question], title: str = "Quiz", interactive: bool | None = None) -> str:
-    """Show a quiz (radio buttons + check button when interactive); return its text form."""
-    text = render_text(questions, title)
+def show_quiz(questions: list[Question], title: str = "Quiz", interactive: bool | None = None) -> None:
+    """Show a quiz: radio buttons and a check button when interactive, else printed with the answers."""
     if interactive is None:
         interactive = is_interactive()
     if not interactive:
-        print(text)
-        return text
+        print(render_text(questions, title))
+        return
     import ipywidgets as w
     from IPython.display import display
 
@@ -67,7 +66,6 @@ def show_quiz(questions: list[Question], title: str = "Quiz", interactive: bool 
         button.on_click(check)
         boxes.append(w.VBox([w.HTML(f"<b>{i}. {q.prompt}</b>"), radio, w.HBox([button, feedback])]))
     display(w.VBox([w.HTML(f"<h3>{title}</h3>"), *boxes]))
-    return text
 
 
 def show_solution(title: str, solution: str, interactive: bool | None = None) -> None:

@@ -17,6 +17,7 @@ from lab_utils.results import RESULTS_MIME, load_results
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "python3"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 START_TIMEOUT_S = 120
 CELL_TIMEOUT_S = 900
 
@@ -96,7 +97,10 @@ def execute_notebook(
     run_folder.mkdir(parents=True, exist_ok=True)
     out = run_folder / path.name
     t0 = time.perf_counter()
-    env = {"LAB_RUN_DIR": str(run_folder.resolve()), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    # Progress bars are widgets in a kernel: headless, nobody sees them and they bloat the executed copy (the runner
+    # prints its own progress line per notebook), so batch runs turn them off.
+    env = {"LAB_RUN_DIR": str(run_folder.resolve()), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     try:
         with _env(**env):
             pm.execute_notebook(
@@ -128,6 +132,10 @@ def _store_results_in_metadata(executed: Path, name: str, seconds: float) -> dic
             if RESULTS_MIME in data:
                 for section in data[RESULTS_MIME].values():
                     recorded.update(section)
+        # Progress-bar widgets some libraries still draw: their state is dead weight in a headless copy.
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+    nb.metadata.pop("widgets", None)
     nb.metadata["lab_results"] = {"notebook": name, "seconds": round(seconds, 1), "results": recorded}
     nbformat.write(nb, executed)
     return recorded

@@ -11,8 +11,9 @@ QUESTIONS = [quiz.Question("2 + 2?", ("3", "4"), 1, "arithmetic"), quiz.Question
 
 
 def test_text_rendering_lists_choices_and_answers(capsys: pytest.CaptureFixture[str]) -> None:
-    text = quiz.show_quiz(QUESTIONS, title="Warm-up quiz", interactive=False)
-    assert capsys.readouterr().out.strip() == text.strip()
+    quiz.show_quiz(QUESTIONS, title="Warm-up quiz", interactive=False)
+    text = capsys.readouterr().out
+    assert text.strip() == quiz.render_text(QUESTIONS, "Warm-up quiz").strip()
     assert text.startswith("Warm-up quiz\n============")
     assert "1. 2 + 2?\n   A) 3\n   B) 4\n   Answer: B) 4 - arithmetic" in text
     assert "   Answer: A) blue - physics" in text

@@ -94,3 +94,14 @@ def test_subset_runner_runs_only_the_chosen_notebook_and_writes_the_report(tmp_p
     executed = json.loads((folder / "00_setup.ipynb").read_text())
     outputs = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
     assert "Warm-up quiz" in outputs and "Answer: B)" in outputs, "quizzes print question, choices and answer"
+
+
+@pytest.mark.slow
+def test_executed_copy_keeps_no_widget_state(tmp_path: Path) -> None:
+    book = make_notebook(tmp_path / "94_t.ipynb", "from tqdm.auto import tqdm\nimport ipywidgets\n"
+                         "display(ipywidgets.IntProgress(value=x))\nprint('ok')")
+    runner.execute_notebook(book, tmp_path / "run", {"x": 3}, cell_timeout=120)
+    executed = json.loads((tmp_path / "run" / "94_t.ipynb").read_text())
+    assert "widgets" not in executed["metadata"]
+    outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+    assert outputs and not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
