@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -182,20 +183,23 @@ def hf_sequential_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], m
 
 
 def kv_cache_usage(base_url: str) -> dict[str, float]:
-    """KV-cache gauges scraped from /metrics (name -> value)."""
+    """KV-cache figures scraped from /metrics: usage now, prefix-cache hits, and the cache's size in tokens."""
     import requests
 
     text = requests.get(f"{base_url}/metrics", timeout=10).text
-    found = {}
+    found: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("#") or "cache" not in line:
+        if line.startswith("#"):
             continue
-        name, _, value = line.rpartition(" ")
-        if "usage" in name or "num_gpu_blocks" in name or "hit" in name:
-            try:
-                found[name] = float(value)
-            except ValueError:
-                continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_hits_total",
+                    "vllm:prefix_cache_queries_total"):
+            found[name] = float(line.rsplit(" ", 1)[1])
+        elif name == "vllm:cache_config_info":
+            for key in ("kv_cache_size_tokens", "kv_cache_max_concurrency", "num_gpu_blocks", "block_size"):
+                match = re.search(rf'{key}="([0-9.]+)"', line)
+                if match:
+                    found[f"cache_config.{key}"] = float(match.group(1))
     return found
 
 

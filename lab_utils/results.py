@@ -60,7 +60,7 @@ def load_results(directory: str | Path | None = None) -> dict[str, dict[str, Any
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def record(notebook: str, show: bool = True, **values: Any) -> dict[str, Any]:
+def record(notebook: str, show: bool = True, **values: Any) -> None:
     """Merge `values` into results.json under `notebook` (atomically) and show them in the notebook."""
     directory = run_dir()
     path = directory / "results.json"
@@ -73,7 +73,6 @@ def record(notebook: str, show: bool = True, **values: Any) -> dict[str, Any]:
         atomic_write_json(path, data)
     if show:
         _display(notebook, clean)
-    return clean
 
 
 def _jsonable(value: Any) -> Any:
@@ -98,15 +97,14 @@ def _display(notebook: str, values: dict[str, Any]) -> None:
     display({RESULTS_MIME: {notebook: values}, "text/plain": f"Recorded for {notebook}:\n{text}"}, raw=True)
 
 
-def save_figure(fig: Any, name: str) -> Path:
-    """Save a matplotlib figure as PNG into the run folder's figures/ (atomically) and return its path."""
+def save_figure(fig: Any, name: str) -> None:
+    """Save a matplotlib figure as PNG into the run folder's figures/ (atomically); the notebook shows it inline."""
     folder = run_dir() / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     tmp = folder / f".{name}.tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
-    return path
 
 
 def find_result(notebook: str, key: str) -> Any:

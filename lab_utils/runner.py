@@ -99,7 +99,7 @@ def execute_notebook(
     t0 = time.perf_counter()
     # Progress bars are widgets in a kernel: headless, nobody sees them and they bloat the executed copy (the runner
     # prints its own progress line per notebook), so batch runs turn them off.
-    env = {"LAB_RUN_DIR": str(run_folder.resolve()), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
+    env = {"LAB_RUN_DIR": str(run_folder.resolve()), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     try:
         with _env(**env):
