@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,7 @@ def _needed(earlier: str, name: str) -> bool:
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
     """The session's lab run folder."""
-    folder = tmp_path_factory.mktemp("lab-run")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    return LabRun(folder)
+    return LabRun(tmp_path_factory.mktemp("lab-run"))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
@@ -48,6 +50,10 @@ def test_02_sft(lab_run) -> None:
     assert lab["speedup_vs_naive"] >= 1.25, "the lab's batching must clearly beat dynamic padding (goal: 1.5x)"
     assert naive["tokens_per_s"] > bench["naive: pad to data's longest"]["tokens_per_s"]
     assert r["lab_speedup_vs_naive"] == lab["speedup_vs_naive"] and r["padding_bound"] > 1.0
+    # The plots are saved for the report and shown inline in the executed notebook.
+    assert {"02_loss.png", "02_sft_throughput.png"} <= {p.name for p in (lab_run.folder / "figures").iterdir()}
+    executed = json.loads((lab_run.folder / "02_sft.ipynb").read_text())
+    assert sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", [])) >= 2
 
 
 @pytest.mark.server
