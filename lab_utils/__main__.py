@@ -58,9 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lab_utils.profiles import get_profile
     from lab_utils.train import train
 
-    prof = get_profile(args.profile)
-    changes = {k: v for k, v in {"method": args.method, "max_steps": args.max_steps}.items() if v}
-    prof = prof.with_train(**changes) if changes else prof
+    prof = get_profile(args.profile).with_overrides(args.method or "", args.max_steps)
     overrides = {"save_steps": args.save_steps} if args.save_steps else {}
     result = train(prof, args.output_dir, resume=args.resume, skip_bad=args.skip_bad_rows, **overrides)
     print(json.dumps(result.to_dict(), indent=2))

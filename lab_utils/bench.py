@@ -42,13 +42,18 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
             "tokens_per_s": round(useful / seconds, 1)}
 
 
-def longest_example(profile: Profile, model_path: str | None = None) -> int:
-    """Tokens in the longest training example (prompt + response + EOS)."""
+def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
+    """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
     from lab_utils.data import load_records, token_lengths
     from lab_utils.train import load_tokenizer, resolve_model_path
 
     records, _ = load_records(profile.dataset)
-    return max(token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile))))
+    return token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
+
+
+def longest_example(profile: Profile, model_path: str | None = None) -> int:
+    """Tokens in the longest training example."""
+    return max(example_lengths(profile, model_path))
 
 
 def compare(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
@@ -83,11 +88,7 @@ def padding_bound(profile: Profile, model_path: str | None = None, trials: int =
     """Padded tokens / useful tokens for random batches with dynamic padding: the most padding-free can gain."""
     import random
 
-    from lab_utils.data import load_records, token_lengths
-    from lab_utils.train import load_tokenizer, resolve_model_path
-
-    records, _ = load_records(profile.dataset)
-    lengths = token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
+    lengths = example_lengths(profile, model_path)
     rng = random.Random(seed)
     size = profile.train.per_device_batch_size
     padded = useful = 0

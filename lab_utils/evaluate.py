@@ -90,21 +90,20 @@ def exact_match(text: str, reference: str) -> bool:
 def load_for_eval(path: str, adapter_dir: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) in fp32 on CPU or bf16 on a GPU; with `adapter_dir`, base+adapter unmerged."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from lab_utils.merge import load_base_and_adapter
+    from lab_utils.train import load_tokenizer
 
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    dtype = "bfloat16" if cuda else "float32"
     if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = load_base_and_adapter(path, adapter_dir, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     if cuda:
         model = model.to("cuda")
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(adapter_dir or path)
 
 
 def side_by_side(records: list[dict[str, Any]], columns: dict[str, list[Generation]], n: int = 12, width: int = 70) -> Any:

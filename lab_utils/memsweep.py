@@ -141,24 +141,20 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     import psutil
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from lab_utils.data import clean, load_records, to_prompt_completion
-    from lab_utils.train import lora_config
+    from lab_utils.train import load_model, lora_config
     from lab_utils.profiles import TrainSettings
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path)
     n = steps * EFFECTIVE_BATCH
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if config.method == "qlora":
-        kwargs = {"dtype": torch.bfloat16, "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)}
     baseline = psutil.Process().memory_info().rss
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
+    model = load_model(model_dir, config.method, bf16=config.method == "qlora")
     peft = None if config.method == "full" else lora_config(TrainSettings(lora_r=16, lora_alpha=32))
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(

@@ -73,6 +73,11 @@ class Profile:
         """A copy of this profile with some training settings changed."""
         return replace(self, train=replace(self.train, **changes))
 
+    def with_overrides(self, method: str = "", max_steps: int = 0) -> Profile:
+        """A copy with the given training method and step count; empty or 0 keeps the profile's own."""
+        changes = {k: v for k, v in {"method": method, "max_steps": max_steps}.items() if v}
+        return self.with_train(**changes) if changes else self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, for recording with a run."""
         return asdict(self)
