@@ -9,12 +9,21 @@ from pathlib import Path
 
 
 def _cmd_build_pocket(args: argparse.Namespace) -> int:
-    """Build (or find) the pocket base model and print its build record."""
-    from lab_utils.pocket import build_info, ensure_pocket_model
+    """Rebuild the pocket base model from scratch on this machine and print how it compares with the shipped one."""
+    from dataclasses import replace
 
-    path = ensure_pocket_model(force=args.force)
+    from lab_utils.pocket import PocketConfig, build_info, ensure_pocket_model, ship
+
+    config = replace(PocketConfig(), max_steps=args.steps) if args.steps else PocketConfig()
+    path = ensure_pocket_model(config, force=not args.keep)
     info = build_info(path)
-    print(json.dumps({k: v for k, v in info.items() if k != "pretrain"} | {"path": str(path)}, indent=2))
+    shown = {k: v for k, v in info.items() if k not in ("pretrain", "files", "versions", "config")}
+    shown["pretrain"] = {k: v for k, v in info["pretrain"].items() if k != "losses"}
+    print(json.dumps(shown | {"path": str(path)}, indent=2))
+    if args.ship:
+        print(f"shipped: {ship(path)}")
+    else:
+        print(f"the lab uses the shipped model unless told otherwise: LAB_POCKET=local (make lab POCKET=local) uses {path}")
     return 0
 
 
@@ -23,7 +32,7 @@ def _cmd_run_lab(args: argparse.Namespace) -> int:
     from lab_utils.runner import NotebookError, run_lab
 
     try:
-        run_lab(profile=args.profile, notebooks=args.notebooks or None)
+        run_lab(profile=args.profile, notebooks=args.notebooks or None, cell_timeout=args.cell_timeout)
     except NotebookError:
         return 1
     return 0
@@ -123,12 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m lab_utils`."""
     parser = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("build-pocket", help="build the pocket base model (cached)")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p = sub.add_parser("build-pocket", help="rebuild the pocket base model on this machine (into .cache/)")
+    p.add_argument("--steps", type=int, default=0, help="a quick build of N pretraining steps (default: the full 500)")
+    p.add_argument("--keep", action="store_true", help="reuse an existing local build of the same recipe")
+    p.add_argument("--ship", action="store_true", help="maintainers: copy the build into models/pocket-base/")
     p.set_defaults(func=_cmd_build_pocket)
     p = sub.add_parser("run-lab", help="execute the notebooks headlessly into runs/<timestamp>/")
     p.add_argument("--profile", default="auto")
     p.add_argument("--notebooks", nargs="*", help="prefixes of the notebooks to run, e.g. 02 04 (default: all)")
+    p.add_argument("--cell-timeout", type=int, default=-1,
+                   help="seconds one cell may run; 0: no limit; default: the profile's (none for the GPU profiles)")
     p.set_defaults(func=_cmd_run_lab)
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")

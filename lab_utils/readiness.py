@@ -132,9 +132,9 @@ def is_cached(repo_id: str, repo_type: str = "model") -> bool:
 def prefetch(profile: Profile) -> list[dict[str, Any]]:
     """Download what the profile needs from the hub ahead of class (with progress), then report what is cached."""
     if profile.base_model == "pocket":
-        from lab_utils.pocket import ensure_pocket_model
+        from lab_utils.pocket import pocket_model_path
 
-        return [{"item": "pocket base model", "where": str(ensure_pocket_model()), "cached": True}]
+        return [{"item": "pocket base model", "where": str(pocket_model_path()), "cached": True}]
     from huggingface_hub import snapshot_download
 
     model_dir = snapshot_download(
@@ -150,9 +150,13 @@ def prefetch(profile: Profile) -> list[dict[str, Any]]:
 def cache_report(profile: Profile) -> list[dict[str, Any]]:
     """What of the profile's hub files is cached already (nothing is downloaded)."""
     if profile.base_model == "pocket":
-        from lab_utils.pocket import is_built, model_dir
+        from lab_utils.pocket import PocketError, is_built, model_dir, pocket_model_path, pocket_source
 
-        return [{"item": "pocket base model", "where": str(model_dir()), "cached": is_built(model_dir())}]
+        try:
+            where = pocket_model_path(progress=False) if pocket_source() == "shipped" else model_dir()
+        except PocketError:
+            where = model_dir()
+        return [{"item": f"pocket base model ({pocket_source()})", "where": str(where), "cached": is_built(where)}]
     rows = [{"item": profile.base_model, "where": "hub cache", "cached": is_cached(profile.base_model)}]
     if "/" in profile.dataset and not Path(profile.dataset).exists():
         rows.append({"item": profile.dataset, "where": "hub cache", "cached": is_cached(profile.dataset, "dataset")})

@@ -45,11 +45,11 @@ class TrainResult:
 
 
 def resolve_model_path(profile: Profile) -> str:
-    """The base model's local folder (the pocket model, built on demand) or hub id."""
+    """The base model's local folder (the shipped pocket model, or a local rebuild with LAB_POCKET=local) or hub id."""
     if profile.base_model == "pocket":
-        from lab_utils.pocket import ensure_pocket_model
+        from lab_utils.pocket import pocket_model_path
 
-        return str(ensure_pocket_model())
+        return str(pocket_model_path())
     return profile.base_model
 
 
