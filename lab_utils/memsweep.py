@@ -1,5 +1,10 @@
 """A measured memory sweep: identical short SFT jobs under each optimization, each in a fresh process.
 
+The processes come from a fork server: one Python process imports torch, transformers, TRL, PEFT and bitsandbytes
+once, before any model exists, then forks a child per configuration. Each child starts from the same idle state,
+measures its own baseline after the fork and exits when done, so one run's memory cannot leak into the next, and
+the imports (about 11 s on a slow CPU) are paid once instead of nine times.
+
 Run one configuration by hand: `python -m lab_utils.memsweep --model DIR --config "7 LoRA" --steps 2`.
 """
 
@@ -8,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -63,7 +70,7 @@ class WideModel:
     """The wider pocket variant used for the sweep: big enough that the differences stand above the noise."""
 
     hidden_size: int = 768
-    num_layers: int = 6
+    num_layers: int = 5
     num_heads: int = 12  # head_dim 64
     intermediate_size: int = 2048
 
@@ -100,6 +107,23 @@ def skip_reason(config: SweepConfig, hw: Any) -> str | None:
     return None
 
 
+def uses_bf16(config: SweepConfig) -> bool:
+    """True when the configuration computes in bf16 (mixed precision, or QLoRA's bf16 compute dtype)."""
+    return config.precision == "bf16" or config.method == "qlora"
+
+
+def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None]:
+    """Optimizer steps to run for `config` here, and the note that explains a reduction.
+
+    On a CPU without native bf16 (no AVX512_BF16/AMX), bf16 matmuls are emulated about 25-50x slower than fp32, so the
+    bf16 configurations run one step (the same data per step as every other row). One step shows the same peak as
+    two, because the optimizer state is allocated before the first step (see `run_config`); only tokens/s is low."""
+    if uses_bf16(config) and hw.device == "cpu" and not getattr(hw, "bf16_native", True) and steps > 1:
+        return 1, ("bf16 is emulated on this CPU (no AVX512_BF16/AMX): 1 step instead of "
+                   f"{steps}, and tokens/s is far below fp32's; the peak memory is measured the same way")
+    return steps, None
+
+
 def estimate(config: SweepConfig, dims: ModelDims, seq_len: int, lora_r: int = 16) -> float:
     """The estimator's total for this configuration, in MB."""
     return estimate_training_memory(
@@ -134,6 +158,31 @@ class _RssSampler:
         self._thread.join()
 
 
+def _state_allocator() -> Any:
+    """A trainer callback that allocates the optimizer's state before the first step (zero gradients, learning rate
+    0: no weight changes), so every measured step, the first included, holds the state a long run holds."""
+    from transformers import TrainerCallback
+
+    class AllocateOptimizerState(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+            import torch
+
+            if optimizer is None:
+                return
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            for g in optimizer.param_groups:
+                g["lr"] = 0.0
+            optimizer.step()
+            for g, lr in zip(optimizer.param_groups, lrs):
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+
+    return AllocateOptimizerState()
+
+
 def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int) -> dict[str, Any]:
     """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline."""
     import tempfile
@@ -150,7 +199,7 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path)
-    n = steps * EFFECTIVE_BATCH
+    n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
     baseline = psutil.Process().memory_info().rss
     # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
@@ -165,7 +214,8 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0, dataloader_num_workers=0,
             include_num_input_tokens_seen="all",
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft,
+                             callbacks=[_state_allocator()])
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -191,36 +241,187 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     return result
 
 
-def run_in_fresh_process(config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int,
-                         timeout: float = 600.0) -> dict[str, Any]:
-    """Run one configuration in a new Python process (so one run's peak cannot leak into the next)."""
-    cmd = [sys.executable, "-m", "lab_utils.memsweep", "--model", model_dir, "--data", data_path,
-           "--config", config.name, "--steps", str(steps), "--seq-len", str(seq_len)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
-        raise RuntimeError(f"memory sweep run {config.name!r} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "psutil")
+_TAG = "@@lab-memsweep "
+
+
+class SweepWorkerError(RuntimeError):
+    """A configuration's run failed; the message quotes the end of its log."""
+
+
+class ForkServer:
+    """A process that imports the training stack once, then forks one fresh child per configuration.
+
+    `with ForkServer(log) as server: server.run(config, ...)`. Children write their result to a pipe; their stdout and
+    stderr go to the log file. The server is stopped (with any child) when the block ends, even after an error."""
+
+    def __init__(self, log_path: str | Path) -> None:
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[str] | None = None
+        self.import_seconds: float | None = None
+
+    def __enter__(self) -> ForkServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lab_utils.memsweep", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, text=True, env=env, start_new_session=True,
+        )
+        log.close()
+        ready = self._read(timeout=600)
+        self.import_seconds = ready.get("import_seconds")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the server and any child it still has."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        """The server's next tagged message (other output is ignored); raise on death or timeout."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise SweepWorkerError(f"the memory-sweep worker gave no answer within {timeout:.0f} s; log: {self.log_path}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 5.0))
+            if not ready:
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SweepWorkerError(f"the memory-sweep worker exited (code {self.proc.poll()}):\n{self._log_tail()}")
+            if line.startswith(_TAG):
+                return json.loads(line[len(_TAG):])
+
+    def _log_tail(self, n: int = 12) -> str:
+        """The last lines of the worker's log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-n:])
+
+    def run(self, config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int,
+            timeout: float = 900.0) -> dict[str, Any]:
+        """Run one configuration in a fresh child of the server and return its measurements."""
+        assert self.proc is not None and self.proc.stdin is not None
+        request = {"config": config.name, "model": model_dir, "data": data_path, "steps": steps, "seq_len": seq_len}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self._read(timeout)
+        if "error" in reply:
+            raise SweepWorkerError(f"memory sweep run {config.name!r} failed: {reply['error']}\n{self._log_tail()}")
+        return reply["result"]
+
+
+def serve() -> int:
+    """The fork server's loop: import once, then for each request line fork a child that runs one configuration."""
+    t0 = time.perf_counter()
+    for name in HEAVY_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import trl  # noqa: F401 - the SFTTrainer's module tree
+    import transformers.trainer  # noqa: F401
+
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")  # the protocol keeps its own copy of stdout...
+    os.dup2(2, 1)  # ...and library prints go to the log instead
+    sys.stdout = sys.stderr
+
+    def say(message: dict[str, Any]) -> None:
+        out.write(_TAG + json.dumps(message) + "\n")
+        out.flush()
+
+    say({"ready": True, "import_seconds": round(time.perf_counter() - t0, 2)})
+    for line in sys.stdin:
+        request = json.loads(line)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one configuration, then exit without running the parent's cleanup
+            os.close(read_fd)
+            out.close()
+            code = 0
+            try:
+                config = next(c for c in CONFIGS if c.name == request["config"])
+                result = run_config(config, request["model"], request["data"], request["steps"], request["seq_len"])
+                payload = {"result": result}
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                import traceback
+
+                traceback.print_exc()
+                payload, code = {"error": f"{type(e).__name__}: {e}"}, 1
+            with os.fdopen(write_fd, "w") as w:
+                w.write(json.dumps(payload))
+            sys.stderr.flush()
+            os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as r:
+            text = r.read()
+        _, status = os.waitpid(pid, 0)
+        if text:
+            say(json.loads(text))
+        else:
+            say({"error": f"the run's process died ({_status_text(status)}): out of memory?"})
+    return 0
+
+
+def _status_text(status: int) -> str:
+    """A child's wait status in words."""
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.WEXITSTATUS(status)}"
 
 
 def sweep(model_dir: str, data_path: str, hw: Any, steps: int = 2, seq_len: int = 256,
-          configs: list[SweepConfig] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Every configuration in turn: measured (or skipped, with the reason) beside the estimate."""
-    from tqdm.auto import tqdm
+          configs: list[SweepConfig] | None = None, progress: bool = True, log_dir: str | Path | None = None,
+          timeout: float = 900.0) -> list[dict[str, Any]]:
+    """Every configuration in turn, each in a fresh child of one fork server: measured (or skipped, with the
+    reason) beside the estimate, with a progress line as each starts and ends."""
+    import tempfile
+
     from transformers import AutoConfig
 
     dims = ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+    chosen = configs or CONFIGS
+    log = Path(log_dir or tempfile.mkdtemp()) / "memsweep-worker.log"
     rows = []
-    for config in tqdm(configs or CONFIGS, desc="memory sweep", disable=not progress):
-        row: dict[str, Any] = {"name": config.name, **asdict(config), "estimated_memory_mb": round(estimate(config, dims, seq_len), 1)}
-        reason = skip_reason(config, hw)
-        row.update({"ran": reason is None, "skipped_reason": reason})
-        if reason is None:
-            row.update(run_in_fresh_process(config, model_dir, data_path, steps, seq_len))
-        else:
-            row.update({"peak_memory_mb": None, "tokens_per_s": None, "loss_last": None})
-        rows.append(row)
+    t0 = time.perf_counter()
+    with ForkServer(log) as server:
+        say = print if progress else (lambda *a, **k: None)
+        say(f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
+            flush=True)
+        for i, config in enumerate(chosen, start=1):
+            row: dict[str, Any] = {"name": config.name, **asdict(config),
+                                   "estimated_memory_mb": round(estimate(config, dims, seq_len), 1)}
+            reason = skip_reason(config, hw)
+            n_steps, note = steps_for(config, hw, steps)
+            row.update({"ran": reason is None, "skipped_reason": reason, "steps": n_steps, "note": note})
+            if reason is not None:
+                say(f"[{i}/{len(chosen)}] {config.name}: skipped ({reason})", flush=True)
+                row.update({"peak_memory_mb": None, "tokens_per_s": None, "loss_last": None})
+                rows.append(row)
+                continue
+            say(f"[{i}/{len(chosen)}] {config.name}: running {n_steps} step(s)" + (f" - {note}" if note else ""),
+                flush=True)
+            row.update(server.run(config, model_dir, data_path, n_steps, seq_len, timeout=timeout))
+            say(f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
+                f"(estimate {row['estimated_memory_mb']:.0f}), {row['tokens_per_s']:.0f} tokens/s "
+                f"[{time.perf_counter() - t0:.0f} s so far]", flush=True)
+            rows.append(row)
     return rows
 
 
@@ -248,12 +449,17 @@ def plot(rows: list[dict[str, Any]]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: run one configuration and print its measurements as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--config", required=True, choices=[c.name for c in CONFIGS])
+    parser.add_argument("--serve", action="store_true", help="run as the sweep's fork server (reads requests on stdin)")
+    parser.add_argument("--model")
+    parser.add_argument("--data")
+    parser.add_argument("--config", choices=[c.name for c in CONFIGS])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     args = parser.parse_args(argv)
+    if args.serve:
+        return serve()
+    if not (args.model and args.data and args.config):
+        parser.error("--model, --data and --config are required (or --serve)")
     config = next(c for c in CONFIGS if c.name == args.config)
     print(json.dumps(run_config(config, args.model, args.data, args.steps, args.seq_len)), flush=True)
     return 0

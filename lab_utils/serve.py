@@ -66,6 +66,14 @@ def quantization_for(hw: Hardware, wanted: str = "auto") -> tuple[str | None, st
     return None, f"no FP8: {reason}"
 
 
+def serve_dtype(dtype: str, hw: Hardware) -> tuple[str, str | None]:
+    """The --dtype to serve with here, and a note when it differs from the profile's: bf16 on a CPU without native
+    bf16 is emulated and many times slower, so such a CPU serves in float32."""
+    if dtype == "bfloat16" and hw.device != "cuda" and not hw.bf16_native:
+        return "float32", f"--dtype float32: bf16 is emulated on this CPU ({hw.bf16_reason})"
+    return dtype, None
+
+
 def spec_for(
     profile: Profile, hw: Hardware, model: str, served_model_name: str, chat_template: str | None = None,
     lora_modules: dict[str, str] | None = None, **changes: Any,
@@ -74,11 +82,12 @@ def spec_for(
     s = profile.serve
     quant, why = quantization_for(hw, s.quantization)
     cpu = hw.device != "cuda"
-    notes = [why]
+    dtype, dtype_note = serve_dtype(s.dtype, hw)
+    notes = [why] + ([dtype_note] if dtype_note else [])
     if hw.unified_memory:
         notes.append("unified memory: --gpu-memory-utilization leaves room for the OS and the notebook's own process")
     spec = ServerSpec(
-        model=model, served_model_name=served_model_name, dtype=s.dtype, max_model_len=s.max_model_len,
+        model=model, served_model_name=served_model_name, dtype=dtype, max_model_len=s.max_model_len,
         max_num_seqs=s.max_num_seqs, gpu_memory_utilization=s.gpu_memory_utilization, quantization=quant,
         enable_prefix_caching=not cpu, tensor_parallel_size=max(1, hw.gpu_count) if not cpu else 1,
         chat_template=chat_template, lora_modules=dict(lora_modules or {}), cpu=cpu,

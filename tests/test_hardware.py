@@ -97,3 +97,46 @@ def test_choose_profile_for_described_hardware(name: str, profile: str) -> None:
 def test_choose_profile_probes_this_machine() -> None:
     """With no hardware given, choose_profile probes this CPU machine and picks pocket."""
     assert choose_profile()[0] == "pocket"
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "native", "said"),
+    [
+        ({"avx2", "fma"}, "x86_64", False, "AVX2 only"),  # the slow EPYC of CPU family 23
+        ({"avx2", "avx512f", "avx512bw"}, "x86_64", False, "AVX-512 without its BF16 extension"),  # Skylake-SP
+        ({"avx2", "avx512f", "avx512_bf16"}, "x86_64", True, "AVX512_BF16"),  # Zen 4, Cooper Lake
+        ({"avx2", "avx512f", "amx_bf16", "amx_tile"}, "x86_64", True, "AMX_BF16"),  # Sapphire Rapids
+        ({"asimd", "bf16", "i8mm"}, "aarch64", True, "ARMv8.6"),  # Graviton 3, Neoverse V1
+        ({"asimd"}, "aarch64", False, "before ARMv8.6"),  # Graviton 2
+    ],
+)
+def test_cpu_bf16_native_from_flags(flags: set[str], machine: str, native: bool, said: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab_utils.hardware import cpu_bf16_native
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    got, reason = cpu_bf16_native(flags, machine)
+    assert got is native and said in reason
+    if not native:
+        assert "emulated" in reason
+
+
+def test_onednn_isa_cap_makes_bf16_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off its bf16 kernels: how a fast CPU rehearses the slow machine."""
+    from lab_utils.hardware import cpu_bf16_native
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_bf16_native({"avx512_bf16"}, "x86_64")[0] is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert cpu_bf16_native({"avx512_bf16"}, "x86_64")[0] is True
+
+
+def test_probe_reports_native_bf16_with_its_reason() -> None:
+    from lab_utils.hardware import _bf16_feature, cpu_bf16_native
+
+    hw = probe()
+    assert (hw.bf16_native, hw.bf16_reason) == cpu_bf16_native()
+    assert hw.bf16_reason in _bf16_feature(hw).detail
+    slow = DESCRIBED["cpu"]
+    assert slow.bf16_native is False and "emulated (slow)" in _bf16_feature(slow).detail
+    assert DESCRIBED["h100"].bf16_native and not DESCRIBED["t4"].bf16_native

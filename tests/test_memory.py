@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lab_utils.memory import (
@@ -147,3 +149,58 @@ def test_from_config_matches_transformers(tied: bool) -> None:
     dims = ModelDims.from_config(config)
     assert dims.tie_embeddings is tied
     assert dims.n_params() == sum(p.numel() for p in model.parameters())
+
+
+# --- the measured sweep: sizing by hardware, and the fork server ---------------------------------------------------
+
+
+def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
+    from dataclasses import replace
+
+    from lab_utils import memsweep
+    from lab_utils.hardware import DESCRIBED
+
+    slow_cpu = DESCRIBED["cpu"]  # the AVX2-only EPYC: no native bf16
+    fast_cpu = replace(slow_cpu, bf16_native=True)
+    by_name = {c.name: c for c in memsweep.CONFIGS}
+    for name, config in by_name.items():
+        bf16 = name not in ("1 baseline: full fp32", "7 LoRA")
+        steps, note = memsweep.steps_for(config, slow_cpu, 2)
+        assert (steps, note is not None) == ((1, True) if bf16 else (2, False)), name
+        assert memsweep.steps_for(config, fast_cpu, 2) == (2, None)
+        assert memsweep.steps_for(config, DESCRIBED["h100"], 2) == (2, None)
+    assert "emulated" in memsweep.steps_for(by_name["8 QLoRA"], slow_cpu, 2)[1]
+
+
+@pytest.mark.slow
+def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: str) -> None:
+    import os
+
+    from lab_utils import memsweep
+    from lab_utils.hardware import probe
+
+    configs = [c for c in memsweep.CONFIGS if c.name in ("1 baseline: full fp32", "7 LoRA")]
+    rows = memsweep.sweep(pocket_model, "data/pocket_alpaca/train.jsonl", probe(), steps=1, seq_len=96,
+                          configs=configs, progress=False, log_dir=tmp_path)
+    full, lora = rows
+    assert full["ran"] and lora["ran"] and full["steps"] == 1
+    assert lora["trainable_params"] < 0.2 * full["trainable_params"]
+    assert full["peak_memory_mb"] > 0 and lora["peak_memory_mb"] > 0
+    # Each child starts from the server's idle state: the baselines agree (the first run left nothing behind).
+    assert abs(full["baseline_rss_mb"] - lora["baseline_rss_mb"]) < 0.1 * full["baseline_rss_mb"]
+    assert (tmp_path / "memsweep-worker.log").exists()
+    import psutil
+
+    children = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    assert not [c for c in children if "--serve" in c], "the fork server is stopped when the sweep ends"
+
+
+def test_fork_server_reports_a_failing_run(tmp_path) -> None:
+    from lab_utils import memsweep
+
+    with memsweep.ForkServer(tmp_path / "w.log") as server:
+        with pytest.raises(memsweep.SweepWorkerError, match="failed"):
+            server.run(memsweep.CONFIGS[0], str(tmp_path / "no-such-model"), "data/pocket_alpaca/train.jsonl", 1, 32)
+        pid = server.proc.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -56,8 +56,19 @@ def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
     assert t4.quantization is None and "no FP8" in t4.notes[0]
     cmd, env = flags(POCKET, "cpu")
     assert "--quantization" not in cmd and "--gpu-memory-utilization" not in cmd
-    assert value(cmd, "--dtype") == "bfloat16" and env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "KEY"}
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "KEY"}
     assert "--no-enable-prefix-caching" in cmd
+
+
+def test_a_cpu_without_native_bf16_serves_in_float32() -> None:
+    from dataclasses import replace
+
+    slow = DESCRIBED["cpu"]  # AVX2 only: bf16 would be emulated
+    spec = serve.spec_for(LLAMA, slow, "/m", "m")
+    assert spec.dtype == "float32" and any("emulated" in n for n in spec.notes)
+    fast = replace(slow, bf16_native=True, bf16_reason="AVX512_BF16")
+    assert serve.spec_for(LLAMA, fast, "/m", "m").dtype == "bfloat16"
+    assert serve.spec_for(LLAMA, DESCRIBED["h100"], "/m", "m").dtype == "bfloat16"
 
 
 def test_multi_gpu_tensor_parallel_and_lora_and_template() -> None:
