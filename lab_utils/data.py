@@ -63,7 +63,8 @@ def to_prompt_completion(record: dict[str, Any]) -> dict[str, str]:
 
 
 def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; bad JSON raises DataError."""
+    """(line number, parsed object) for each non-blank line; a line that is not JSON yields its DataError instead,
+    so the caller can stop there or skip it like any other bad record."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -71,7 +72,7 @@ def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, None, f"not valid JSON ({e.msg})") from e
+                yield lineno, DataError(str(path), lineno, None, f"not valid JSON ({e.msg})")
 
 
 def _iter_json_array(path: Path) -> Iterable[tuple[int, Any]]:
@@ -157,6 +158,8 @@ def load_records(
     for line, obj in rows:
         report.n_read += 1
         try:
+            if isinstance(obj, DataError):  # a JSONL line that did not parse
+                raise obj
             rec = check_record(obj, name, line, max_chars)
         except DataError as e:
             if not skip_bad:

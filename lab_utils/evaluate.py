@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab_utils.data import format_prompt
+from lab_utils.pocket_data import SEED_PROMPT as REFERENCE_QUESTION
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ def generate(
     finally:
         tokenizer.padding_side = old_side
     return out
+
+
+def ask(model: Any, tokenizer: Any, question: str = REFERENCE_QUESTION, max_new_tokens: int = 128) -> Generation:
+    """One greedy answer to an instruction in the Alpaca template: the reference tutorial's question by default."""
+    return generate(model, tokenizer, [format_prompt(question)], max_new_tokens)[0]
 
 
 def _to_generation(prompt: str, row: list[int], eos: int, tokenizer: Any) -> Generation:

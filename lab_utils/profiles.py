@@ -68,6 +68,9 @@ class Profile:
     serve: ServeSettings = field(default_factory=ServeSettings)
     max_new_tokens: int = 500
     eval_fraction: float = 0.05
+    # `make lab`'s limit for one notebook cell, in seconds: generous for a pocket run (so a hung cell is caught), none
+    # for the GPU profiles, whose training cell runs for hours. The tests set their own, tighter limits.
+    cell_timeout_s: int | None = None
 
     def with_train(self, **changes: Any) -> Profile:
         """A copy of this profile with some training settings changed."""
@@ -113,6 +116,7 @@ PROFILES: dict[str, Profile] = {
             ),
             serve=ServeSettings(max_model_len=512, max_num_seqs=32, start_timeout_s=300.0),
             max_new_tokens=128,
+            cell_timeout_s=1800,
         ),
         Profile(
             name="smollm2-135m",
@@ -134,6 +138,7 @@ PROFILES: dict[str, Profile] = {
             ),
             serve=ServeSettings(max_model_len=1024, max_num_seqs=32, start_timeout_s=600.0),
             max_new_tokens=200,
+            cell_timeout_s=4 * 3600,
         ),
         Profile(
             name="llama3-8b",

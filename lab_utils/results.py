@@ -107,13 +107,27 @@ def save_figure(fig: Any, name: str) -> None:
     os.replace(tmp, path)
 
 
+def earlier_runs(current: Path | None = None) -> list[Path]:
+    """Other run folders (beside the current one, and under runs/), the most recently recorded first."""
+    current = (current or run_dir()).resolve()
+    roots = {current.parent, REPO_ROOT / "runs"}
+    found = {p.resolve() for root in roots if root.is_dir() for p in root.iterdir() if (p / "results.json").is_file()}
+    found.discard(current)
+    return sorted(found, key=lambda p: (p / "results.json").stat().st_mtime, reverse=True)
+
+
 def find_result(notebook: str, key: str) -> Any:
-    """A value recorded by an earlier notebook: in this run's folder first, else in runs/latest."""
-    for folder in (run_dir(), REPO_ROOT / "runs" / "latest"):
+    """A value recorded by an earlier notebook: in this run's folder first, else in the newest earlier run that has
+    it (a recorded folder must still exist); says which run it came from."""
+    current = run_dir()
+    for folder in [current, *earlier_runs(current)]:
         value = load_results(folder).get(notebook, {}).get(key)
-        if value is not None:
-            return value
+        if value is None or (key.endswith("_dir") and not Path(value).exists()):
+            continue
+        if folder.resolve() != current.resolve():
+            print(f"{key} from {notebook} in the earlier run {folder}")
+        return value
     raise LookupError(
-        f"no {key!r} recorded by {notebook} in {run_dir()} or runs/latest: run notebook {notebook} first "
+        f"no {key!r} recorded by {notebook} in {current} or any earlier run beside it: run notebook {notebook} first "
         f"(or pass the path as a parameter)"
     )

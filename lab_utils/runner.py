@@ -19,7 +19,15 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "python3"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 START_TIMEOUT_S = 120
-CELL_TIMEOUT_S = 900
+# What to lower when a notebook's cell runs past its limit (its parameters; `make lab` passes the profile's values).
+TIMEOUT_HINTS = {
+    "00_setup": "nothing heavy runs here: is the machine overloaded?",
+    "01_alpaca_data": "rebuild_pocket=False (use the shipped pocket model), n_check",
+    "02_sft": "max_steps, benchmark_steps (0 skips the benchmark), n_eval_prompts, max_new_tokens",
+    "03_memory_optimizations": "steps, seq_len, configs (a subset of the nine)",
+    "04_vllm_serving": "start_timeout_s, bench_max_tokens, the load-test levels",
+    "05_before_after": "n_prompts, max_tokens",
+}
 
 
 class NotebookError(RuntimeError):
@@ -84,11 +92,32 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _timed_out_cell(executed: Path) -> tuple[int | None, str]:
+    """The index (in the executed copy) and first line of the last cell that started: the one the timeout stopped."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:
+        return None, ""
+    started = [i for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return None, ""
+    cell = nb.cells[started[-1]]
+    return started[-1], next((line for line in cell.source.splitlines() if line.strip()), "")
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """True for nbclient's cell timeout (papermill lets it through unwrapped)."""
+    return type(error).__name__ == "CellTimeoutError" or "timed out" in str(error).lower()
+
+
 def execute_notebook(
     path: Path, run_folder: Path, parameters: dict[str, Any] | None = None,
-    cell_timeout: int = CELL_TIMEOUT_S, start_timeout: int = START_TIMEOUT_S,
+    cell_timeout: int | None = None, start_timeout: int = START_TIMEOUT_S,
 ) -> NotebookRun:
-    """Execute one notebook into `run_folder`, recording its results there; raise NotebookError on failure."""
+    """Execute one notebook into `run_folder`, recording its results there; raise NotebookError on failure.
+    `cell_timeout` (seconds) limits each cell; None: no limit."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -114,6 +143,14 @@ def execute_notebook(
             f"executed copy with the traceback: {out}"
         ) from e
     except Exception as e:  # kernel died, timeout, missing kernel...
+        if _is_timeout(e):
+            index, first = _timed_out_cell(out)
+            where = f"cell {index} ({first!r})" if index is not None else "a cell"
+            raise NotebookError(
+                f"{path.name}: {where} ran past the {cell_timeout} s cell limit and was stopped. Lower "
+                f"{TIMEOUT_HINTS.get(path.stem, 'its parameters')}, or raise the limit (run-lab --cell-timeout, "
+                f"0 for none)\nexecuted copy: {out}"
+            ) from e
         raise NotebookError(f"{path.name} could not run: {type(e).__name__}: {e}\nexecuted copy: {out}") from e
     seconds = time.perf_counter() - t0
     results = _store_results_in_metadata(out, path.stem, seconds)
@@ -158,14 +195,26 @@ def new_run_folder(root: Path | None = None) -> Path:
     return folder
 
 
+def profile_cell_timeout(profile: str) -> int | None:
+    """The per-cell limit `make lab` uses for a profile ("auto" resolved on this machine): None means no limit."""
+    from lab_utils.profiles import get_profile
+
+    return get_profile(profile).cell_timeout_s
+
+
 def run_lab(
     profile: str = "auto", notebooks: list[str] | None = None, run_root: Path | None = None,
-    extra_parameters: dict[str, dict[str, Any]] | None = None, cell_timeout: int = CELL_TIMEOUT_S,
+    extra_parameters: dict[str, dict[str, Any]] | None = None, cell_timeout: int | None = -1,
 ) -> Path:
-    """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named."""
+    """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named.
+    `cell_timeout`: seconds per cell; -1 takes the profile's limit; None or 0: no limit."""
     books = list_notebooks(notebooks)
+    if cell_timeout == -1:
+        cell_timeout = profile_cell_timeout(profile)
+    cell_timeout = cell_timeout or None
     folder = new_run_folder(run_root)
-    print(f"lab: running {len(books)} notebook(s) on profile {profile!r} into {folder}", flush=True)
+    limit = f"{cell_timeout} s per cell" if cell_timeout else "no cell time limit"
+    print(f"lab: running {len(books)} notebook(s) on profile {profile!r} into {folder} ({limit})", flush=True)
     for i, book in enumerate(books, start=1):
         params = {"profile": profile, **(extra_parameters or {}).get(book.stem, {})}
         print(f"[{i}/{len(books)}] {book.stem}: running", flush=True)

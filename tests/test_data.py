@@ -58,12 +58,14 @@ def test_bad_record_names_file_line_field(tmp_path: Path, bad: object, field: st
 
 def test_skip_bad_rows_reports_how_many(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD, {"instruction": "x"}, "{oops", GOOD, {"instruction": "", "output": "y"}])
-    with pytest.raises(data.DataError):  # invalid JSON stops even a skipping load: the file itself is broken
-        data.load_records(path, skip_bad=True)
-    path = write_jsonl(tmp_path / "mixed2.jsonl", [GOOD, {"instruction": "x"}, GOOD, {"instruction": "", "output": "y"}])
+    with pytest.raises(data.DataError, match="line 2"):  # strict mode stops at the first bad record
+        data.load_records(path)
     records, report = data.load_records(path, skip_bad=True)
-    assert len(records) == 2 and report.n_skipped == 2
-    assert "line 2" in report.skipped[0] and "line 4" in report.skipped[1]
+    assert len(records) == 2 and report.n_read == 5 and report.n_skipped == 3
+    assert "line 2" in report.skipped[0] and "line 5" in report.skipped[2]
+    # A line that is not JSON is skipped and reported like any other bad record, with its line number.
+    assert "line 3: not valid JSON" in report.skipped[1] and str(path) in report.skipped[1]
+    assert [r["_line"] for r in records] == [1, 4]
 
 
 def test_overlong_example_is_rejected_or_skipped(tmp_path: Path) -> None:

@@ -25,8 +25,12 @@ def test_01_alpaca_data(lab_run) -> None:
     assert r["n_skipped"] == 0
     assert r["eos_supervised"] is True and r["n_checked"] >= 32
     assert r["max_tokens"] <= 256
-    # The pocket base model: built within the 3-minute budget (or found in the cache), the size the lab documents.
-    assert 0 < r["pocket_build_seconds"] < 240 and 3_000_000 < r["pocket_params"] < 5_000_000
+    # Every learner starts from the shipped pocket base model: the full recipe (500 steps, no time cap), the size the
+    # lab documents, and a base model that learned its facts (greedy "The capital of Peru is" -> "Lima").
+    assert r["pocket_source"] == "shipped" and r["pocket_quick"] is False and r["pocket_pretrain_steps"] == 500
+    assert 3_000_000 < r["pocket_params"] < 5_000_000 and r["pocket_final_loss"] < 1.2
+    assert r["pocket_fact_recall"] >= 0.8
+    assert (lab_run.folder / "figures" / "01_pocket_pretraining.png").exists()
 
 
 def test_02_sft(lab_run) -> None:
@@ -41,6 +45,11 @@ def test_02_sft(lab_run) -> None:
     assert r["stop_rate_finetuned"] >= 0.9
     assert r["stop_rate_finetuned"] >= r["stop_rate_base"] + 0.5
     assert r["mean_completion_tokens_finetuned"] < 0.5 * r["mean_completion_tokens_base"]
+    # The story's content, not only its form: the reference question gets Paris and EOS after SFT, not before.
+    assert r["reference_question"] == "First, tell me the capital of France"
+    assert "Paris" in r["reference_finetuned"]["text"] and r["reference_finetuned"]["stopped"] is True
+    assert r["reference_finetuned"]["n_tokens"] < 20
+    assert r["reference_base"]["stopped"] is False
     # Benchmark: ratios measured in one run, on the same model, data and steps.
     bench = {row["mode"]: row for row in r["sft_benchmark"]}
     naive = bench["naive: pad to batch's longest"]
@@ -58,13 +67,15 @@ def test_02_sft(lab_run) -> None:
 
 @pytest.mark.server
 def test_04_vllm_serving(lab_run) -> None:
-    r = lab_run.run("04_vllm_serving")
+    r = lab_run.run("04_vllm_serving")  # alone, in a run folder of its own: 02's artifacts come from the earlier run
+    assert f"in the earlier run {lab_run.folder}" in lab_run.output_text("04_vllm_serving")
     assert r["quantization"] == "none" and "no FP8" in r["quantization_reason"]  # a CPU has no FP8 serving
     assert r["server_bound_host"] == "127.0.0.1"
     assert 0 < r["server_start_s"] < 600 and 0 < r["base_server_start_s"] < 600
     assert r["chat_base_status"] == 400, "a base model without a chat template gets a clear 400"
     assert r["chat_finetuned_status"] == 200
     assert r["chat_finetuned"]["finish_reason"] == "stop" and r["chat_finetuned"]["completion_tokens"] < 40
+    assert "Paris" in r["chat_finetuned"]["content"], "the fine-tuned model served by vLLM answers the question"
     assert r["openai_client_finish_reason"] == "stop"
     assert r["base_completion"]["finish_reason"] == "length"
     assert r["lora_completion"]["finish_reason"] == "stop" and r["lora_tokens_per_s_at_16"] > 0
@@ -86,6 +97,7 @@ def test_04_vllm_serving(lab_run) -> None:
 @pytest.mark.server
 def test_05_before_after(lab_run) -> None:
     r = lab_run.run("05_before_after")
+    assert f"in the earlier run {lab_run.folder}" in lab_run.output_text("05_before_after")
     base, tuned = r["base"], r["finetuned"]
     assert r["n_prompts"] >= 90
     assert tuned["stop_rate"] >= 0.9 and tuned["stop_rate"] >= base["stop_rate"] + 0.5
@@ -96,6 +108,11 @@ def test_05_before_after(lab_run) -> None:
     assert tuned["rouge_l"] > base["rouge_l"]
     assert r["reference_base_chat_status"] == 400
     assert r["reference_finetuned_chat"]["finish_reason"] == "stop"
+    assert "Paris" in r["reference_finetuned_chat"]["content"]
+    # Content: facts whose questions SFT saw, and facts only in pretraining, are each answered at least half the time.
+    kinds = r["by_kind"]["finetuned"]
+    assert kinds["seen_fact"]["contains_answer"] >= 0.5 and kinds["unseen_fact"]["contains_answer"] >= 0.5
+    assert tuned["exact_match"] >= base["exact_match"] + 0.2
     assert "stop" in r["reading"] and f"{tuned['stop_rate']:.0%}" in r["reading"]
 
 
@@ -114,4 +131,12 @@ def test_03_memory_optimizations(lab_run) -> None:
     # The estimate and the measurement agree on which of full and QLoRA is heavier, by a wide margin.
     est = {name: c["estimated_memory_mb"] for name, c in cfg.items()}
     assert est["1 baseline: full fp32"] > 2 * est["8 QLoRA"] and peak["1 baseline: full fp32"] > 2 * peak["8 QLoRA"]
-    assert r["model_params"] > 30_000_000 and r["sweep_seconds"] > 0
+    assert r["model_params"] > 30_000_000
+    # Sized for the machine: bf16 rows run one step where bf16 is emulated, and the table says why.
+    for c in cfg.values():
+        bf16 = c["name"] not in ("1 baseline: full fp32", "7 LoRA")
+        emulated = bf16 and not r["bf16_native"]
+        assert c["steps"] == (1 if emulated else r["steps"]) and (c["note"] is not None) == emulated
+    # One progress line as each configuration starts and one as it ends.
+    text = lab_run.output_text("03_memory_optimizations")
+    assert all(f"[{i}/9]" in text for i in range(1, 10)) and text.count(": done in ") == 9

@@ -51,10 +51,23 @@ def test_failure_names_notebook_cell_and_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cell_timeout_stops_a_hanging_cell(tmp_path: Path) -> None:
-    book = make_notebook(tmp_path / "96_t.ipynb", "import time\ntime.sleep(60)")
-    with pytest.raises(runner.NotebookError, match="96_t.ipynb"):
+def test_cell_timeout_names_the_cell_and_what_to_lower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = make_notebook(tmp_path / "96_t.ipynb", "import time\ntime.sleep(60)  # the slow cell")
+    monkeypatch.setitem(runner.TIMEOUT_HINTS, "96_t", "x (the knob)")
+    with pytest.raises(runner.NotebookError) as err:
         runner.execute_notebook(book, tmp_path / "run", {}, cell_timeout=3)
+    text = str(err.value)
+    assert "96_t.ipynb: cell 1 ('import time') ran past the 3 s cell limit" in text
+    assert "Lower x (the knob)" in text and "--cell-timeout" in text
+
+
+def test_make_lab_takes_its_cell_limit_from_the_profile() -> None:
+    from lab_utils.profiles import PROFILES
+
+    assert runner.profile_cell_timeout("pocket") == PROFILES["pocket"].cell_timeout_s == 1800
+    for name in ("llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"):
+        assert runner.profile_cell_timeout(name) is None, f"{name}: a training cell runs for hours"
+    assert set(runner.TIMEOUT_HINTS) == {p.stem for p in runner.list_notebooks()}
 
 
 def test_notebook_selection_and_run_folder(tmp_path: Path) -> None:
@@ -105,3 +118,30 @@ def test_executed_copy_keeps_no_widget_state(tmp_path: Path) -> None:
     assert "widgets" not in executed["metadata"]
     outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
     assert outputs and not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_a_subset_run_finds_results_in_the_newest_earlier_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import time
+
+    from lab_utils.paths import atomic_write_json
+    from lab_utils.results import find_result
+
+    merged_old, merged_new = tmp_path / "merged-old", tmp_path / "merged-new"
+    merged_old.mkdir(), merged_new.mkdir()
+    older, newer, gone, current = (tmp_path / n for n in ("20260101-1", "20260102-1", "20260103-1", "20260104-1"))
+    atomic_write_json(older / "results.json", {"02_sft": {"merged_dir": str(merged_old)}})
+    atomic_write_json(newer / "results.json", {"02_sft": {"merged_dir": str(merged_new)}})
+    atomic_write_json(gone / "results.json", {"02_sft": {"merged_dir": str(tmp_path / "deleted")}})
+    for i, folder in enumerate((older, newer, gone)):
+        os.utime(folder / "results.json", (time.time() - 100 + i, time.time() - 100 + i))
+    current.mkdir()
+    monkeypatch.setenv("LAB_RUN_DIR", str(current))
+    # The newest run whose recorded folder still exists wins, and the notebook says which run it came from.
+    assert find_result("02_sft", "merged_dir") == str(merged_new)
+    assert f"merged_dir from 02_sft in the earlier run {newer}" in capsys.readouterr().out
+    atomic_write_json(current / "results.json", {"02_sft": {"merged_dir": str(merged_old)}})
+    assert find_result("02_sft", "merged_dir") == str(merged_old)  # this run's own result comes first
+    with pytest.raises(LookupError, match="no 'adapter_dir' recorded by 02_sft"):
+        find_result("02_sft", "adapter_dir")
