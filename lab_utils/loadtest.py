@@ -149,7 +149,7 @@ def throughput_sweep(base_url: str, api_key: str, model: str, prompts: list[str]
     """Measure each concurrency level in turn (fixed output length via ignore_eos, so levels compare)."""
     out = []
     for level in levels:
-        n = requests_per_level or max(4 * level, 16)
+        n = requests_per_level or max(2 * level, 8)
         out.append(_run_sync(_run_level(base_url, api_key, model, prompts, level, n, max_tokens, timeout)))
     return out
 

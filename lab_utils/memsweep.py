@@ -70,7 +70,7 @@ class WideModel:
     """The wider pocket variant used for the sweep: big enough that the differences stand above the noise."""
 
     hidden_size: int = 768
-    num_layers: int = 5
+    num_layers: int = 4
     num_heads: int = 12  # head_dim 64
     intermediate_size: int = 2048
 

@@ -60,6 +60,12 @@ def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
     assert "--no-enable-prefix-caching" in cmd
 
 
+def test_eager_mode_is_a_flag() -> None:
+    spec = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", enforce_eager=True)
+    assert "--enforce-eager" in serve.build_command(spec, 8000, "k")[0]
+    assert "--enforce-eager" not in serve.build_command(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m"), 8000, "k")[0]
+
+
 def test_a_cpu_without_native_bf16_serves_in_float32() -> None:
     from dataclasses import replace
 
