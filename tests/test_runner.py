@@ -138,6 +138,9 @@ def test_a_subset_run_finds_results_in_the_newest_earlier_run(tmp_path: Path, mo
         os.utime(folder / "results.json", (time.time() - 100 + i, time.time() - 100 + i))
     current.mkdir()
     monkeypatch.setenv("LAB_RUN_DIR", str(current))
+    import lab_utils.results
+
+    monkeypatch.setattr(lab_utils.results, "REPO_ROOT", tmp_path / "repo")  # this checkout's runs/ stay out of it
     # The newest run whose recorded folder still exists wins, and the notebook says which run it came from.
     assert find_result("02_sft", "merged_dir") == str(merged_new)
     assert f"merged_dir from 02_sft in the earlier run {newer}" in capsys.readouterr().out
