@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab_utils.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, reference_table
+from lab_utils.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory
 from lab_utils.profiles import PROFILES
 from lab_utils.results import versions
 
-__all__ = ["memory_calculator", "memory_table", "model_dims", "profiles_table", "reference_table", "versions_table"]
+__all__ = ["memory_calculator", "memory_table", "model_dims", "profiles_table", "versions_table"]
 
 CALCULATOR_SETUPS = {
     "full": ("full", "adamw"),

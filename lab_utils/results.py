@@ -116,18 +116,24 @@ def earlier_runs(current: Path | None = None) -> list[Path]:
     return sorted(found, key=lambda p: (p / "results.json").stat().st_mtime, reverse=True)
 
 
-def find_result(notebook: str, key: str) -> Any:
-    """A value recorded by an earlier notebook: in this run's folder first, else in the newest earlier run that has
-    it (a recorded folder must still exist); says which run it came from."""
+def find_section(notebook: str, key: str) -> dict[str, Any]:
+    """Everything an earlier notebook recorded, from the run that has `key`: this run's folder first, else the newest
+    earlier run (a recorded folder must still exist); says which run it came from."""
     current = run_dir()
     for folder in [current, *earlier_runs(current)]:
-        value = load_results(folder).get(notebook, {}).get(key)
+        section = load_results(folder).get(notebook, {})
+        value = section.get(key)
         if value is None or (key.endswith("_dir") and not Path(value).exists()):
             continue
         if folder.resolve() != current.resolve():
             print(f"{key} from {notebook} in the earlier run {folder}")
-        return value
+        return section
     raise LookupError(
         f"no {key!r} recorded by {notebook} in {current} or any earlier run beside it: run notebook {notebook} first "
         f"(or pass the path as a parameter)"
     )
+
+
+def find_result(notebook: str, key: str) -> Any:
+    """One value recorded by an earlier notebook (see `find_section`)."""
+    return find_section(notebook, key)[key]

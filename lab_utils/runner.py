@@ -204,7 +204,7 @@ def profile_cell_timeout(profile: str) -> int | None:
 
 def run_lab(
     profile: str = "auto", notebooks: list[str] | None = None, run_root: Path | None = None,
-    extra_parameters: dict[str, dict[str, Any]] | None = None, cell_timeout: int | None = -1,
+    cell_timeout: int | None = -1,
 ) -> Path:
     """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named.
     `cell_timeout`: seconds per cell; -1 takes the profile's limit; None or 0: no limit."""
@@ -216,7 +216,7 @@ def run_lab(
     limit = f"{cell_timeout} s per cell" if cell_timeout else "no cell time limit"
     print(f"lab: running {len(books)} notebook(s) on profile {profile!r} into {folder} ({limit})", flush=True)
     for i, book in enumerate(books, start=1):
-        params = {"profile": profile, **(extra_parameters or {}).get(book.stem, {})}
+        params = {"profile": profile}
         print(f"[{i}/{len(books)}] {book.stem}: running", flush=True)
         try:
             run = execute_notebook(book, folder, params, cell_timeout=cell_timeout)

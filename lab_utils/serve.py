@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +96,7 @@ def spec_for(
         chat_template=chat_template, lora_modules=dict(lora_modules or {}), cpu=cpu,
         cpu_kvcache_space_gb=s.cpu_kvcache_space_gb, default_temperature=s.default_temperature, notes=tuple(notes),
     )
-    return _replace(spec, **changes)
-
-
-def _replace(spec: ServerSpec, **changes: Any) -> ServerSpec:
-    """A copy of the spec with some fields changed."""
-    from dataclasses import replace
-
-    return replace(spec, **changes) if changes else spec
+    return replace(spec, **changes)
 
 
 def build_command(spec: ServerSpec, port: int, api_key: str) -> tuple[list[str], dict[str, str]]:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data import clean, load_records, split_records, to_prompt_completion
-from lab_utils.paths import atomic_write_json, repo_path, swap_in_dir
+from lab_utils.paths import atomic_write_json, swap_in_dir
 from lab_utils.profiles import Profile, TrainSettings
+from lab_utils.results import versions
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIG_FILE = "lab_train_config.json"
@@ -272,7 +273,7 @@ def train(
     main = trainer.is_world_process_zero()
     if main:
         atomic_write_json(output_dir / CONFIG_FILE, {
-            "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": _versions(),
+            "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": versions(),
             "world_size": trainer.args.world_size,
         })
     # The eval loss before any training: the reference the final eval loss is judged against (per-batch train losses
@@ -320,18 +321,6 @@ def save_atomically(trainer: Any, target: Path) -> Path:
     trainer.save_model(str(tmp))
     trainer.processing_class.save_pretrained(str(tmp))
     return swap_in_dir(tmp, target)
-
-
-def _versions() -> dict[str, str]:
-    """Versions of the training stack."""
-    from lab_utils.results import versions
-
-    return versions()
-
-
-def load_training_config(output_dir: str | Path) -> dict[str, Any]:
-    """The configuration saved with a training run."""
-    return json.loads((Path(repo_path(output_dir)) / CONFIG_FILE).read_text())
 
 
 def collated_examples(tokenizer: Any, records: list[dict[str, Any]], max_length: int = 512) -> tuple[Any, list[Any]]:

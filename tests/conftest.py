@@ -39,13 +39,13 @@ class LabRun:
         """The run folder notebook `name` executes into."""
         return self.root / f"20260101-0001{SUBSET_RUNS.index(name):02d}" if name in SUBSET_RUNS else self.folder
 
-    def run(self, name: str, **overrides: Any) -> dict[str, Any]:
+    def run(self, name: str) -> dict[str, Any]:
         """Execute notebook `name` (once) and return its recorded results."""
         if name not in self.done:
             for earlier in sorted(TEST_PARAMETERS):
                 if earlier < name and earlier not in self.done and _needed(earlier, name):
                     self.run(earlier)
-            params = {**TEST_PARAMETERS.get(name, {}), **overrides}
+            params = TEST_PARAMETERS.get(name, {})
             self.done[name] = execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", self.folder_of(name), params,
                                                cell_timeout=CELL_TIMEOUT_S)
         return load_results(self.folder_of(name))[name]

@@ -174,8 +174,6 @@ def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
 
 @pytest.mark.slow
 def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: str) -> None:
-    import os
-
     from lab_utils import memsweep
     from lab_utils.hardware import probe
 

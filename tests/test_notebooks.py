@@ -58,7 +58,7 @@ def test_02_sft(lab_run) -> None:
     assert 0.75 < lab["useful_tokens"] / naive["useful_tokens"] < 1.33, "comparable work (same steps and batch size)"
     assert lab["speedup_vs_naive"] >= 1.25, "the lab's batching must clearly beat dynamic padding (goal: 1.5x)"
     assert naive["tokens_per_s"] > bench["naive: pad to data's longest"]["tokens_per_s"]
-    assert r["lab_speedup_vs_naive"] == lab["speedup_vs_naive"] and r["padding_bound"] > 1.0
+    assert r["padding_bound"] > 1.0
     # The plots are saved for the report and shown inline in the executed notebook.
     assert {"02_loss.png", "02_sft_throughput.png"} <= {p.name for p in (lab_run.folder / "figures").iterdir()}
     executed = json.loads((lab_run.folder / "02_sft.ipynb").read_text())
@@ -113,7 +113,8 @@ def test_05_before_after(lab_run) -> None:
     kinds = r["by_kind"]["finetuned"]
     assert kinds["seen_fact"]["contains_answer"] >= 0.5 and kinds["unseen_fact"]["contains_answer"] >= 0.5
     assert tuned["exact_match"] >= base["exact_match"] + 0.2
-    assert "stop" in r["reading"] and f"{tuned['stop_rate']:.0%}" in r["reading"]
+    # The reading is written from the measured numbers, not typed by hand.
+    assert f"{tuned['stop_rate']:.0%}" in r["reading"] and f"{base['stop_rate']:.0%}" in r["reading"]
 
 
 def test_03_memory_optimizations(lab_run) -> None:

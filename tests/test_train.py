@@ -95,8 +95,8 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
     result = train.train(prof, tmp_path, model_path=pocket_model)
     out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype="float32")
     facts = merge.check_merged(out)
-    assert facts == {"safetensors_only": True, "has_quantization_config": False,
-                     "generation_eos_token_id": facts["generation_eos_token_id"], "has_chat_template": True}
+    assert facts["safetensors_only"] is True and facts["has_quantization_config"] is False
+    assert facts["has_chat_template"] is True
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)

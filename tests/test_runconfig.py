@@ -1,0 +1,65 @@
+"""One run configuration, resolved once; later notebooks read what 02 trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab_utils import runconfig
+from lab_utils.hardware import DESCRIBED
+from lab_utils.paths import atomic_write_json
+
+
+def test_resolve_applies_every_override_once() -> None:
+    cfg = runconfig.resolve("pocket", DESCRIBED["cpu"], method="qlora", max_steps=7, dataset="my.jsonl",
+                            max_new_tokens=33, n_prompts=5, start_timeout_s=12)
+    assert (cfg.name, cfg.method, cfg.profile.train.max_steps, cfg.dataset) == ("pocket", "qlora", 7, "my.jsonl")
+    assert (cfg.max_new_tokens, cfg.n_prompts, cfg.start_timeout_s) == (33, 5, 12)
+    assert cfg.is_pocket and cfg.hardware is DESCRIBED["cpu"]
+    plain = runconfig.resolve("pocket", DESCRIBED["cpu"])
+    assert plain.method == "lora" and plain.dataset == plain.profile.dataset
+    assert plain.max_new_tokens == plain.profile.max_new_tokens and plain.start_timeout_s == 300.0
+    assert len(plain.heldout()) >= 90 and len(cfg.heldout()) == 5
+    assert cfg.to_dict()["profile"]["train"]["method"] == "qlora" and cfg.to_dict()["hardware"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("machine", "name"), [("h100", "llama3-8b"), ("t4", "llama3-8b-qlora"), ("cpu", "pocket")])
+def test_auto_is_resolved_from_the_given_hardware(machine: str, name: str) -> None:
+    cfg = runconfig.resolve("auto", DESCRIBED[machine])
+    assert cfg.name == name and cfg.requested == "auto" and cfg.reason
+    assert not runconfig.resolve("auto", DESCRIBED[machine]).is_pocket or machine == "cpu"
+
+
+def _record_02(folder: Path, method: str, tmp_path: Path) -> None:
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    merged.mkdir(exist_ok=True), adapter.mkdir(exist_ok=True)
+    cfg = runconfig.resolve("pocket", DESCRIBED["cpu"], method=method, dataset="custom.jsonl")
+    atomic_write_json(folder / "results.json", {
+        "01_alpaca_data": {"dataset": "custom.jsonl"},
+        "02_sft": {"run_config": cfg.to_dict(), "merged_dir": str(merged), "adapter_dir": str(adapter),
+                   "base_model": "/base"},
+    })
+
+
+def test_later_notebooks_read_what_02_trained_not_the_profile_default(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug this fixes: 04 took the method from the profile (lora) after 02 trained `method="full"`, and would
+    have handed vLLM a full model as a LoRA adapter."""
+    monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "run"))
+    _record_02(tmp_path / "run", "full", tmp_path)
+    run = runconfig.trained()
+    assert run.method == "full" and not run.has_adapter
+    assert run.dataset == "custom.jsonl" and run.base_model == "/base" and run.lora_r == 16
+    assert runconfig.trained(merged_dir="/explicit").merged_dir == "/explicit"
+    _record_02(tmp_path / "run", "qlora", tmp_path)
+    assert runconfig.trained().has_adapter
+
+
+def test_02_trains_on_the_data_01_loaded_in_this_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "empty"))
+    assert runconfig.dataset_from_01() == ""
+    monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "run"))
+    _record_02(tmp_path / "run", "lora", tmp_path)
+    assert runconfig.dataset_from_01() == "custom.jsonl"
+    assert runconfig.resolve("pocket", DESCRIBED["cpu"], dataset=runconfig.dataset_from_01()).dataset == "custom.jsonl"
