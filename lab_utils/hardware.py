@@ -337,15 +337,34 @@ def _vllm_feature(hw: Hardware) -> Feature:
     return Feature("vllm", True, "vllm (CUDA build)")
 
 
-def _flash_attention_feature(hw: Hardware) -> Feature:
-    """FlashAttention-2 class kernels: CUDA GPUs of compute capability 8.0 and up."""
+def flash_attn_importable() -> bool:
+    """Whether the flash_attn package imports: a prebuilt wheel can be installed and still fail to load (an undefined
+    symbol against another torch), so finding it is not enough."""
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, OSError or an undefined-symbol error
+        return False
+    return True
+
+
+def _flash_attention_feature(hw: Hardware, installed: bool | None = None) -> Feature:
+    """FlashAttention-2: a CUDA GPU of compute capability 8.0 and up, and (when `installed` is known) a flash_attn
+    package that imports. The one rule the feature table and the training code both use."""
     if hw.device != "cuda" or hw.compute_capability is None:
         return Feature("flash_attention", False, f"no CUDA GPU ({hw.device}): PyTorch SDPA uses its own kernels")
-    if hw.compute_capability >= (8, 0):
-        return Feature("flash_attention", True, f"FlashAttention-2 kernels run on compute capability {_cc(hw)} >= 8.0")
-    return Feature(
-        "flash_attention", False, f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa"
-    )
+    if hw.compute_capability < (8, 0):
+        return Feature(
+            "flash_attention", False, f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa"
+        )
+    if installed is False:
+        return Feature("flash_attention", False, f"compute capability {_cc(hw)} could run FlashAttention-2, but the "
+                       "flash_attn package does not import here: training uses sdpa and length-grouped batches")
+    return Feature("flash_attention", True, f"FlashAttention-2 kernels run on compute capability {_cc(hw)} >= 8.0")
+
+
+def flash_attention_usable(hw: Hardware) -> bool:
+    """True when training can load FlashAttention-2 here: the hardware allows it and the package imports."""
+    return _flash_attention_feature(hw, installed=flash_attn_importable() if hw.device == "cuda" else None).available
 
 
 def _multi_gpu_feature(hw: Hardware) -> Feature:

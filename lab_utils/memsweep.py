@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.memory import ModelDims, estimate_training_memory
+from lab_utils.profiles import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,23 @@ class SweepConfig:
     def optim_name(self) -> str:
         """The transformers `optim` value."""
         return {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}[self.optimizer]
+
+    def settings(self, steps: int, seq_len: int, base: TrainSettings = TrainSettings()) -> TrainSettings:
+        """The lab's training settings for this row (LoRA rank, alpha and targets from `base`): the sweep trains
+        through the same `train.sft_config` as notebook 02, so a new row is one line in CONFIGS."""
+        return replace(
+            base, method=self.method, max_steps=steps, learning_rate=1e-4, per_device_batch_size=self.micro_batch,
+            gradient_accumulation_steps=self.grad_accum, max_seq_length=seq_len, bf16=self.precision == "bf16",
+            gradient_checkpointing=self.gradient_checkpointing, optim=self.optim_name(), batching="padded", seed=0,
+        )
+
+
+# What a measurement run changes on top of the training settings: every batch padded to the full length (so each
+# row holds the same tokens), no checkpoints, no evaluation, a log line per step, padding counted as tokens.
+MEASURE_OVERRIDES: dict[str, Any] = {
+    "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
+    "include_num_input_tokens_seen": "all", "warmup_steps": 0,
+}
 
 
 # Few tokens per step, as in real fine-tuning (an 8B model at batch 1 x 1024 tokens holds more in weights and optimizer
@@ -124,7 +142,7 @@ def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None
     return steps, None
 
 
-def estimate(config: SweepConfig, dims: ModelDims, seq_len: int, lora_r: int = 16) -> float:
+def estimate(config: SweepConfig, dims: ModelDims, seq_len: int, lora_r: int = TrainSettings().lora_r) -> float:
     """The estimator's total for this configuration, in MB."""
     return estimate_training_memory(
         dims, config.method, config.precision, config.optimizer, config.micro_batch, seq_len,
@@ -191,11 +209,10 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from lab_utils.data import clean, load_records, to_prompt_completion
-    from lab_utils.train import load_model, lora_config
-    from lab_utils.profiles import TrainSettings
+    from lab_utils.train import load_model, lora_config, sft_config
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path)
@@ -203,17 +220,11 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
     baseline = psutil.Process().memory_info().rss
     # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
+    settings = config.settings(steps, seq_len)
     model = load_model(model_dir, config.method, bf16=config.method == "qlora")
-    peft = None if config.method == "full" else lora_config(TrainSettings(lora_r=16, lora_alpha=32))
+    peft = None if config.method == "full" else lora_config(settings)
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(
-            output_dir=tmp, max_steps=steps, per_device_train_batch_size=config.micro_batch,
-            gradient_accumulation_steps=config.grad_accum, learning_rate=1e-4, bf16=config.precision == "bf16",
-            gradient_checkpointing=config.gradient_checkpointing, optim=config.optim_name(), max_length=seq_len,
-            pad_to_multiple_of=seq_len, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
-            disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0, dataloader_num_workers=0,
-            include_num_input_tokens_seen="all",
-        )
+        args = sft_config(settings, tmp, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft,
                              callbacks=[_state_allocator()])
         cuda = torch.cuda.is_available()

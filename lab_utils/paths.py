@@ -27,15 +27,16 @@ def repo_path(path: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file so that readers never see it half-written."""
+    """Write a text file (UTF-8, "\\n" line ends, readable by all) so that readers never see it half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; the lab's files are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ cache: a fixed number of steps with fixed seeds, never a time budget, so a slow 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -68,12 +69,34 @@ class PocketConfig:
         return self.max_steps < PocketConfig.max_steps
 
     def key(self) -> str:
-        """A short hash of how the model is built: every setting, the data generator and the recipe version."""
+        """A short hash of how the model is built: every setting, the text it is built from (pretraining corpus and
+        tokenizer text) and the recipe version. A change to the generated data means a new model; a refactor of the
+        generator that writes the same text does not."""
         fields = {k: v for k, v in asdict(self).items() if k != "threads"}
-        # The corpus and the tokenizer's text come from the generator: a change there means a new model.
-        generator = (Path(__file__).parent / "pocket_data.py").read_bytes()
-        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + generator + BUILD_VERSION.encode())
+        data = corpus_digest(self.n_docs, self.seed)
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + data.encode() + BUILD_VERSION.encode())
         return digest.hexdigest()[:10]
+
+
+def build_texts(n_docs: int, seed: int) -> tuple[list[str], list[str]]:
+    """The pretraining documents, and the instruction text the tokenizer also sees (the model is not trained on it)."""
+    from lab_utils.data import format_prompt
+    from lab_utils.pocket_data import make_pretraining_documents, make_sft_records
+
+    documents = make_pretraining_documents(n_docs=n_docs, seed=seed)
+    sft_text = [format_prompt(r["instruction"], r["input"]) + r["output"] for r in make_sft_records(seed=seed)]
+    return documents, sft_text
+
+
+@functools.lru_cache(maxsize=8)
+def corpus_digest(n_docs: int, seed: int) -> str:
+    """SHA-256 of every text a build reads (documents, then the tokenizer's extra text)."""
+    h = hashlib.sha256()
+    for part in build_texts(n_docs, seed):
+        for text in part:
+            h.update(text.encode() + b"\0")
+        h.update(b"\1")
+    return h.hexdigest()
 
 
 def model_dir(config: PocketConfig = PocketConfig()) -> Path:
@@ -329,8 +352,6 @@ def build_pocket_model(out: Path, config: PocketConfig = PocketConfig(), progres
     import torch
     from transformers import GenerationConfig
 
-    from lab_utils.data import format_prompt
-    from lab_utils.pocket_data import make_pretraining_documents, make_sft_records
     from lab_utils.results import versions
 
     if config.quick:
@@ -339,10 +360,9 @@ def build_pocket_model(out: Path, config: PocketConfig = PocketConfig(), progres
     t0 = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
-    documents = make_pretraining_documents(n_docs=config.n_docs, seed=config.seed)
     # The tokenizer sees the instruction data's text too (as a real tokenizer's corpus covers such text),
     # but the model is pretrained on the documents alone.
-    sft_text = [format_prompt(r["instruction"], r["input"]) + r["output"] for r in make_sft_records(seed=config.seed)]
+    documents, sft_text = build_texts(config.n_docs, config.seed)
     tokenizer = train_tokenizer(documents + sft_text, config.vocab_size)
     model = make_model(config, tokenizer)
     stream = token_stream(tokenizer, documents)

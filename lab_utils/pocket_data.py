@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from lab_utils.paths import atomic_write_text
 
 T = TypeVar("T")
 Record = dict[str, str]
@@ -793,26 +793,13 @@ def to_jsonl(records: Sequence[dict[str, str | None]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; data files are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(out_dir: str | Path, seed: int = 0) -> dict[str, int]:
     """Write train.jsonl and heldout.jsonl into out_dir; return how many records each holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, heldout = make_sft_records(seed), make_heldout(seed)
-    _write_atomic(out / "train.jsonl", to_jsonl(train))
-    _write_atomic(out / "heldout.jsonl", to_jsonl(heldout))
+    atomic_write_text(out / "train.jsonl", to_jsonl(train))
+    atomic_write_text(out / "heldout.jsonl", to_jsonl(heldout))
     return {"train": len(train), "heldout": len(heldout)}
 
 

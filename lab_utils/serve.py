@@ -31,17 +31,21 @@ class ServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """Everything the vLLM command line is built from."""
+    """Everything the vLLM command line is built from (`spec_for` fills it from a profile's ServeSettings, the one
+    place the serving defaults live)."""
 
     model: str
     served_model_name: str
+    dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    gpu_memory_utilization: float
+    cpu_kvcache_space_gb: int
+    default_temperature: float | None
+    start_timeout_s: float
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
     api_key: str = ""  # "": generate one
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
-    max_num_seqs: int = 64
-    gpu_memory_utilization: float = 0.80
     quantization: str | None = None  # "fp8" or None
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1
@@ -49,8 +53,6 @@ class ServerSpec:
     lora_modules: dict[str, str] = field(default_factory=dict)  # name -> adapter folder
     max_lora_rank: int = 16
     cpu: bool = False
-    cpu_kvcache_space_gb: int = 1
-    default_temperature: float | None = 0.0
     # Skip torch.compile at start: about 20 s less per start on a CPU (a minute on a slow one), slower decoding. Worth
     # it where a notebook asks a few questions and runs no load test.
     enforce_eager: bool = False
@@ -94,7 +96,8 @@ def spec_for(
         max_num_seqs=s.max_num_seqs, gpu_memory_utilization=s.gpu_memory_utilization, quantization=quant,
         enable_prefix_caching=not cpu, tensor_parallel_size=max(1, hw.gpu_count) if not cpu else 1,
         chat_template=chat_template, lora_modules=dict(lora_modules or {}), cpu=cpu,
-        cpu_kvcache_space_gb=s.cpu_kvcache_space_gb, default_temperature=s.default_temperature, notes=tuple(notes),
+        cpu_kvcache_space_gb=s.cpu_kvcache_space_gb, default_temperature=s.default_temperature,
+        start_timeout_s=s.start_timeout_s, notes=tuple(notes),
     )
     return replace(spec, **changes)
 
@@ -185,9 +188,9 @@ atexit.register(_stop_all)
 class VLLMServer:
     """A running vLLM server: `with VLLMServer(spec, log_dir) as server: server.base_url ...`."""
 
-    def __init__(self, spec: ServerSpec, log_dir: str | Path, name: str = "vllm", timeout: float = 300.0) -> None:
+    def __init__(self, spec: ServerSpec, log_dir: str | Path, name: str = "vllm", timeout: float | None = None) -> None:
         self.spec = spec
-        self.timeout = timeout
+        self.timeout = timeout or spec.start_timeout_s
         self.log_path = Path(log_dir) / f"{name}.log"
         self.api_key = spec.api_key or "lab-" + secrets.token_urlsafe(16)
         self.port = spec.port
@@ -200,8 +203,10 @@ class VLLMServer:
         """The server's root URL (the OpenAI API lives under /v1)."""
         return f"http://{self.spec.host}:{self.port}"
 
-    def start(self, timeout: float = 300.0) -> VLLMServer:
-        """Start the process and wait until /health answers 200, the process dies, or the deadline passes."""
+    def start(self, timeout: float | None = None) -> VLLMServer:
+        """Start the process and wait until /health answers 200, the process dies, or the deadline passes (the
+        server's timeout unless one is given)."""
+        timeout = timeout or self.timeout
         if self.port and port_in_use(self.port, self.spec.host):
             raise ServerError(f"port {self.port} on {self.spec.host} is already in use: stop that server or pass port=0")
         self.port = self.port or free_port(self.spec.host)

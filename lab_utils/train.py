@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data import clean, load_records, split_records, to_prompt_completion
+from lab_utils.memory import LORA_TARGET_SETS
 from lab_utils.paths import atomic_write_json, swap_in_dir
 from lab_utils.profiles import Profile, TrainSettings
 from lab_utils.results import versions
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = list(LORA_TARGET_SETS["all-linear"])  # every linear projection; the estimator counts the same set
 CONFIG_FILE = "lab_train_config.json"
 METRICS_FILE = "lab_train_metrics.json"
 
@@ -148,10 +149,12 @@ def resolve_batching(batching: str) -> str:
 
 
 def _flash_attn_usable() -> bool:
-    """A CUDA GPU and the flash_attn package: what padding-free batches are made for."""
-    import importlib.util
+    """A GPU that runs FlashAttention-2 and a flash_attn package that imports: what padding-free batches are made for."""
+    if not _cuda_available():
+        return False
+    from lab_utils.hardware import flash_attention_usable, probe
 
-    return _cuda_available() and importlib.util.find_spec("flash_attn") is not None
+    return flash_attention_usable(probe())
 
 
 def batching_kwargs(mode: str) -> dict[str, Any]:

@@ -64,6 +64,19 @@ def _needed(earlier: str, name: str) -> bool:
     return (earlier == "02_sft" and name > "02_sft") or (name in SUBSET_RUNS and earlier < "03")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a machine with a CUDA GPU, skip the tests that assert CPU-only behaviour, so the suite stays honest there."""
+    cpu_only = [item for item in items if item.get_closest_marker("cpu_only")]
+    if not cpu_only:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="asserts CPU-only behaviour; this machine has a CUDA GPU")
+        for item in cpu_only:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
     """The session's lab run folder."""

@@ -52,3 +52,24 @@ def test_dockerfile_lints() -> None:
     cmd = next(i["value"] for i in parser.structure if i["instruction"] == "CMD")
     assert "jupyter lab" in cmd and "token=${JUPYTER_TOKEN:?" in cmd
     assert sum(1 for i in instructions if i == "CMD") == 1
+
+
+def test_compose_runs_the_command_the_lab_builds() -> None:
+    """The compose file and the notebooks start vLLM the same way: no hand-written flag drifts (it once lacked the
+    default-temperature override)."""
+    from lab_utils import serve
+    from lab_utils.hardware import DESCRIBED
+    from lab_utils.profiles import get_profile
+
+    spec = serve.spec_for(get_profile("llama3-8b"), DESCRIBED["h100"], "/models/finetuned", "alpaca-finetuned",
+                          chat_template="/models/finetuned/chat_template.jinja", host="0.0.0.0")
+    built, env = serve.build_command(spec, 8000, "KEY")
+    compose = [str(c) for c in yaml.safe_load(COMPOSE.read_text())["services"]["vllm"]["command"]]
+    assert compose[0] == "python3" and compose[1:] == built[1:]
+    assert list(env) == ["VLLM_API_KEY"]
+
+
+def test_compose_requires_an_api_key() -> None:
+    vllm = yaml.safe_load(COMPOSE.read_text())["services"]["vllm"]
+    key = next(e for e in vllm["environment"] if e.startswith("VLLM_API_KEY="))
+    assert ":?" in key, "an empty key would leave /v1 open: compose must refuse to start without one"

@@ -12,6 +12,7 @@ from lab_utils.profiles import choose_profile
 FEATURE_NAMES = {"bf16", "fp8_serving", "bnb_4bit", "bnb_8bit_optim", "vllm", "flash_attention", "multi_gpu"}
 
 
+@pytest.mark.cpu_only
 def test_probe_on_this_cpu_machine() -> None:
     """The lab's CI machine has no GPU: probe says cpu, with real memory and CPU counts."""
     hw = probe()
@@ -94,6 +95,7 @@ def test_choose_profile_for_described_hardware(name: str, profile: str) -> None:
     assert why
 
 
+@pytest.mark.cpu_only
 def test_choose_profile_probes_this_machine() -> None:
     """With no hardware given, choose_profile probes this CPU machine and picks pocket."""
     assert choose_profile()[0] == "pocket"
@@ -140,3 +142,19 @@ def test_probe_reports_native_bf16_with_its_reason() -> None:
     slow = DESCRIBED["cpu"]
     assert slow.bf16_native is False and "emulated (slow)" in _bf16_feature(slow).detail
     assert DESCRIBED["h100"].bf16_native and not DESCRIBED["t4"].bf16_native
+
+
+@pytest.mark.cpu_only
+def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab_utils import hardware, train
+
+    h100 = DESCRIBED["h100"]
+    assert hardware._flash_attention_feature(h100).available  # the table: what the hardware allows
+    assert not hardware._flash_attention_feature(h100, installed=False).available
+    assert "does not import" in hardware._flash_attention_feature(h100, installed=False).detail
+    assert not hardware._flash_attention_feature(DESCRIBED["t4"], installed=True).available
+    monkeypatch.setattr(hardware, "flash_attn_importable", lambda: False)
+    assert hardware.flash_attention_usable(h100) is False  # installed but broken: training falls back
+    monkeypatch.setattr(hardware, "flash_attn_importable", lambda: True)
+    assert hardware.flash_attention_usable(h100) is True
+    assert train.resolve_batching("auto") == "group_by_length"  # this CPU machine: no FlashAttention

@@ -9,6 +9,7 @@ import pytest
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
+@pytest.mark.cpu_only
 def test_00_setup(lab_run) -> None:
     r = lab_run.run("00_setup")
     assert r["profile"] == "pocket"
@@ -33,6 +34,7 @@ def test_01_alpaca_data(lab_run) -> None:
     assert (lab_run.folder / "figures" / "01_pocket_pretraining.png").exists()
 
 
+@pytest.mark.cpu_only
 def test_02_sft(lab_run) -> None:
     r = lab_run.run("02_sft")
     assert r["method"] == "lora" and r["steps"] == 100
@@ -66,6 +68,7 @@ def test_02_sft(lab_run) -> None:
 
 
 @pytest.mark.server
+@pytest.mark.cpu_only
 def test_04_vllm_serving(lab_run) -> None:
     r = lab_run.run("04_vllm_serving")  # alone, in a run folder of its own: 02's artifacts come from the earlier run
     assert f"in the earlier run {lab_run.folder}" in lab_run.output_text("04_vllm_serving")
@@ -117,6 +120,7 @@ def test_05_before_after(lab_run) -> None:
     assert f"{tuned['stop_rate']:.0%}" in r["reading"] and f"{base['stop_rate']:.0%}" in r["reading"]
 
 
+@pytest.mark.cpu_only
 def test_03_memory_optimizations(lab_run) -> None:
     r = lab_run.run("03_memory_optimizations")
     cfg = {c["name"]: c for c in r["configs"]}

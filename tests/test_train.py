@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 POCKET = get_profile("pocket")
 
 
+@pytest.mark.cpu_only
 def test_sft_config_turns_trl_defaults_off_explicitly(tmp_path: Path) -> None:
     cfg = train.sft_config(POCKET.train, tmp_path)
     assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # TRL defaults both to True
