@@ -40,8 +40,9 @@ prefetch: setup
 ready: setup
 	$(PY) -m lab_utils ready --profile $(PROFILE)
 
-hooks:
-	cp scripts/pre-commit .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
+# Git hooks through the pre-commit framework (.pre-commit-config.yaml): nbstripout and ruff before each commit.
+hooks: setup
+	$(VENV)/bin/pre-commit install
 
 strip: setup
 	$(PY) -m lab_utils strip-notebooks notebooks/*.ipynb

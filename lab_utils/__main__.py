@@ -23,7 +23,9 @@ def _cmd_build_pocket(args: argparse.Namespace) -> int:
     if args.ship:
         print(f"shipped: {ship(path)}")
     else:
-        print(f"the lab uses the shipped model unless told otherwise: LAB_POCKET=local (make lab POCKET=local) uses {path}")
+        print(
+            f"the lab uses the shipped model unless told otherwise: LAB_POCKET=local (make lab POCKET=local) uses {path}"
+        )
     return 0
 
 
@@ -81,7 +83,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from lab_utils.train import merge_dtype, resolve_model_path
 
     prof = get_profile(args.profile)
-    out = merge_adapter(resolve_model_path(prof), args.adapter, args.output, dtype=args.dtype or merge_dtype(prof.train))
+    out = merge_adapter(
+        resolve_model_path(prof), args.adapter, args.output, dtype=args.dtype or merge_dtype(prof.train)
+    )
     print(json.dumps({"merged_dir": str(out), **check_merged(out)}, indent=2))
     return 0
 
@@ -140,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-lab", help="execute the notebooks headlessly into runs/<timestamp>/")
     p.add_argument("--profile", default="auto")
     p.add_argument("--notebooks", nargs="*", help="prefixes of the notebooks to run, e.g. 02 04 (default: all)")
-    p.add_argument("--cell-timeout", type=int, default=-1,
-                   help="seconds one cell may run; 0: no limit; default: the profile's (none for the GPU profiles)")
+    p.add_argument(
+        "--cell-timeout",
+        type=int,
+        default=-1,
+        help="seconds one cell may run; 0: no limit; default: the profile's (none for the GPU profiles)",
+    )
     p.set_defaults(func=_cmd_run_lab)
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")

@@ -31,15 +31,26 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
         changes["pad_to_multiple_of"] = longest_example(profile, model_path)
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = build_trainer(
-            profile.with_train(max_steps=steps), tmp, model_path=model_path, save_strategy="no", eval_strategy="no",
-            logging_steps=steps, disable_tqdm=True, **changes,
+            profile.with_train(max_steps=steps),
+            tmp,
+            model_path=model_path,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=steps,
+            disable_tqdm=True,
+            **changes,
         )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
         useful = int(trainer.state.num_input_tokens_seen)
-    return {"mode": mode, "steps": steps, "seconds": round(seconds, 2), "useful_tokens": useful,
-            "tokens_per_s": round(useful / seconds, 1)}
+    return {
+        "mode": mode,
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "useful_tokens": useful,
+        "tokens_per_s": round(useful / seconds, 1),
+    }
 
 
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:

@@ -11,7 +11,14 @@ from typing import Any
 
 from lab_utils.evaluate import contains_answer, exact_match
 
-TEMPLATE_MARKERS = ("### Instruction", "### Response", "### Input", "Below is an instruction", "<|im_start|>", "<|im_end|>")
+TEMPLATE_MARKERS = (
+    "### Instruction",
+    "### Response",
+    "### Input",
+    "Below is an instruction",
+    "<|im_start|>",
+    "<|im_end|>",
+)
 # An answer that runs on into a new conversational turn ("Q: ...", "User: ...") has left the template too: that is how
 # a base model loops (the reference tutorial's base model opens new "<|im_start|>user" turns).
 NEW_TURN = re.compile(r"(^|\n)\s*(Q|Question|User|Human|Instruction)\s*:", re.IGNORECASE)
@@ -27,8 +34,15 @@ class Answer:
     latency_ms: float
 
 
-def ask_all(base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int, workers: int = 8,
-            timeout: float = 120.0) -> list[Answer]:
+def ask_all(
+    base_url: str,
+    api_key: str,
+    model: str,
+    prompts: list[str],
+    max_tokens: int,
+    workers: int = 8,
+    timeout: float = 120.0,
+) -> list[Answer]:
     """Send every prompt to /v1/completions (greedy), `workers` at a time; answers in prompt order."""
     import requests
 
@@ -37,13 +51,20 @@ def ask_all(base_url: str, api_key: str, model: str, prompts: list[str], max_tok
 
     def one(prompt: str) -> Answer:
         t0 = time.perf_counter()
-        r = session.post(f"{base_url}/v1/completions", timeout=timeout,
-                         json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+        r = session.post(
+            f"{base_url}/v1/completions",
+            timeout=timeout,
+            json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        )
         r.raise_for_status()
         body = r.json()
         choice = body["choices"][0]
-        return Answer(choice["text"], choice["finish_reason"], body["usage"]["completion_tokens"],
-                      (time.perf_counter() - t0) * 1000)
+        return Answer(
+            choice["text"],
+            choice["finish_reason"],
+            body["usage"]["completion_tokens"],
+            (time.perf_counter() - t0) * 1000,
+        )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, prompts))
@@ -166,9 +187,15 @@ def answers_table(records: list[dict[str, Any]], base: list[Answer], tuned: list
         text = text if len(text) <= 200 else text[:197] + "..."
         return textwrap.fill(text, 60) + f"  [{a.finish_reason}, {a.completion_tokens} tok]"
 
-    rows = [{"prompt": textwrap.fill(r["instruction"] + (f" | {r['input']}" if r.get("input") else ""), 36),
-             "reference": textwrap.fill(r["output"], 36), "base": show(b), "fine-tuned": show(t)}
-            for r, b, t in list(zip(records, base, tuned))[:n]]
+    rows = [
+        {
+            "prompt": textwrap.fill(r["instruction"] + (f" | {r['input']}" if r.get("input") else ""), 36),
+            "reference": textwrap.fill(r["output"], 36),
+            "base": show(b),
+            "fine-tuned": show(t),
+        }
+        for r, b, t in list(zip(records, base, tuned))[:n]
+    ]
     return pd.DataFrame(rows).style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"})
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from lab_utils.paths import repo_path
 
@@ -80,7 +81,7 @@ def _iter_json_array(path: Path) -> Iterable[tuple[int, Any]]:
     text = path.read_text(encoding="utf-8")
     decoder = json.JSONDecoder()
     i = len(text) - len(text.lstrip())
-    if not text[i:i + 1] == "[":
+    if not text[i : i + 1] == "[":
         raise DataError(str(path), text.count("\n", 0, i) + 1, None, "expected a JSON array of records (or use .jsonl)")
     i += 1
     while True:
@@ -101,7 +102,9 @@ def _iter_json_array(path: Path) -> Iterable[tuple[int, Any]]:
 def check_record(record: Any, source: str, line: int | None, max_chars: int | None = None) -> dict[str, str]:
     """Validate one record and return it normalized (`input` defaults to ""); raise DataError if bad."""
     if not isinstance(record, dict):
-        raise DataError(source, line, None, f"expected an object with instruction/input/output, got {type(record).__name__}")
+        raise DataError(
+            source, line, None, f"expected an object with instruction/input/output, got {type(record).__name__}"
+        )
     for name in REQUIRED_FIELDS:
         if name not in record:
             raise DataError(source, line, name, "missing")
@@ -121,8 +124,12 @@ def check_record(record: Any, source: str, line: int | None, max_chars: int | No
 
 
 def check_lengths(
-    records: list[dict[str, Any]], count_tokens: Callable[[str], int], max_tokens: int, source: str = "dataset",
-    skip_bad: bool = False, report: LoadReport | None = None,
+    records: list[dict[str, Any]],
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+    source: str = "dataset",
+    skip_bad: bool = False,
+    report: LoadReport | None = None,
 ) -> list[dict[str, Any]]:
     """Reject (or skip) examples whose prompt+response exceeds `max_tokens` tokens."""
     kept = []
@@ -141,7 +148,10 @@ def check_lengths(
 
 
 def load_records(
-    source: str | Path, skip_bad: bool = False, max_chars: int | None = None, split: str = "train",
+    source: str | Path,
+    skip_bad: bool = False,
+    max_chars: int | None = None,
+    split: str = "train",
 ) -> tuple[list[dict[str, Any]], LoadReport]:
     """Load Alpaca records from a local .json/.jsonl file or a hub dataset id; validate every record."""
     path = repo_path(source)
@@ -184,7 +194,10 @@ def _iter_hub(dataset_id: str, split: str) -> Iterable[tuple[int, Any]]:
 
 
 def split_records(
-    records: list[dict[str, Any]], eval_fraction: float = 0.05, seed: int = 42, min_eval: int = 1,
+    records: list[dict[str, Any]],
+    eval_fraction: float = 0.05,
+    seed: int = 42,
+    min_eval: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Shuffle deterministically and split into train and eval."""
     if not 0 < eval_fraction < 1:

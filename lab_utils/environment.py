@@ -30,8 +30,14 @@ def profiles_table() -> Any:
 
     rows = [
         {
-            "profile": p.name, "base model": p.base_model, "data": p.dataset, "method": p.train.method,
-            "needs GPU": p.needs_gpu, "min memory (GB)": p.min_memory_gb, "gated": p.gated, "about": p.description,
+            "profile": p.name,
+            "base model": p.base_model,
+            "data": p.dataset,
+            "method": p.train.method,
+            "needs GPU": p.needs_gpu,
+            "min memory (GB)": p.min_memory_gb,
+            "gated": p.gated,
+            "about": p.description,
         }
         for p in PROFILES.values()
     ]
@@ -51,8 +57,12 @@ def model_dims(name: str) -> ModelDims:
 
 
 def memory_table(
-    model: str, precision: str = "bf16", micro_batch: int = 1, seq_len: int = 1024,
-    gradient_checkpointing: bool = True, lora_r: int = 16,
+    model: str,
+    precision: str = "bf16",
+    micro_batch: int = 1,
+    seq_len: int = 1024,
+    gradient_checkpointing: bool = True,
+    lora_r: int = 16,
 ) -> Any:
     """Estimated training memory (GB) of full / LoRA / QLoRA for one model and setting."""
     import pandas as pd
@@ -61,9 +71,16 @@ def memory_table(
     rows = []
     for method in METHODS:
         meth, optim = CALCULATOR_SETUPS[method]
-        est = estimate_training_memory(dims, meth, precision, optim, micro_batch, seq_len, gradient_checkpointing, lora_r)
-        rows.append({"method": method, "optimizer": optim, **{k.replace("_mb", " (GB)"): round(v / 1000, 2)
-                                                                  for k, v in est.to_dict().items()}})
+        est = estimate_training_memory(
+            dims, meth, precision, optim, micro_batch, seq_len, gradient_checkpointing, lora_r
+        )
+        rows.append(
+            {
+                "method": method,
+                "optimizer": optim,
+                **{k.replace("_mb", " (GB)"): round(v / 1000, 2) for k, v in est.to_dict().items()},
+            }
+        )
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -81,7 +98,8 @@ def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None,
         lambda model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r: memory_table(
             model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r
         ),
-        model=["pocket", *MODEL_DIMS], precision=["bf16", "fp16", "fp32"],
+        model=["pocket", *MODEL_DIMS],
+        precision=["bf16", "fp16", "fp32"],
         micro_batch=w.IntSlider(value=settings.get("micro_batch", 1), min=1, max=32),
         seq_len=w.IntSlider(value=settings.get("seq_len", 1024), min=128, max=8192, step=128),
         gradient_checkpointing=settings.get("gradient_checkpointing", True),

@@ -27,7 +27,11 @@ def prompts_for(records: list[dict[str, Any]]) -> list[str]:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
 ) -> list[Generation]:
     """Greedy completions, batched with left padding; `stopped` is True when EOS came before the limit."""
     import torch
@@ -44,7 +48,10 @@ def generate(
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.no_grad():
                 seqs = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos,
                     pad_token_id=tokenizer.pad_token_id,
                 )
             for prompt, row in zip(chunk, seqs[:, enc["input_ids"].shape[1] :].tolist()):
@@ -112,7 +119,9 @@ def load_for_eval(path: str, adapter_dir: str | None = None) -> tuple[Any, Any]:
     return model, load_tokenizer(adapter_dir or path)
 
 
-def side_by_side(records: list[dict[str, Any]], columns: dict[str, list[Generation]], n: int = 12, width: int = 70) -> Any:
+def side_by_side(
+    records: list[dict[str, Any]], columns: dict[str, list[Generation]], n: int = 12, width: int = 70
+) -> Any:
     """A table of the first `n` prompts with each model's completion, wrapped and marked [stop]/[limit]."""
     import textwrap
 
@@ -120,7 +129,9 @@ def side_by_side(records: list[dict[str, Any]], columns: dict[str, list[Generati
 
     rows = []
     for i, rec in enumerate(records[:n]):
-        row = {"instruction": textwrap.fill(rec["instruction"] + (f" | {rec['input']}" if rec.get("input") else ""), 40)}
+        row = {
+            "instruction": textwrap.fill(rec["instruction"] + (f" | {rec['input']}" if rec.get("input") else ""), 40)
+        }
         for name, gens in columns.items():
             g = gens[i]
             text = g.text if len(g.text) <= 240 else g.text[:237] + "..."

@@ -39,8 +39,15 @@ def simulate(model: Any) -> tuple[Any, list[dict[str, Any]]]:
         q, scale = quantize(w)
         deq = dequantize(q, scale, w.dtype)
         rel = ((deq.float() - w.float()).norm() / w.float().norm().clamp(min=1e-12)).item()
-        rows.append({"layer": name, "params": w.numel(), "bytes_before": w.numel() * w.element_size(),
-                     "bytes_fp8": q.numel() * q.element_size() + 4, "rel_error": rel})
+        rows.append(
+            {
+                "layer": name,
+                "params": w.numel(),
+                "bytes_before": w.numel() * w.element_size(),
+                "bytes_fp8": q.numel() * q.element_size() + 4,
+                "rel_error": rel,
+            }
+        )
         module.weight.data = deq
     return sim, rows
 
@@ -51,8 +58,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     after = sum(r["bytes_fp8"] for r in rows)
     params = sum(r["params"] for r in rows)
     return {
-        "linear_weight_mb_before": before / 1e6, "linear_weight_mb_fp8": after / 1e6,
-        "memory_ratio": after / before, "rel_error_mean": sum(r["rel_error"] * r["params"] for r in rows) / params,
+        "linear_weight_mb_before": before / 1e6,
+        "linear_weight_mb_fp8": after / 1e6,
+        "memory_ratio": after / before,
+        "rel_error_mean": sum(r["rel_error"] * r["params"] for r in rows) / params,
         "rel_error_max": max(r["rel_error"] for r in rows),
     }
 

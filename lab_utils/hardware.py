@@ -160,19 +160,28 @@ def cpu_bf16_native(flags: set[str] | None = None, machine: str | None = None) -
     machine = (machine or platform.machine()).lower()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa and not isa.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")):
-        return False, (f"ONEDNN_MAX_CPU_ISA={isa} keeps oneDNN below its bf16 kernels: bf16 is emulated, "
-                       "about 25x slower than fp32 (as on a CPU without AVX512_BF16/AMX)")
+        return False, (
+            f"ONEDNN_MAX_CPU_ISA={isa} keeps oneDNN below its bf16 kernels: bf16 is emulated, "
+            "about 25x slower than fp32 (as on a CPU without AVX512_BF16/AMX)"
+        )
     if flags is None:
         mac = _macos_arm_bf16()
         if mac is not None:
-            return mac, ("Apple silicon with the ARMv8.6 BF16 instructions (M2 or later)" if mac else
-                         "Apple silicon without BF16 instructions (M1): bf16 is emulated, use fp32")
+            return mac, (
+                "Apple silicon with the ARMv8.6 BF16 instructions (M2 or later)"
+                if mac
+                else "Apple silicon without BF16 instructions (M1): bf16 is emulated, use fp32"
+            )
         flags = _cpu_flags()
     if machine in ("x86_64", "amd64", "i686"):
         native = sorted(flags & {"avx512_bf16", "amx_bf16"})
         if native:
             return True, f"x86 CPU with {' and '.join(f.upper() for f in native)}: bf16 matmuls run in hardware"
-        have = "AVX-512 without its BF16 extension" if "avx512f" in flags else ("AVX2 only" if "avx2" in flags else "no AVX2")
+        have = (
+            "AVX-512 without its BF16 extension"
+            if "avx512f" in flags
+            else ("AVX2 only" if "avx2" in flags else "no AVX2")
+        )
         return False, f"x86 CPU with {have} (no AVX512_BF16, no AMX): bf16 is emulated, about 25x slower than fp32"
     if machine in ("aarch64", "arm64"):
         if "bf16" in flags:
@@ -354,11 +363,17 @@ def _flash_attention_feature(hw: Hardware, installed: bool | None = None) -> Fea
         return Feature("flash_attention", False, f"no CUDA GPU ({hw.device}): PyTorch SDPA uses its own kernels")
     if hw.compute_capability < (8, 0):
         return Feature(
-            "flash_attention", False, f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa"
+            "flash_attention",
+            False,
+            f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa",
         )
     if installed is False:
-        return Feature("flash_attention", False, f"compute capability {_cc(hw)} could run FlashAttention-2, but the "
-                       "flash_attn package does not import here: training uses sdpa and length-grouped batches")
+        return Feature(
+            "flash_attention",
+            False,
+            f"compute capability {_cc(hw)} could run FlashAttention-2, but the "
+            "flash_attn package does not import here: training uses sdpa and length-grouped batches",
+        )
     return Feature("flash_attention", True, f"FlashAttention-2 kernels run on compute capability {_cc(hw)} >= 8.0")
 
 

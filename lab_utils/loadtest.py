@@ -15,14 +15,22 @@ REFERENCE_MESSAGES = [
 ]
 
 
-def chat_http(base_url: str, api_key: str, model: str, messages: list[dict[str, str]], max_tokens: int = 500,
-              timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+def chat_http(
+    base_url: str,
+    api_key: str,
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int = 500,
+    timeout: float = 120.0,
+) -> tuple[int, dict[str, Any]]:
     """POST /v1/chat/completions with plain HTTP, as curl would: (status code, JSON body)."""
     import requests
 
     r = requests.post(
-        f"{base_url}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
-        json={"model": model, "messages": messages, "max_tokens": max_tokens}, timeout=timeout,
+        f"{base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"model": model, "messages": messages, "max_tokens": max_tokens},
+        timeout=timeout,
     )
     try:
         body = r.json()
@@ -31,14 +39,17 @@ def chat_http(base_url: str, api_key: str, model: str, messages: list[dict[str, 
     return r.status_code, body
 
 
-def complete_http(base_url: str, api_key: str, model: str, prompt: str, max_tokens: int = 500,
-                  timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+def complete_http(
+    base_url: str, api_key: str, model: str, prompt: str, max_tokens: int = 500, timeout: float = 120.0
+) -> tuple[int, dict[str, Any]]:
     """POST /v1/completions with a raw prompt (what a base model without a chat template needs)."""
     import requests
 
     r = requests.post(
-        f"{base_url}/v1/completions", headers={"Authorization": f"Bearer {api_key}"},
-        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}, timeout=timeout,
+        f"{base_url}/v1/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        timeout=timeout,
     )
     return r.status_code, r.json()
 
@@ -51,7 +62,8 @@ def brief(body: dict[str, Any], width: int = 300) -> dict[str, Any]:
     text = choice.get("message", {}).get("content") if "message" in choice else choice.get("text")
     text = text or ""
     return {
-        "model": body.get("model"), "finish_reason": choice.get("finish_reason"),
+        "model": body.get("model"),
+        "finish_reason": choice.get("finish_reason"),
         "completion_tokens": body.get("usage", {}).get("completion_tokens"),
         "content": text if len(text) <= width else text[: width - 3] + "...",
     }
@@ -88,7 +100,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-async def _one_request(client: Any, url: str, headers: dict[str, str], payload: dict[str, Any]) -> tuple[float, float, int]:
+async def _one_request(
+    client: Any, url: str, headers: dict[str, str], payload: dict[str, Any]
+) -> tuple[float, float, int]:
     """Stream one completion: (time to first token, total latency, output tokens)."""
     t0 = time.perf_counter()
     ttft = None
@@ -107,8 +121,16 @@ async def _one_request(client: Any, url: str, headers: dict[str, str], payload: 
     return (ttft if ttft is not None else latency), latency, tokens
 
 
-async def _run_level(base_url: str, api_key: str, model: str, prompts: list[str], concurrency: int, n_requests: int,
-                     max_tokens: int, timeout: float) -> LevelResult:
+async def _run_level(
+    base_url: str,
+    api_key: str,
+    model: str,
+    prompts: list[str],
+    concurrency: int,
+    n_requests: int,
+    max_tokens: int,
+    timeout: float,
+) -> LevelResult:
     """Send n_requests with at most `concurrency` in flight; every request is bounded by `timeout`."""
     import httpx
 
@@ -120,8 +142,15 @@ async def _run_level(base_url: str, api_key: str, model: str, prompts: list[str]
 
     async def worker(i: int, client: httpx.AsyncClient) -> None:
         nonlocal errors
-        payload = {"model": model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens, "temperature": 0,
-                   "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        payload = {
+            "model": model,
+            "prompt": prompts[i % len(prompts)],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         async with sem:
             try:
                 results.append(await asyncio.wait_for(_one_request(client, url, headers, payload), timeout))
@@ -137,15 +166,29 @@ async def _run_level(base_url: str, api_key: str, model: str, prompts: list[str]
     lats = [r[1] * 1000 for r in results]
     tokens = sum(r[2] for r in results)
     return LevelResult(
-        concurrency=concurrency, requests=n_requests, errors=errors, output_tokens=tokens, seconds=round(seconds, 2),
-        tokens_per_s=round(tokens / seconds, 1), ttft_p50_ms=round(percentile(ttfts, 50), 1),
-        ttft_p95_ms=round(percentile(ttfts, 95), 1), latency_p50_ms=round(percentile(lats, 50), 1),
+        concurrency=concurrency,
+        requests=n_requests,
+        errors=errors,
+        output_tokens=tokens,
+        seconds=round(seconds, 2),
+        tokens_per_s=round(tokens / seconds, 1),
+        ttft_p50_ms=round(percentile(ttfts, 50), 1),
+        ttft_p95_ms=round(percentile(ttfts, 95), 1),
+        latency_p50_ms=round(percentile(lats, 50), 1),
         latency_p95_ms=round(percentile(lats, 95), 1),
     )
 
 
-def throughput_sweep(base_url: str, api_key: str, model: str, prompts: list[str], levels: list[int],
-                     max_tokens: int = 64, requests_per_level: int = 0, timeout: float = 120.0) -> list[LevelResult]:
+def throughput_sweep(
+    base_url: str,
+    api_key: str,
+    model: str,
+    prompts: list[str],
+    levels: list[int],
+    max_tokens: int = 64,
+    requests_per_level: int = 0,
+    timeout: float = 120.0,
+) -> list[LevelResult]:
     """Measure each concurrency level in turn (fixed output length via ignore_eos, so levels compare)."""
     out = []
     for level in levels:
@@ -176,8 +219,13 @@ def hf_sequential_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], m
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt").to(model.device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         tokens += out.shape[1] - enc["input_ids"].shape[1]
     return round(tokens / (time.perf_counter() - t0), 1)
 
@@ -192,8 +240,12 @@ def kv_cache_usage(base_url: str) -> dict[str, float]:
         if line.startswith("#"):
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_hits_total",
-                    "vllm:prefix_cache_queries_total"):
+        if name in (
+            "vllm:kv_cache_usage_perc",
+            "vllm:gpu_cache_usage_perc",
+            "vllm:prefix_cache_hits_total",
+            "vllm:prefix_cache_queries_total",
+        ):
             found[name] = float(line.rsplit(" ", 1)[1])
         elif name == "vllm:cache_config_info":
             for key in ("kv_cache_size_tokens", "kv_cache_max_concurrency", "num_gpu_blocks", "block_size"):
@@ -225,4 +277,3 @@ def plot_throughput(levels: list[dict[str, Any]], hf_tokens_per_s: float | None 
     fig.suptitle(title or "vLLM under load")
     fig.tight_layout()
     return fig
-

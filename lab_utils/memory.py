@@ -247,7 +247,8 @@ def estimate_training_memory(
         optimizer_mb=optimizer_bytes(trainable, optimizer) / MB,
         activations_mb=activation_bytes(
             dims, precision, micro_batch, seq_len, gradient_checkpointing, attention, lora=method != "full"
-        ) / MB,
+        )
+        / MB,
     )
 
 

@@ -41,23 +41,38 @@ class SweepConfig:
 
     def optim_name(self) -> str:
         """The transformers `optim` value."""
-        return {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}[self.optimizer]
+        return {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}[
+            self.optimizer
+        ]
 
     def settings(self, steps: int, seq_len: int, base: TrainSettings = TrainSettings()) -> TrainSettings:
         """The lab's training settings for this row (LoRA rank, alpha and targets from `base`): the sweep trains
         through the same `train.sft_config` as notebook 02, so a new row is one line in CONFIGS."""
         return replace(
-            base, method=self.method, max_steps=steps, learning_rate=1e-4, per_device_batch_size=self.micro_batch,
-            gradient_accumulation_steps=self.grad_accum, max_seq_length=seq_len, bf16=self.precision == "bf16",
-            gradient_checkpointing=self.gradient_checkpointing, optim=self.optim_name(), batching="padded", seed=0,
+            base,
+            method=self.method,
+            max_steps=steps,
+            learning_rate=1e-4,
+            per_device_batch_size=self.micro_batch,
+            gradient_accumulation_steps=self.grad_accum,
+            max_seq_length=seq_len,
+            bf16=self.precision == "bf16",
+            gradient_checkpointing=self.gradient_checkpointing,
+            optim=self.optim_name(),
+            batching="padded",
+            seed=0,
         )
 
 
 # What a measurement run changes on top of the training settings: every batch padded to the full length (so each
 # row holds the same tokens), no checkpoints, no evaluation, a log line per step, padding counted as tokens.
 MEASURE_OVERRIDES: dict[str, Any] = {
-    "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
-    "include_num_input_tokens_seen": "all", "warmup_steps": 0,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 1,
+    "disable_tqdm": True,
+    "include_num_input_tokens_seen": "all",
+    "warmup_steps": 0,
 }
 
 
@@ -70,16 +85,42 @@ CONFIGS: list[SweepConfig] = [
     BASE,
     replace(BASE, name="2 + bf16 mixed precision", precision="bf16"),
     replace(BASE, name="3 + gradient checkpointing", precision="bf16", gradient_checkpointing=True),
-    replace(BASE, name="4 + gradient accumulation", precision="bf16", gradient_checkpointing=True, micro_batch=1,
-            grad_accum=EFFECTIVE_BATCH),
-    replace(BASE, name="5 + 8-bit AdamW", precision="bf16", gradient_checkpointing=True, micro_batch=1,
-            grad_accum=EFFECTIVE_BATCH, optimizer="adamw_8bit"),
-    replace(BASE, name="6 + paged 8-bit AdamW", precision="bf16", gradient_checkpointing=True, micro_batch=1,
-            grad_accum=EFFECTIVE_BATCH, optimizer="paged_adamw_8bit"),
+    replace(
+        BASE,
+        name="4 + gradient accumulation",
+        precision="bf16",
+        gradient_checkpointing=True,
+        micro_batch=1,
+        grad_accum=EFFECTIVE_BATCH,
+    ),
+    replace(
+        BASE,
+        name="5 + 8-bit AdamW",
+        precision="bf16",
+        gradient_checkpointing=True,
+        micro_batch=1,
+        grad_accum=EFFECTIVE_BATCH,
+        optimizer="adamw_8bit",
+    ),
+    replace(
+        BASE,
+        name="6 + paged 8-bit AdamW",
+        precision="bf16",
+        gradient_checkpointing=True,
+        micro_batch=1,
+        grad_accum=EFFECTIVE_BATCH,
+        optimizer="paged_adamw_8bit",
+    ),
     replace(BASE, name="7 LoRA", method="lora"),
     replace(BASE, name="8 QLoRA", method="qlora", precision="bf16", optimizer="paged_adamw_8bit"),
-    replace(BASE, name="9 QLoRA + gradient checkpointing", method="qlora", precision="bf16",
-            optimizer="paged_adamw_8bit", gradient_checkpointing=True),
+    replace(
+        BASE,
+        name="9 QLoRA + gradient checkpointing",
+        method="qlora",
+        precision="bf16",
+        optimizer="paged_adamw_8bit",
+        gradient_checkpointing=True,
+    ),
 ]
 
 
@@ -101,8 +142,16 @@ def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(
     from lab_utils.pocket import PocketConfig, make_model
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = make_model(PocketConfig(hidden_size=wide.hidden_size, num_layers=wide.num_layers, num_heads=wide.num_heads,
-                                    intermediate_size=wide.intermediate_size, seed=seed), tok)
+    model = make_model(
+        PocketConfig(
+            hidden_size=wide.hidden_size,
+            num_layers=wide.num_layers,
+            num_heads=wide.num_heads,
+            intermediate_size=wide.intermediate_size,
+            seed=seed,
+        ),
+        tok,
+    )
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
@@ -137,16 +186,25 @@ def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None
     bf16 configurations run one step (the same data per step as every other row). One step shows the same peak as
     two, because the optimizer state is allocated before the first step (see `run_config`); only tokens/s is low."""
     if uses_bf16(config) and hw.device == "cpu" and not getattr(hw, "bf16_native", True) and steps > 1:
-        return 1, ("bf16 is emulated on this CPU (no AVX512_BF16/AMX): 1 step instead of "
-                   f"{steps}, and tokens/s is far below fp32's; the peak memory is measured the same way")
+        return 1, (
+            "bf16 is emulated on this CPU (no AVX512_BF16/AMX): 1 step instead of "
+            f"{steps}, and tokens/s is far below fp32's; the peak memory is measured the same way"
+        )
     return steps, None
 
 
 def estimate(config: SweepConfig, dims: ModelDims, seq_len: int, lora_r: int = TrainSettings().lora_r) -> float:
     """The estimator's total for this configuration, in MB."""
     return estimate_training_memory(
-        dims, config.method, config.precision, config.optimizer, config.micro_batch, seq_len,
-        config.gradient_checkpointing, lora_r, attention="sdpa",
+        dims,
+        config.method,
+        config.precision,
+        config.optimizer,
+        config.micro_batch,
+        seq_len,
+        config.gradient_checkpointing,
+        lora_r,
+        attention="sdpa",
     ).total_mb
 
 
@@ -225,8 +283,14 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     peft = None if config.method == "full" else lora_config(settings)
     with tempfile.TemporaryDirectory() as tmp:
         args = sft_config(settings, tmp, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft,
-                             callbacks=[_state_allocator()])
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=peft,
+            callbacks=[_state_allocator()],
+        )
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -276,8 +340,13 @@ class ForkServer:
         log = open(self.log_path, "ab")
         env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lab_utils.memsweep", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True, env=env, start_new_session=True,
+            [sys.executable, "-m", "lab_utils.memsweep", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         ready = self._read(timeout=600)
@@ -309,7 +378,9 @@ class ForkServer:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.close()
-                raise SweepWorkerError(f"the memory-sweep worker gave no answer within {timeout:.0f} s; log: {self.log_path}")
+                raise SweepWorkerError(
+                    f"the memory-sweep worker gave no answer within {timeout:.0f} s; log: {self.log_path}"
+                )
             ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 5.0))
             if not ready:
                 continue
@@ -317,15 +388,16 @@ class ForkServer:
             if not line:
                 raise SweepWorkerError(f"the memory-sweep worker exited (code {self.proc.poll()}):\n{self._log_tail()}")
             if line.startswith(_TAG):
-                return json.loads(line[len(_TAG):])
+                return json.loads(line[len(_TAG) :])
 
     def _log_tail(self, n: int = 12) -> str:
         """The last lines of the worker's log."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.strip().splitlines()[-n:])
 
-    def run(self, config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int,
-            timeout: float = 900.0) -> dict[str, Any]:
+    def run(
+        self, config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int, timeout: float = 900.0
+    ) -> dict[str, Any]:
         """Run one configuration in a fresh child of the server and return its measurements."""
         assert self.proc is not None and self.proc.stdin is not None
         request = {"config": config.name, "model": model_dir, "data": data_path, "steps": steps, "seq_len": seq_len}
@@ -345,8 +417,8 @@ def serve() -> int:
             __import__(name)
         except ImportError:
             pass
-    import trl  # noqa: F401 - the SFTTrainer's module tree
     import transformers.trainer  # noqa: F401
+    import trl  # noqa: F401 - the SFTTrainer's module tree
 
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "w")  # the protocol keeps its own copy of stdout...
@@ -397,9 +469,17 @@ def _status_text(status: int) -> str:
     return f"exit code {os.WEXITSTATUS(status)}"
 
 
-def sweep(model_dir: str, data_path: str, hw: Any, steps: int = 2, seq_len: int = 256,
-          configs: list[SweepConfig] | None = None, progress: bool = True, log_dir: str | Path | None = None,
-          timeout: float = 900.0) -> list[dict[str, Any]]:
+def sweep(
+    model_dir: str,
+    data_path: str,
+    hw: Any,
+    steps: int = 2,
+    seq_len: int = 256,
+    configs: list[SweepConfig] | None = None,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
+    timeout: float = 900.0,
+) -> list[dict[str, Any]]:
     """Every configuration in turn, each in a fresh child of one fork server: measured (or skipped, with the
     reason) beside the estimate, with a progress line as each starts and ends."""
     import tempfile
@@ -413,11 +493,16 @@ def sweep(model_dir: str, data_path: str, hw: Any, steps: int = 2, seq_len: int 
     t0 = time.perf_counter()
     with ForkServer(log) as server:
         say = print if progress else (lambda *a, **k: None)
-        say(f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
-            flush=True)
+        say(
+            f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
+            flush=True,
+        )
         for i, config in enumerate(chosen, start=1):
-            row: dict[str, Any] = {"name": config.name, **asdict(config),
-                                   "estimated_memory_mb": round(estimate(config, dims, seq_len), 1)}
+            row: dict[str, Any] = {
+                "name": config.name,
+                **asdict(config),
+                "estimated_memory_mb": round(estimate(config, dims, seq_len), 1),
+            }
             reason = skip_reason(config, hw)
             n_steps, note = steps_for(config, hw, steps)
             row.update({"ran": reason is None, "skipped_reason": reason, "steps": n_steps, "note": note})
@@ -426,12 +511,17 @@ def sweep(model_dir: str, data_path: str, hw: Any, steps: int = 2, seq_len: int 
                 row.update({"peak_memory_mb": None, "tokens_per_s": None, "loss_last": None})
                 rows.append(row)
                 continue
-            say(f"[{i}/{len(chosen)}] {config.name}: running {n_steps} step(s)" + (f" - {note}" if note else ""),
-                flush=True)
+            say(
+                f"[{i}/{len(chosen)}] {config.name}: running {n_steps} step(s)" + (f" - {note}" if note else ""),
+                flush=True,
+            )
             row.update(server.run(config, model_dir, data_path, n_steps, seq_len, timeout=timeout))
-            say(f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
+            say(
+                f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
                 f"(estimate {row['estimated_memory_mb']:.0f}), {row['tokens_per_s']:.0f} tokens/s "
-                f"[{time.perf_counter() - t0:.0f} s so far]", flush=True)
+                f"[{time.perf_counter() - t0:.0f} s so far]",
+                flush=True,
+            )
             rows.append(row)
     return rows
 
@@ -445,7 +535,9 @@ def plot(rows: list[dict[str, Any]]) -> Any:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     ys = range(len(ran))
     a.barh([y + 0.2 for y in ys], [r["peak_memory_mb"] for r in ran], height=0.4, label="measured", color="#4477aa")
-    a.barh([y - 0.2 for y in ys], [r["estimated_memory_mb"] for r in ran], height=0.4, label="estimated", color="#bbbbbb")
+    a.barh(
+        [y - 0.2 for y in ys], [r["estimated_memory_mb"] for r in ran], height=0.4, label="estimated", color="#bbbbbb"
+    )
     a.set_yticks(list(ys), names)
     a.invert_yaxis()
     a.set_xlabel("peak memory above idle (MB)")

@@ -50,8 +50,10 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
     )
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,7 +70,8 @@ def check_merged(merged_dir: str | Path) -> dict[str, Any]:
     gen = json.loads((merged_dir / "generation_config.json").read_text())
     files = [p.name for p in merged_dir.iterdir()]
     return {
-        "safetensors_only": any(f.endswith(".safetensors") for f in files) and not any(f.endswith(".bin") for f in files),
+        "safetensors_only": any(f.endswith(".safetensors") for f in files)
+        and not any(f.endswith(".bin") for f in files),
         "has_quantization_config": "quantization_config" in config,
         "generation_eos_token_id": gen.get("eos_token_id"),
         "has_chat_template": (merged_dir / "chat_template.jinja").exists(),

@@ -1,30 +1,17 @@
-"""Keeping committed notebooks clean: no outputs, one parameters cell."""
+"""Keeping committed notebooks clean: nbstripout (outputs, counts, widget and run metadata out; cell ids kept)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+# The one set of nbstripout options: `make strip`, `python -m lab_utils strip-notebooks` and the pre-commit hook.
+NBSTRIPOUT_ARGS = ["--keep-id", "--extra-keys", "metadata.papermill metadata.lab_results"]
 
 
 def strip_notebook(path: Path) -> bool:
-    """Drop outputs, execution counts and widget state from a notebook in place; True if it changed."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    changed = False
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        if cell.get("outputs") or cell.get("execution_count") is not None:
-            cell.outputs, cell.execution_count = [], None
-            changed = True
-        for key in ("execution", "collapsed", "scrolled"):
-            if key in cell.metadata:
-                del cell.metadata[key]
-                changed = True
-    for key in ("widgets", "papermill", "lab_results"):
-        if key in nb.metadata:
-            del nb.metadata[key]
-            changed = True
-    if changed:
-        nbformat.write(nb, path)
-    return changed
+    """Strip a notebook in place with nbstripout; True if it changed."""
+    before = Path(path).read_bytes()
+    subprocess.run([sys.executable, "-m", "nbstripout", *NBSTRIPOUT_ARGS, str(path)], check=True)
+    return Path(path).read_bytes() != before

@@ -177,15 +177,23 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))],
+        single=f"{BOS} $A",
+        pair=f"{BOS} $A {BOS} $B",
+        special_tokens=[(BOS, tok.token_to_id(BOS))],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=512,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=512,
         clean_up_tokenization_spaces=False,
     )
 
@@ -265,18 +273,30 @@ def pretrain(model: Any, stream: Any, config: PocketConfig, progress: bool = Tru
         done = step + 1
         if progress and done == 5 and config.max_steps > 10:
             eta = (time.perf_counter() - start) / done * (config.max_steps - done)
-            print(f"pocket build: about {eta / 60:.1f} more minutes for {config.max_steps} steps on this machine "
-                  f"(measured on the first {done})", file=sys.stderr, flush=True)
+            print(
+                f"pocket build: about {eta / 60:.1f} more minutes for {config.max_steps} steps on this machine "
+                f"(measured on the first {done})",
+                file=sys.stderr,
+                flush=True,
+            )
         if lines and done % max(1, config.max_steps // 10) == 0:
             elapsed = time.perf_counter() - start
-            print(f"pocket build: step {done}/{config.max_steps}, loss {losses[-1]:.3f}, {elapsed:.0f} s, "
-                  f"about {elapsed / done * (config.max_steps - done):.0f} s left", file=sys.stderr, flush=True)
+            print(
+                f"pocket build: step {done}/{config.max_steps}, loss {losses[-1]:.3f}, {elapsed:.0f} s, "
+                f"about {elapsed / done * (config.max_steps - done):.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     steps = len(losses)
     tokens = steps * config.batch_size * config.seq_len
     return {
-        "steps": steps, "seconds": round(seconds, 2), "losses": losses, "tokens": tokens,
-        "tokens_per_s": round(tokens / seconds, 1), "final_loss": final_loss(losses),
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "losses": losses,
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "final_loss": final_loss(losses),
     }
 
 
@@ -310,7 +330,7 @@ def fact_recall(path: str | Path, max_new_tokens: int = 6) -> float:
         for prompt, answer in probes:
             ids = tok(prompt, return_tensors="pt")
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            hits += answer in tok.decode(out[0, ids["input_ids"].shape[1]:])
+            hits += answer in tok.decode(out[0, ids["input_ids"].shape[1] :])
     return round(hits / len(probes), 4)
 
 
@@ -322,8 +342,14 @@ def machine() -> dict[str, Any]:
 
     hw = probe()
     native, why = cpu_bf16_native()
-    return {"cpu": hw.name, "device": hw.device, "cores": hw.cpu_count, "torch_threads": torch.get_num_threads(),
-            "cpu_bf16_native": native, "cpu_bf16_reason": why}
+    return {
+        "cpu": hw.name,
+        "device": hw.device,
+        "cores": hw.cpu_count,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16_native": native,
+        "cpu_bf16_reason": why,
+    }
 
 
 def compare_to_shipped(path: Path) -> dict[str, Any]:
@@ -341,8 +367,10 @@ def compare_to_shipped(path: Path) -> dict[str, Any]:
         "same_recipe": mine["key"] == shipped["key"],
         "identical_weights": mine["files"][WEIGHTS_FILE] == shipped["files"][WEIGHTS_FILE],
         "max_abs_weight_diff": max_diff,
-        "final_loss": mine["pretrain"]["final_loss"], "shipped_final_loss": shipped["pretrain"]["final_loss"],
-        "fact_recall": mine.get("fact_recall"), "shipped_fact_recall": shipped.get("fact_recall"),
+        "final_loss": mine["pretrain"]["final_loss"],
+        "shipped_final_loss": shipped["pretrain"]["final_loss"],
+        "fact_recall": mine.get("fact_recall"),
+        "shipped_fact_recall": shipped.get("fact_recall"),
         "shipped_built_on": shipped.get("machine", {}).get("cpu"),
     }
 
@@ -355,8 +383,12 @@ def build_pocket_model(out: Path, config: PocketConfig = PocketConfig(), progres
     from lab_utils.results import versions
 
     if config.quick:
-        print(f"pocket build: QUICK BUILD of {config.max_steps} steps instead of {PocketConfig.max_steps}: "
-              f"a weaker model, cached and recorded as such (key {config.key()})", file=sys.stderr, flush=True)
+        print(
+            f"pocket build: QUICK BUILD of {config.max_steps} steps instead of {PocketConfig.max_steps}: "
+            f"a weaker model, cached and recorded as such (key {config.key()})",
+            file=sys.stderr,
+            flush=True,
+        )
     t0 = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -369,8 +401,10 @@ def build_pocket_model(out: Path, config: PocketConfig = PocketConfig(), progres
     stats = pretrain(model, stream, config, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -415,17 +449,26 @@ def summary(path: str | Path) -> dict[str, Any]:
     pre = info["pretrain"]
     out = {
         "pocket_source": "shipped" if Path(path).resolve() == SHIPPED_DIR.resolve() else "local",
-        "pocket_key": info["key"], "pocket_quick": info["quick"], "pocket_params": info["n_params"],
-        "pocket_size_mb": info["size_mb"], "pocket_pretrain_steps": pre["steps"],
-        "pocket_final_loss": pre["final_loss"], "pocket_fact_recall": info["fact_recall"],
-        "pocket_build_seconds": info["build_seconds"], "pocket_pretrain_tokens_per_s": pre["tokens_per_s"],
+        "pocket_key": info["key"],
+        "pocket_quick": info["quick"],
+        "pocket_params": info["n_params"],
+        "pocket_size_mb": info["size_mb"],
+        "pocket_pretrain_steps": pre["steps"],
+        "pocket_final_loss": pre["final_loss"],
+        "pocket_fact_recall": info["fact_recall"],
+        "pocket_build_seconds": info["build_seconds"],
+        "pocket_pretrain_tokens_per_s": pre["tokens_per_s"],
         "pocket_built_on": info["machine"]["cpu"],
     }
     compared = info.get("compared_to_shipped") or {}
     if compared.get("shipped_present"):
-        out.update({"pocket_same_recipe_as_shipped": compared["same_recipe"],
-                    "pocket_identical_to_shipped": compared["identical_weights"],
-                    "pocket_max_abs_weight_diff": compared["max_abs_weight_diff"]})
+        out.update(
+            {
+                "pocket_same_recipe_as_shipped": compared["same_recipe"],
+                "pocket_identical_to_shipped": compared["identical_weights"],
+                "pocket_max_abs_weight_diff": compared["max_abs_weight_diff"],
+            }
+        )
     return out
 
 
@@ -437,8 +480,13 @@ def plot_build(paths: dict[str, str | Path]) -> Any:
     for label, path in paths.items():
         info = build_info(path)
         losses = info["pretrain"]["losses"]
-        ax.plot(range(1, len(losses) + 1), losses, label=f"{label}: final {info['pretrain']['final_loss']:.2f}, "
-                f"{info['pretrain']['tokens_per_s']:,.0f} tokens/s on {info['machine']['cpu']}", linewidth=1)
+        ax.plot(
+            range(1, len(losses) + 1),
+            losses,
+            label=f"{label}: final {info['pretrain']['final_loss']:.2f}, "
+            f"{info['pretrain']['tokens_per_s']:,.0f} tokens/s on {info['machine']['cpu']}",
+            linewidth=1,
+        )
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

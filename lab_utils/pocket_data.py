@@ -27,82 +27,334 @@ FORBIDDEN = ("###", "Instruction", "Response", "Below is an instruction")
 # Switzerland, Israel, Sri Lanka, Indonesia, Luxembourg, Singapore).
 COUNTRIES: list[tuple[str, str]] = [
     # Europe
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Portugal", "Lisbon"), ("United Kingdom", "London"), ("Ireland", "Dublin"), ("Belgium", "Brussels"),
-    ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Czech Republic", "Prague"), ("Slovakia", "Bratislava"),
-    ("Hungary", "Budapest"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"), ("Greece", "Athens"),
-    ("Serbia", "Belgrade"), ("Croatia", "Zagreb"), ("Slovenia", "Ljubljana"),
-    ("Bosnia and Herzegovina", "Sarajevo"), ("Albania", "Tirana"), ("North Macedonia", "Skopje"),
-    ("Denmark", "Copenhagen"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"),
-    ("Iceland", "Reykjavik"), ("Estonia", "Tallinn"), ("Latvia", "Riga"), ("Lithuania", "Vilnius"),
-    ("Ukraine", "Kyiv"), ("Belarus", "Minsk"), ("Moldova", "Chisinau"), ("Russia", "Moscow"),
-    ("Malta", "Valletta"), ("Cyprus", "Nicosia"), ("Andorra", "Andorra la Vella"),
-    ("Liechtenstein", "Vaduz"), ("Georgia", "Tbilisi"), ("Armenia", "Yerevan"), ("Azerbaijan", "Baku"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("United Kingdom", "London"),
+    ("Ireland", "Dublin"),
+    ("Belgium", "Brussels"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Czech Republic", "Prague"),
+    ("Slovakia", "Bratislava"),
+    ("Hungary", "Budapest"),
+    ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"),
+    ("Greece", "Athens"),
+    ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"),
+    ("Slovenia", "Ljubljana"),
+    ("Bosnia and Herzegovina", "Sarajevo"),
+    ("Albania", "Tirana"),
+    ("North Macedonia", "Skopje"),
+    ("Denmark", "Copenhagen"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Iceland", "Reykjavik"),
+    ("Estonia", "Tallinn"),
+    ("Latvia", "Riga"),
+    ("Lithuania", "Vilnius"),
+    ("Ukraine", "Kyiv"),
+    ("Belarus", "Minsk"),
+    ("Moldova", "Chisinau"),
+    ("Russia", "Moscow"),
+    ("Malta", "Valletta"),
+    ("Cyprus", "Nicosia"),
+    ("Andorra", "Andorra la Vella"),
+    ("Liechtenstein", "Vaduz"),
+    ("Georgia", "Tbilisi"),
+    ("Armenia", "Yerevan"),
+    ("Azerbaijan", "Baku"),
     # Asia
-    ("Japan", "Tokyo"), ("China", "Beijing"), ("South Korea", "Seoul"), ("North Korea", "Pyongyang"),
-    ("Mongolia", "Ulaanbaatar"), ("India", "New Delhi"), ("Pakistan", "Islamabad"),
-    ("Bangladesh", "Dhaka"), ("Nepal", "Kathmandu"), ("Bhutan", "Thimphu"), ("Afghanistan", "Kabul"),
-    ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Syria", "Damascus"), ("Lebanon", "Beirut"),
-    ("Jordan", "Amman"), ("Saudi Arabia", "Riyadh"), ("Kuwait", "Kuwait City"), ("Qatar", "Doha"),
-    ("Bahrain", "Manama"), ("United Arab Emirates", "Abu Dhabi"), ("Oman", "Muscat"),
-    ("Turkey", "Ankara"), ("Uzbekistan", "Tashkent"), ("Turkmenistan", "Ashgabat"),
-    ("Kyrgyzstan", "Bishkek"), ("Tajikistan", "Dushanbe"), ("Thailand", "Bangkok"),
-    ("Vietnam", "Hanoi"), ("Laos", "Vientiane"), ("Cambodia", "Phnom Penh"), ("Philippines", "Manila"),
-    ("Maldives", "Male"), ("Brunei", "Bandar Seri Begawan"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("South Korea", "Seoul"),
+    ("North Korea", "Pyongyang"),
+    ("Mongolia", "Ulaanbaatar"),
+    ("India", "New Delhi"),
+    ("Pakistan", "Islamabad"),
+    ("Bangladesh", "Dhaka"),
+    ("Nepal", "Kathmandu"),
+    ("Bhutan", "Thimphu"),
+    ("Afghanistan", "Kabul"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Syria", "Damascus"),
+    ("Lebanon", "Beirut"),
+    ("Jordan", "Amman"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Kuwait", "Kuwait City"),
+    ("Qatar", "Doha"),
+    ("Bahrain", "Manama"),
+    ("United Arab Emirates", "Abu Dhabi"),
+    ("Oman", "Muscat"),
+    ("Turkey", "Ankara"),
+    ("Uzbekistan", "Tashkent"),
+    ("Turkmenistan", "Ashgabat"),
+    ("Kyrgyzstan", "Bishkek"),
+    ("Tajikistan", "Dushanbe"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Laos", "Vientiane"),
+    ("Cambodia", "Phnom Penh"),
+    ("Philippines", "Manila"),
+    ("Maldives", "Male"),
+    ("Brunei", "Bandar Seri Begawan"),
     # Africa
-    ("Egypt", "Cairo"), ("Libya", "Tripoli"), ("Tunisia", "Tunis"), ("Algeria", "Algiers"),
-    ("Morocco", "Rabat"), ("South Sudan", "Juba"), ("Ethiopia", "Addis Ababa"), ("Eritrea", "Asmara"),
-    ("Somalia", "Mogadishu"), ("Kenya", "Nairobi"), ("Uganda", "Kampala"), ("Rwanda", "Kigali"),
-    ("Zambia", "Lusaka"), ("Zimbabwe", "Harare"), ("Mozambique", "Maputo"), ("Malawi", "Lilongwe"),
-    ("Angola", "Luanda"), ("Namibia", "Windhoek"), ("Botswana", "Gaborone"),
-    ("Madagascar", "Antananarivo"), ("Nigeria", "Abuja"), ("Ghana", "Accra"), ("Senegal", "Dakar"),
-    ("Mali", "Bamako"), ("Niger", "Niamey"), ("Cameroon", "Yaounde"), ("Gabon", "Libreville"),
-    ("Liberia", "Monrovia"), ("Sierra Leone", "Freetown"), ("Guinea", "Conakry"),
-    ("Burkina Faso", "Ouagadougou"), ("Togo", "Lome"), ("Mauritania", "Nouakchott"),
-    ("Gambia", "Banjul"), ("Lesotho", "Maseru"), ("Mauritius", "Port Louis"),
-    ("Central African Republic", "Bangui"), ("Cape Verde", "Praia"), ("Seychelles", "Victoria"),
-    ("Comoros", "Moroni"), ("Guinea-Bissau", "Bissau"),
+    ("Egypt", "Cairo"),
+    ("Libya", "Tripoli"),
+    ("Tunisia", "Tunis"),
+    ("Algeria", "Algiers"),
+    ("Morocco", "Rabat"),
+    ("South Sudan", "Juba"),
+    ("Ethiopia", "Addis Ababa"),
+    ("Eritrea", "Asmara"),
+    ("Somalia", "Mogadishu"),
+    ("Kenya", "Nairobi"),
+    ("Uganda", "Kampala"),
+    ("Rwanda", "Kigali"),
+    ("Zambia", "Lusaka"),
+    ("Zimbabwe", "Harare"),
+    ("Mozambique", "Maputo"),
+    ("Malawi", "Lilongwe"),
+    ("Angola", "Luanda"),
+    ("Namibia", "Windhoek"),
+    ("Botswana", "Gaborone"),
+    ("Madagascar", "Antananarivo"),
+    ("Nigeria", "Abuja"),
+    ("Ghana", "Accra"),
+    ("Senegal", "Dakar"),
+    ("Mali", "Bamako"),
+    ("Niger", "Niamey"),
+    ("Cameroon", "Yaounde"),
+    ("Gabon", "Libreville"),
+    ("Liberia", "Monrovia"),
+    ("Sierra Leone", "Freetown"),
+    ("Guinea", "Conakry"),
+    ("Burkina Faso", "Ouagadougou"),
+    ("Togo", "Lome"),
+    ("Mauritania", "Nouakchott"),
+    ("Gambia", "Banjul"),
+    ("Lesotho", "Maseru"),
+    ("Mauritius", "Port Louis"),
+    ("Central African Republic", "Bangui"),
+    ("Cape Verde", "Praia"),
+    ("Seychelles", "Victoria"),
+    ("Comoros", "Moroni"),
+    ("Guinea-Bissau", "Bissau"),
     # Americas
-    ("United States", "Washington"), ("Canada", "Ottawa"), ("Mexico", "Mexico City"),
-    ("Guatemala", "Guatemala City"), ("Belize", "Belmopan"), ("Honduras", "Tegucigalpa"),
-    ("El Salvador", "San Salvador"), ("Nicaragua", "Managua"), ("Costa Rica", "San Jose"),
-    ("Panama", "Panama City"), ("Cuba", "Havana"), ("Jamaica", "Kingston"), ("Haiti", "Port-au-Prince"),
-    ("Dominican Republic", "Santo Domingo"), ("Bahamas", "Nassau"), ("Barbados", "Bridgetown"),
-    ("Trinidad and Tobago", "Port of Spain"), ("Colombia", "Bogota"), ("Venezuela", "Caracas"),
-    ("Ecuador", "Quito"), ("Peru", "Lima"), ("Brazil", "Brasilia"), ("Argentina", "Buenos Aires"),
-    ("Chile", "Santiago"), ("Uruguay", "Montevideo"), ("Paraguay", "Asuncion"), ("Guyana", "Georgetown"),
+    ("United States", "Washington"),
+    ("Canada", "Ottawa"),
+    ("Mexico", "Mexico City"),
+    ("Guatemala", "Guatemala City"),
+    ("Belize", "Belmopan"),
+    ("Honduras", "Tegucigalpa"),
+    ("El Salvador", "San Salvador"),
+    ("Nicaragua", "Managua"),
+    ("Costa Rica", "San Jose"),
+    ("Panama", "Panama City"),
+    ("Cuba", "Havana"),
+    ("Jamaica", "Kingston"),
+    ("Haiti", "Port-au-Prince"),
+    ("Dominican Republic", "Santo Domingo"),
+    ("Bahamas", "Nassau"),
+    ("Barbados", "Bridgetown"),
+    ("Trinidad and Tobago", "Port of Spain"),
+    ("Colombia", "Bogota"),
+    ("Venezuela", "Caracas"),
+    ("Ecuador", "Quito"),
+    ("Peru", "Lima"),
+    ("Brazil", "Brasilia"),
+    ("Argentina", "Buenos Aires"),
+    ("Chile", "Santiago"),
+    ("Uruguay", "Montevideo"),
+    ("Paraguay", "Asuncion"),
+    ("Guyana", "Georgetown"),
     ("Suriname", "Paramaribo"),
     # Oceania
-    ("Australia", "Canberra"), ("New Zealand", "Wellington"), ("Fiji", "Suva"),
-    ("Papua New Guinea", "Port Moresby"), ("Samoa", "Apia"), ("Vanuatu", "Port Vila"),
+    ("Australia", "Canberra"),
+    ("New Zealand", "Wellington"),
+    ("Fiji", "Suva"),
+    ("Papua New Guinea", "Port Moresby"),
+    ("Samoa", "Apia"),
+    ("Vanuatu", "Port Vila"),
     ("Solomon Islands", "Honiara"),
 ]
 
 # Country names that take "the" in a sentence ("the capital of the United Kingdom").
-_WITH_THE = frozenset({
-    "United Kingdom", "United States", "Czech Republic", "Dominican Republic", "Central African Republic",
-    "Bahamas", "Gambia", "Maldives", "United Arab Emirates", "Philippines", "Solomon Islands",
-})
+_WITH_THE = frozenset(
+    {
+        "United Kingdom",
+        "United States",
+        "Czech Republic",
+        "Dominican Republic",
+        "Central African Republic",
+        "Bahamas",
+        "Gambia",
+        "Maldives",
+        "United Arab Emirates",
+        "Philippines",
+        "Solomon Islands",
+    }
+)
 
 SPLIT_SEED = 20240607  # fixed: the split must not move when the data seed changes
 SFT_FRACTION = 0.65
 
 WORDS: list[str] = [
-    "cat", "dog", "bird", "fish", "horse", "cow", "sheep", "goat", "mouse", "rabbit",
-    "tiger", "lion", "bear", "wolf", "fox", "duck", "frog", "snake", "whale", "shark",
-    "apple", "banana", "orange", "grape", "lemon", "cherry", "peach", "pear", "melon", "bread",
-    "cheese", "butter", "milk", "water", "juice", "rice", "soup", "cake", "honey", "sugar",
-    "house", "door", "window", "table", "chair", "bed", "lamp", "clock", "book", "pen",
-    "pencil", "paper", "cup", "plate", "spoon", "fork", "knife", "bottle", "box", "bag",
-    "river", "lake", "ocean", "sea", "mountain", "hill", "forest", "tree", "flower", "grass",
-    "leaf", "rock", "stone", "sand", "island", "desert", "valley", "beach", "cloud", "rain",
-    "snow", "wind", "storm", "sun", "moon", "star", "sky", "fire", "ice", "light",
-    "car", "bus", "train", "boat", "ship", "plane", "bike", "road", "bridge", "street",
-    "city", "town", "village", "school", "market", "garden", "park", "farm", "castle", "tent",
-    "king", "queen", "child", "friend", "doctor", "teacher", "farmer", "baker", "sailor", "pilot",
-    "shirt", "shoe", "hat", "coat", "dress", "sock", "glove", "scarf", "ring", "watch",
-    "song", "music", "drum", "piano", "guitar", "story", "basket", "game", "ball", "kite",
-    "money", "coin", "gold", "silver", "iron", "paint", "color", "shape", "circle", "square",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "horse",
+    "cow",
+    "sheep",
+    "goat",
+    "mouse",
+    "rabbit",
+    "tiger",
+    "lion",
+    "bear",
+    "wolf",
+    "fox",
+    "duck",
+    "frog",
+    "snake",
+    "whale",
+    "shark",
+    "apple",
+    "banana",
+    "orange",
+    "grape",
+    "lemon",
+    "cherry",
+    "peach",
+    "pear",
+    "melon",
+    "bread",
+    "cheese",
+    "butter",
+    "milk",
+    "water",
+    "juice",
+    "rice",
+    "soup",
+    "cake",
+    "honey",
+    "sugar",
+    "house",
+    "door",
+    "window",
+    "table",
+    "chair",
+    "bed",
+    "lamp",
+    "clock",
+    "book",
+    "pen",
+    "pencil",
+    "paper",
+    "cup",
+    "plate",
+    "spoon",
+    "fork",
+    "knife",
+    "bottle",
+    "box",
+    "bag",
+    "river",
+    "lake",
+    "ocean",
+    "sea",
+    "mountain",
+    "hill",
+    "forest",
+    "tree",
+    "flower",
+    "grass",
+    "leaf",
+    "rock",
+    "stone",
+    "sand",
+    "island",
+    "desert",
+    "valley",
+    "beach",
+    "cloud",
+    "rain",
+    "snow",
+    "wind",
+    "storm",
+    "sun",
+    "moon",
+    "star",
+    "sky",
+    "fire",
+    "ice",
+    "light",
+    "car",
+    "bus",
+    "train",
+    "boat",
+    "ship",
+    "plane",
+    "bike",
+    "road",
+    "bridge",
+    "street",
+    "city",
+    "town",
+    "village",
+    "school",
+    "market",
+    "garden",
+    "park",
+    "farm",
+    "castle",
+    "tent",
+    "king",
+    "queen",
+    "child",
+    "friend",
+    "doctor",
+    "teacher",
+    "farmer",
+    "baker",
+    "sailor",
+    "pilot",
+    "shirt",
+    "shoe",
+    "hat",
+    "coat",
+    "dress",
+    "sock",
+    "glove",
+    "scarf",
+    "ring",
+    "watch",
+    "song",
+    "music",
+    "drum",
+    "piano",
+    "guitar",
+    "story",
+    "basket",
+    "game",
+    "ball",
+    "kite",
+    "money",
+    "coin",
+    "gold",
+    "silver",
+    "iron",
+    "paint",
+    "color",
+    "shape",
+    "circle",
+    "square",
 ]
 
 # (unit, units, target unit, target units, factor)
@@ -283,17 +535,29 @@ _WORD_PROSE = {
 _SORT_PROSE = ["Sorted from smallest to largest, the numbers {l} are {s}."]
 
 _TOPIC_INTROS = {
-    "geography": ["Every country has a capital city.", "Here are some facts about countries and their capitals.",
-                  "A capital is the city where the government of a country meets."],
-    "arithmetic": ["Here are some facts about numbers.", "Adding zero to a number does not change it.",
-                   "Multiplying a number by one does not change it."],
-    "conversion": ["There are 1000 meters in a kilometer.", "There are 60 minutes in an hour.",
-                   "There are 1000 grams in a kilogram.", "There are 60 seconds in a minute.",
-                   "There are 100 centimeters in a meter."],
-    "word": ["Every word is made of letters.", "Here are some facts about words and letters.",
-             "A word spelled backwards is read from its last letter to its first."],
-    "sort": ["Ascending order means from the smallest number to the largest.",
-             "Here are some numbers put in order."],
+    "geography": [
+        "Every country has a capital city.",
+        "Here are some facts about countries and their capitals.",
+        "A capital is the city where the government of a country meets.",
+    ],
+    "arithmetic": [
+        "Here are some facts about numbers.",
+        "Adding zero to a number does not change it.",
+        "Multiplying a number by one does not change it.",
+    ],
+    "conversion": [
+        "There are 1000 meters in a kilometer.",
+        "There are 60 minutes in an hour.",
+        "There are 1000 grams in a kilogram.",
+        "There are 60 seconds in a minute.",
+        "There are 100 centimeters in a meter.",
+    ],
+    "word": [
+        "Every word is made of letters.",
+        "Here are some facts about words and letters.",
+        "A word spelled backwards is read from its last letter to its first.",
+    ],
+    "sort": ["Ascending order means from the smallest number to the largest.", "Here are some numbers put in order."],
 }
 _TOPIC_WEIGHTS = {"geography": 0.4, "arithmetic": 0.2, "conversion": 0.15, "word": 0.15, "sort": 0.1}
 FAQ_FRACTION = 0.25
@@ -339,16 +603,20 @@ def _prose_sort(rng: random.Random, deck: _Deck[tuple[str, str]]) -> str:
 
 
 _PROSE: dict[str, Callable[[random.Random, _Deck[tuple[str, str]]], str]] = {
-    "geography": _prose_geography, "arithmetic": _prose_arithmetic, "conversion": _prose_conversion,
-    "word": _prose_word, "sort": _prose_sort,
+    "geography": _prose_geography,
+    "arithmetic": _prose_arithmetic,
+    "conversion": _prose_conversion,
+    "word": _prose_word,
+    "sort": _prose_sort,
 }
 
 
 def _faq_geography(rng: random.Random, deck: _Deck[tuple[str, str]]) -> tuple[str, str]:
     """A question and answer about a country's capital."""
     country, capital = deck.deal()
-    template = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
-                           "What city is the capital of {c}?"])
+    template = rng.choice(
+        ["What is the capital of {c}?", "Which city is the capital of {c}?", "What city is the capital of {c}?"]
+    )
     return template.format(c=country_phrase(country)), capital_fact(country, capital)
 
 
@@ -384,8 +652,11 @@ def _faq_sort(rng: random.Random, deck: _Deck[tuple[str, str]]) -> tuple[str, st
 
 
 _FAQ: dict[str, Callable[[random.Random, _Deck[tuple[str, str]]], tuple[str, str]]] = {
-    "geography": _faq_geography, "arithmetic": _faq_arithmetic, "conversion": _faq_conversion,
-    "word": _faq_word, "sort": _faq_sort,
+    "geography": _faq_geography,
+    "arithmetic": _faq_arithmetic,
+    "conversion": _faq_conversion,
+    "word": _faq_word,
+    "sort": _faq_sort,
 }
 
 
@@ -405,7 +676,7 @@ def _prose_document(rng: random.Random, deck: _Deck[tuple[str, str]], n_sentence
     start = 0
     while start < len(sentences):
         size = rng.randint(4, 8)
-        paragraphs.append(" ".join(sentences[start:start + size]))
+        paragraphs.append(" ".join(sentences[start : start + size]))
         start += size
     return "\n".join(paragraphs)
 
@@ -459,14 +730,28 @@ HELDOUT_CAPITAL_TEMPLATES: list[Template] = [
 CAPITALS_PER_COUNTRY = 6
 
 ARITHMETIC_TEMPLATES: dict[str, list[Template]] = {
-    "plus": [("What is {a} plus {b}?", ""), ("Add {a} and {b}.", ""), ("Calculate {a} plus {b}.", ""),
-             ("What is the sum of {a} and {b}?", ""), ("Add these two numbers.", "{a} and {b}"),
-             ("First, tell me what {a} plus {b} is", "")],
-    "minus": [("What is {a} minus {b}?", ""), ("Subtract {b} from {a}.", ""), ("Calculate {a} minus {b}.", ""),
-              ("Subtract the second number from the first.", "{a} and {b}")],
-    "times": [("What is {a} times {b}?", ""), ("Multiply {a} by {b}.", ""), ("Calculate {a} times {b}.", ""),
-              ("What is the product of {a} and {b}?", ""), ("Multiply these two numbers.", "{a} and {b}"),
-              ("First, tell me what {a} times {b} is", "")],
+    "plus": [
+        ("What is {a} plus {b}?", ""),
+        ("Add {a} and {b}.", ""),
+        ("Calculate {a} plus {b}.", ""),
+        ("What is the sum of {a} and {b}?", ""),
+        ("Add these two numbers.", "{a} and {b}"),
+        ("First, tell me what {a} plus {b} is", ""),
+    ],
+    "minus": [
+        ("What is {a} minus {b}?", ""),
+        ("Subtract {b} from {a}.", ""),
+        ("Calculate {a} minus {b}.", ""),
+        ("Subtract the second number from the first.", "{a} and {b}"),
+    ],
+    "times": [
+        ("What is {a} times {b}?", ""),
+        ("Multiply {a} by {b}.", ""),
+        ("Calculate {a} times {b}.", ""),
+        ("What is the product of {a} and {b}?", ""),
+        ("Multiply these two numbers.", "{a} and {b}"),
+        ("First, tell me what {a} times {b} is", ""),
+    ],
 }
 CONVERSION_TEMPLATES: list[Template] = [
     ("How many {u} are in {s}?", ""),
@@ -476,15 +761,28 @@ CONVERSION_TEMPLATES: list[Template] = [
     ("First, tell me how many {u} are in {s}", ""),
 ]
 WORD_TEMPLATES: dict[str, list[Template]] = {
-    "reverse": [("Spell the word {w} backwards.", ""), ("Reverse the word {w}.", ""),
-                ("What is {w} spelled backwards?", ""), ("Spell this word backwards.", "{w}"),
-                ("First, tell me the word {w} spelled backwards", "")],
-    "upper": [("Write the word {w} in capital letters.", ""), ("Convert the word {w} to uppercase.", ""),
-              ("Write this word in capital letters.", "{w}")],
-    "count": [("How many letters are in the word {w}?", ""), ("Count the letters in the word {w}.", ""),
-              ("Count the letters in this word.", "{w}")],
-    "first": [("What is the first letter of the word {w}?", ""), ("Which letter does the word {w} start with?", ""),
-              ("What is the first letter of this word?", "{w}")],
+    "reverse": [
+        ("Spell the word {w} backwards.", ""),
+        ("Reverse the word {w}.", ""),
+        ("What is {w} spelled backwards?", ""),
+        ("Spell this word backwards.", "{w}"),
+        ("First, tell me the word {w} spelled backwards", ""),
+    ],
+    "upper": [
+        ("Write the word {w} in capital letters.", ""),
+        ("Convert the word {w} to uppercase.", ""),
+        ("Write this word in capital letters.", "{w}"),
+    ],
+    "count": [
+        ("How many letters are in the word {w}?", ""),
+        ("Count the letters in the word {w}.", ""),
+        ("Count the letters in this word.", "{w}"),
+    ],
+    "first": [
+        ("What is the first letter of the word {w}?", ""),
+        ("Which letter does the word {w} start with?", ""),
+        ("What is the first letter of this word?", "{w}"),
+    ],
 }
 SORT_TEMPLATES: list[Template] = [
     ("Sort these numbers in ascending order.", "{l}"),
@@ -574,8 +872,9 @@ HELDOUT_CONVERSION, HELDOUT_WORD_PER_TASK, HELDOUT_SORT = 6, 2, 6
 CONVERSIONS_PER_ITEM = 3
 
 
-def _reserve(rng: random.Random, pool: Sequence[T], n: int, key: Callable[[T], Hashable],
-             eligible: Callable[[T], bool]) -> tuple[list[T], list[T]]:
+def _reserve(
+    rng: random.Random, pool: Sequence[T], n: int, key: Callable[[T], Hashable], eligible: Callable[[T], bool]
+) -> tuple[list[T], list[T]]:
     """Keep back n eligible items with distinct keys; the rest (no shared key) stay for training."""
     shuffled = list(pool)
     rng.shuffle(shuffled)
@@ -621,8 +920,13 @@ def _word_items(rng: random.Random) -> tuple[list[WordItem], list[WordItem]]:
     held: list[WordItem] = []
     for task in WORD_TASKS:
         used = {w for _, w in held}
-        kept, reserved = _reserve(rng, [(task, w) for w in WORDS], HELDOUT_WORD_PER_TASK,
-                                  lambda it: it, lambda it: it[1] not in used)
+        kept, reserved = _reserve(
+            rng,
+            [(task, w) for w in WORDS],
+            HELDOUT_WORD_PER_TASK,
+            lambda it: it,
+            lambda it, used=used: it[1] not in used,
+        )
         train += kept
         held += reserved
     rng.shuffle(train)
@@ -765,14 +1069,20 @@ def _heldout_capitals(rng: random.Random) -> list[HeldoutRecord]:
 
 def _heldout_skills(rng: random.Random, skills: _Skills) -> list[HeldoutRecord]:
     """Skill questions whose operands training never uses."""
-    records = [_heldout(arithmetic_record(rng.choice(ARITHMETIC_TEMPLATES[it[0]]), it), str(compute(*it)), "skill")
-               for it in skills.arithmetic[1]]
-    records += [_heldout(conversion_record(rng.choice(CONVERSION_TEMPLATES), it), str(conversion_parts(*it)[3]),
-                         "skill") for it in skills.conversion[1]]
-    records += [_heldout(word_record(rng.choice(WORD_TEMPLATES[it[0]]), it), word_answer(*it), "skill")
-                for it in skills.word[1]]
-    records += [_heldout(sort_record(rng.choice(SORT_TEMPLATES), it), sort_answer(it), "skill")
-                for it in skills.sort[1]]
+    records = [
+        _heldout(arithmetic_record(rng.choice(ARITHMETIC_TEMPLATES[it[0]]), it), str(compute(*it)), "skill")
+        for it in skills.arithmetic[1]
+    ]
+    records += [
+        _heldout(conversion_record(rng.choice(CONVERSION_TEMPLATES), it), str(conversion_parts(*it)[3]), "skill")
+        for it in skills.conversion[1]
+    ]
+    records += [
+        _heldout(word_record(rng.choice(WORD_TEMPLATES[it[0]]), it), word_answer(*it), "skill") for it in skills.word[1]
+    ]
+    records += [
+        _heldout(sort_record(rng.choice(SORT_TEMPLATES), it), sort_answer(it), "skill") for it in skills.sort[1]
+    ]
     return records
 
 

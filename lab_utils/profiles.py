@@ -229,7 +229,10 @@ def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
         return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"
     mem = hw.memory_gb
     if mem >= 96:
-        return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference LoRA run fits (70B QLoRA also does: llama3-70b-qlora)"
+        return (
+            "llama3-8b",
+            f"{hw.name} with {mem:.0f} GB: the reference LoRA run fits (70B QLoRA also does: llama3-70b-qlora)",
+        )
     if mem >= 22:  # a "24 GB" card reports about 25.4e9 bytes; leave room for rounding
         return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference Llama-3-8B LoRA run fits"
     if mem >= 15:  # a "16 GB" T4 reports about 15.8e9 bytes

@@ -17,7 +17,9 @@ class Question:
 
     def __post_init__(self) -> None:
         if not 0 <= self.answer < len(self.choices):
-            raise ValueError(f"answer index {self.answer} out of range for {len(self.choices)} choices: {self.prompt!r}")
+            raise ValueError(
+                f"answer index {self.answer} out of range for {len(self.choices)} choices: {self.prompt!r}"
+            )
 
 
 def is_interactive() -> bool:

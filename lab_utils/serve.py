@@ -80,8 +80,13 @@ def serve_dtype(dtype: str, hw: Hardware) -> tuple[str, str | None]:
 
 
 def spec_for(
-    profile: Profile, hw: Hardware, model: str, served_model_name: str, chat_template: str | None = None,
-    lora_modules: dict[str, str] | None = None, **changes: Any,
+    profile: Profile,
+    hw: Hardware,
+    model: str,
+    served_model_name: str,
+    chat_template: str | None = None,
+    lora_modules: dict[str, str] | None = None,
+    **changes: Any,
 ) -> ServerSpec:
     """The server settings for a profile on described hardware (unit-tested against H100, A100, DGX Spark, CPU)."""
     s = profile.serve
@@ -92,12 +97,22 @@ def spec_for(
     if hw.unified_memory:
         notes.append("unified memory: --gpu-memory-utilization leaves room for the OS and the notebook's own process")
     spec = ServerSpec(
-        model=model, served_model_name=served_model_name, dtype=dtype, max_model_len=s.max_model_len,
-        max_num_seqs=s.max_num_seqs, gpu_memory_utilization=s.gpu_memory_utilization, quantization=quant,
-        enable_prefix_caching=not cpu, tensor_parallel_size=max(1, hw.gpu_count) if not cpu else 1,
-        chat_template=chat_template, lora_modules=dict(lora_modules or {}), cpu=cpu,
-        cpu_kvcache_space_gb=s.cpu_kvcache_space_gb, default_temperature=s.default_temperature,
-        start_timeout_s=s.start_timeout_s, notes=tuple(notes),
+        model=model,
+        served_model_name=served_model_name,
+        dtype=dtype,
+        max_model_len=s.max_model_len,
+        max_num_seqs=s.max_num_seqs,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        quantization=quant,
+        enable_prefix_caching=not cpu,
+        tensor_parallel_size=max(1, hw.gpu_count) if not cpu else 1,
+        chat_template=chat_template,
+        lora_modules=dict(lora_modules or {}),
+        cpu=cpu,
+        cpu_kvcache_space_gb=s.cpu_kvcache_space_gb,
+        default_temperature=s.default_temperature,
+        start_timeout_s=s.start_timeout_s,
+        notes=tuple(notes),
     )
     return replace(spec, **changes)
 
@@ -105,19 +120,37 @@ def spec_for(
 def build_command(spec: ServerSpec, port: int, api_key: str) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment variables that start vLLM for `spec`."""
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", spec.model, "--served-model-name", spec.served_model_name,
-        "--host", spec.host, "--port", str(port),
-        "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
-        "--generation-config", "auto",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec.model,
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        spec.host,
+        "--port",
+        str(port),
+        "--dtype",
+        spec.dtype,
+        "--max-model-len",
+        str(spec.max_model_len),
+        "--max-num-seqs",
+        str(spec.max_num_seqs),
+        "--generation-config",
+        "auto",
     ]
     # The key travels in the environment, not on the command line, where `ps` would show it to every local user.
     env: dict[str, str] = {"VLLM_API_KEY": api_key}
     if spec.cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kvcache_space_gb)
     else:
-        cmd += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:.2f}",
-                "--tensor-parallel-size", str(spec.tensor_parallel_size)]
+        cmd += [
+            "--gpu-memory-utilization",
+            f"{spec.gpu_memory_utilization:.2f}",
+            "--tensor-parallel-size",
+            str(spec.tensor_parallel_size),
+        ]
     if spec.quantization:
         cmd += ["--quantization", spec.quantization]
     if spec.default_temperature is not None:
@@ -173,7 +206,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-_LIVE: "weakref.WeakSet[VLLMServer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[VLLMServer] = weakref.WeakSet()
 
 
 def _stop_all() -> None:
@@ -208,7 +241,9 @@ class VLLMServer:
         server's timeout unless one is given)."""
         timeout = timeout or self.timeout
         if self.port and port_in_use(self.port, self.spec.host):
-            raise ServerError(f"port {self.port} on {self.spec.host} is already in use: stop that server or pass port=0")
+            raise ServerError(
+                f"port {self.port} on {self.spec.host} is already in use: stop that server or pass port=0"
+            )
         self.port = self.port or free_port(self.spec.host)
         self.command, extra_env = build_command(self.spec, self.port, self.api_key)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +253,11 @@ class VLLMServer:
             log.write(("$ " + " ".join(self.command) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         _LIVE.add(self)
@@ -306,6 +345,13 @@ def command_table(profile: Profile, model: str, hardware: dict[str, Hardware] | 
         spec = spec_for(profile, hw, model, "model")
         cmd, env = build_command(spec, 8000, "$API_KEY")
         flags = " ".join(cmd[3:]).replace(f"--model {model} ", "")
-        rows.append({"hardware": name, "quantization": spec.quantization or "none", "why": spec.notes[0],
-                     "env": " ".join(f"{k}={v}" for k, v in env.items() if k != "VLLM_API_KEY"), "flags": flags})
+        rows.append(
+            {
+                "hardware": name,
+                "quantization": spec.quantization or "none",
+                "why": spec.notes[0],
+                "env": " ".join(f"{k}={v}" for k, v in env.items() if k != "VLLM_API_KEY"),
+                "flags": flags,
+            }
+        )
     return pd.DataFrame(rows).set_index("hardware")

@@ -77,7 +77,9 @@ def load_model(model_path: str, method: str, bf16: bool, attn_implementation: st
         kwargs["attn_implementation"] = attn_implementation
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
@@ -88,8 +90,12 @@ def lora_config(settings: TrainSettings) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-        target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM",
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=LORA_TARGETS,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -181,8 +187,12 @@ def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool = False) -> tup
 
     records, report = load_records(profile.dataset, skip_bad=skip_bad)
     records = check_lengths(
-        records, lambda s: len(tokenizer(s)["input_ids"]) + 1, profile.train.max_seq_length,
-        source=report.source, skip_bad=skip_bad, report=report,
+        records,
+        lambda s: len(tokenizer(s)["input_ids"]) + 1,
+        profile.train.max_seq_length,
+        source=report.source,
+        skip_bad=skip_bad,
+        report=report,
     )
     train, evals = split_records(records, profile.eval_fraction, seed=profile.train.seed)
     to_ds = lambda rows: Dataset.from_list([to_prompt_completion(clean(r)) for r in rows])  # noqa: E731
@@ -191,7 +201,10 @@ def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool = False) -> tup
 
 
 def build_trainer(
-    profile: Profile, output_dir: str | Path, model_path: str | None = None, skip_bad: bool = False,
+    profile: Profile,
+    output_dir: str | Path,
+    model_path: str | None = None,
+    skip_bad: bool = False,
     **config_overrides: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """An SFTTrainer for the profile (model, tokenizer, data, LoRA/QLoRA/full), ready to train."""
@@ -201,13 +214,19 @@ def build_trainer(
     model_path = model_path or resolve_model_path(profile)
     tokenizer = load_tokenizer(model_path)
     # Padding-free batches are made for FlashAttention's variable-length kernels (on a GPU with flash_attn installed).
-    attn = "flash_attention_2" if resolve_batching(settings.batching) == "padding_free" and _flash_attn_usable() else None
+    attn = (
+        "flash_attention_2" if resolve_batching(settings.batching) == "padding_free" and _flash_attn_usable() else None
+    )
     model = load_model(model_path, settings.method, settings.bf16, attn)
     train_ds, eval_ds, info = load_splits(profile, tokenizer, skip_bad=skip_bad)
     args = sft_config(settings, output_dir, **config_overrides)
     peft_config = None if settings.method == "full" else lora_config(settings)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
         peft_config=peft_config,
     )
     info["model_path"] = model_path
@@ -259,8 +278,13 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def train(
-    profile: Profile, output_dir: str | Path, resume: bool = False, skip_bad: bool = False,
-    model_path: str | None = None, callbacks: list[Any] | None = None, **config_overrides: Any,
+    profile: Profile,
+    output_dir: str | Path,
+    resume: bool = False,
+    skip_bad: bool = False,
+    model_path: str | None = None,
+    callbacks: list[Any] | None = None,
+    **config_overrides: Any,
 ) -> TrainResult:
     """Fine-tune the profile's base model; save the adapter (or full model) atomically under output_dir/adapter."""
     output_dir = Path(output_dir)
@@ -275,10 +299,16 @@ def train(
     trainable, total = count_params(trainer.model)
     main = trainer.is_world_process_zero()
     if main:
-        atomic_write_json(output_dir / CONFIG_FILE, {
-            "profile": profile.to_dict(), "data": info, "sft_config": trainer.args.to_dict(), "versions": versions(),
-            "world_size": trainer.args.world_size,
-        })
+        atomic_write_json(
+            output_dir / CONFIG_FILE,
+            {
+                "profile": profile.to_dict(),
+                "data": info,
+                "sft_config": trainer.args.to_dict(),
+                "versions": versions(),
+                "world_size": trainer.args.world_size,
+            },
+        )
     # The eval loss before any training: the reference the final eval loss is judged against (per-batch train losses
     # vary with the batch's composition, more so with length-grouped batches).
     eval_before = None if resume_from else trainer.evaluate().get("eval_loss")
@@ -294,14 +324,21 @@ def train(
     logs = [r for r in trainer.state.log_history if "loss" in r]
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
     result = TrainResult(
-        output_dir=str(output_dir), adapter_dir=str(adapter_dir), method=profile.train.method, steps=out.global_step,
+        output_dir=str(output_dir),
+        adapter_dir=str(adapter_dir),
+        method=profile.train.method,
+        steps=out.global_step,
         train_loss_first=float(logs[0]["loss"]) if logs else float("nan"),
         train_loss_last=float(logs[-1]["loss"]) if logs else float("nan"),
         eval_loss=float(eval_loss) if eval_loss is not None else None,
         eval_loss_before=float(eval_before) if eval_before is not None else None,
-        train_tokens_per_s=round(tokens / max(seconds, 1e-9), 1), train_seconds=round(seconds, 2),
-        peak_memory_mb=round(peak.peak_mb(), 1), peak_memory_kind=peak.kind,
-        trainable_params=trainable, total_params=total, resumed_from=resume_from,
+        train_tokens_per_s=round(tokens / max(seconds, 1e-9), 1),
+        train_seconds=round(seconds, 2),
+        peak_memory_mb=round(peak.peak_mb(), 1),
+        peak_memory_kind=peak.kind,
+        trainable_params=trainable,
+        total_params=total,
+        resumed_from=resume_from,
         log_history=list(trainer.state.log_history),
     )
     if main:
@@ -338,15 +375,29 @@ def collated_examples(tokenizer: Any, records: list[dict[str, Any]], max_length:
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    stand_in = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
-        num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    stand_in = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records])
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(
-            output_dir=tmp, max_length=max_length, completion_only_loss=True, report_to="none", bf16=False,
-            gradient_checkpointing=False, use_cpu=True, per_device_train_batch_size=len(records),
+            output_dir=tmp,
+            max_length=max_length,
+            completion_only_loss=True,
+            report_to="none",
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            per_device_train_batch_size=len(records),
         )
         trainer = SFTTrainer(model=stand_in, args=args, train_dataset=ds, processing_class=tokenizer)
         examples = [trainer.train_dataset[i] for i in range(len(records))]

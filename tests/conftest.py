@@ -46,8 +46,9 @@ class LabRun:
                 if earlier < name and earlier not in self.done and _needed(earlier, name):
                     self.run(earlier)
             params = TEST_PARAMETERS.get(name, {})
-            self.done[name] = execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", self.folder_of(name), params,
-                                               cell_timeout=CELL_TIMEOUT_S)
+            self.done[name] = execute_notebook(
+                NOTEBOOK_DIR / f"{name}.ipynb", self.folder_of(name), params, cell_timeout=CELL_TIMEOUT_S
+            )
         return load_results(self.folder_of(name))[name]
 
     def output_text(self, name: str) -> str:

@@ -8,7 +8,12 @@ from lab_utils import compare
 from lab_utils.compare import Answer
 
 RECORDS = [
-    {"instruction": "Capital of France?", "output": "The capital of France is Paris.", "answer": "Paris", "kind": "seen_fact"},
+    {
+        "instruction": "Capital of France?",
+        "output": "The capital of France is Paris.",
+        "answer": "Paris",
+        "kind": "seen_fact",
+    },
     {"instruction": "What is 2 plus 2?", "output": "2 plus 2 is 4.", "answer": "4", "kind": "skill"},
 ]
 
@@ -37,5 +42,7 @@ def test_measures_reward_short_correct_answers() -> None:
     assert g["latency_p50_ms"] == 45.0
     text = compare.reading(b, g)
     assert "0%" in text and "100%" in text
-    assert compare.by_kind(RECORDS, good) == {"seen_fact": {"n": 1, "contains_answer": 1.0},
-                                              "skill": {"n": 1, "contains_answer": 1.0}}
+    assert compare.by_kind(RECORDS, good) == {
+        "seen_fact": {"n": 1, "contains_answer": 1.0},
+        "skill": {"n": 1, "contains_answer": 1.0},
+    }

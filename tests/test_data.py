@@ -57,7 +57,9 @@ def test_bad_record_names_file_line_field(tmp_path: Path, bad: object, field: st
 
 
 def test_skip_bad_rows_reports_how_many(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD, {"instruction": "x"}, "{oops", GOOD, {"instruction": "", "output": "y"}])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl", [GOOD, {"instruction": "x"}, "{oops", GOOD, {"instruction": "", "output": "y"}]
+    )
     with pytest.raises(data.DataError, match="line 2"):  # strict mode stops at the first bad record
         data.load_records(path)
     records, report = data.load_records(path, skip_bad=True)
@@ -102,7 +104,9 @@ def test_template_with_and_without_input() -> None:
     assert "paired with an input" in with_input and "### Input:\n3, 1\n\n### Response:\n" in with_input
     assert data.format_prompt("Do X.", "   ") == data.format_prompt("Do X.")
     assert data.to_prompt_completion({"instruction": "Do X.", "input": "", "output": "Done."}) == {
-        "prompt": data.format_prompt("Do X."), "completion": "Done."}
+        "prompt": data.format_prompt("Do X."),
+        "completion": "Done.",
+    }
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -15,8 +15,12 @@ def test_vllm_service_has_reference_flags_loopback_port_and_health_check() -> No
     assert vllm["image"].startswith("nvcr.io/nvidia/vllm:")
     cmd = [str(c) for c in vllm["command"]]
     assert cmd[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    for flag, value in [("--quantization", "fp8"), ("--gpu-memory-utilization", "0.80"),
-                        ("--tensor-parallel-size", "1"), ("--model", "/models/finetuned")]:
+    for flag, value in [
+        ("--quantization", "fp8"),
+        ("--gpu-memory-utilization", "0.80"),
+        ("--tensor-parallel-size", "1"),
+        ("--model", "/models/finetuned"),
+    ]:
         assert cmd[cmd.index(flag) + 1] == value
     assert "--chat-template" in cmd
     assert vllm["ports"] == ["127.0.0.1:8000:8000"], "published on loopback only"
@@ -61,8 +65,14 @@ def test_compose_runs_the_command_the_lab_builds() -> None:
     from lab_utils.hardware import DESCRIBED
     from lab_utils.profiles import get_profile
 
-    spec = serve.spec_for(get_profile("llama3-8b"), DESCRIBED["h100"], "/models/finetuned", "alpaca-finetuned",
-                          chat_template="/models/finetuned/chat_template.jinja", host="0.0.0.0")
+    spec = serve.spec_for(
+        get_profile("llama3-8b"),
+        DESCRIBED["h100"],
+        "/models/finetuned",
+        "alpaca-finetuned",
+        chat_template="/models/finetuned/chat_template.jinja",
+        host="0.0.0.0",
+    )
     built, env = serve.build_command(spec, 8000, "KEY")
     compose = [str(c) for c in yaml.safe_load(COMPOSE.read_text())["services"]["vllm"]["command"]]
     assert compose[0] == "python3" and compose[1:] == built[1:]

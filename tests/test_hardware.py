@@ -112,8 +112,9 @@ def test_choose_profile_probes_this_machine() -> None:
         ({"asimd"}, "aarch64", False, "before ARMv8.6"),  # Graviton 2
     ],
 )
-def test_cpu_bf16_native_from_flags(flags: set[str], machine: str, native: bool, said: str,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_bf16_native_from_flags(
+    flags: set[str], machine: str, native: bool, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lab_utils.hardware import cpu_bf16_native
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)

@@ -178,8 +178,16 @@ def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: s
     from lab_utils.hardware import probe
 
     configs = [c for c in memsweep.CONFIGS if c.name in ("1 baseline: full fp32", "7 LoRA")]
-    rows = memsweep.sweep(pocket_model, "data/pocket_alpaca/train.jsonl", probe(), steps=1, seq_len=96,
-                          configs=configs, progress=False, log_dir=tmp_path)
+    rows = memsweep.sweep(
+        pocket_model,
+        "data/pocket_alpaca/train.jsonl",
+        probe(),
+        steps=1,
+        seq_len=96,
+        configs=configs,
+        progress=False,
+        log_dir=tmp_path,
+    )
     full, lora = rows
     assert full["ran"] and lora["ran"] and full["steps"] == 1
     assert lora["trainable_params"] < 0.2 * full["trainable_params"]

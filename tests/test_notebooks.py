@@ -84,11 +84,16 @@ def test_04_vllm_serving(lab_run) -> None:
     assert r["lora_completion"]["finish_reason"] == "stop" and r["lora_tokens_per_s_at_16"] > 0
     levels = {lv["concurrency"]: lv for lv in r["throughput"]}
     assert sorted(levels) == [1, 4, 16, 32]
-    assert all(lv["errors"] == 0 and lv["tokens_per_s"] > 0 and lv["ttft_p95_ms"] >= lv["ttft_p50_ms"] for lv in levels.values())
+    assert all(
+        lv["errors"] == 0 and lv["tokens_per_s"] > 0 and lv["ttft_p95_ms"] >= lv["ttft_p50_ms"]
+        for lv in levels.values()
+    )
     # Overhead-bound on a tiny model (the notebook says so): batching must still show at some level, and requests queue.
     assert max(lv["tokens_per_s"] for lv in levels.values()) > 1.2 * levels[1]["tokens_per_s"]
     assert levels[32]["ttft_p95_ms"] > levels[1]["ttft_p95_ms"]
-    assert r["chat_finetuned"]["content"] == r["openai_client_answer"], "greedy by default: the same request, the same answer"
+    assert r["chat_finetuned"]["content"] == r["openai_client_answer"], (
+        "greedy by default: the same request, the same answer"
+    )
     assert r["hf_sequential_tokens_per_s"] > 0
     kv = r["kv_cache_metrics"]
     assert 0.0 <= kv["vllm:kv_cache_usage_perc"] <= 1.0 and kv["cache_config.kv_cache_size_tokens"] > 0

@@ -105,8 +105,12 @@ def test_deterministic() -> None:
 def test_heldout_first_is_seed_prompt(heldout: list[dict[str, str | None]]) -> None:
     """The first held-out record is the seed prompt about France."""
     assert heldout[0] == {
-        "instruction": pd.SEED_PROMPT, "input": "", "output": "The capital of France is Paris.",
-        "category": "capital", "answer": "Paris", "kind": "seen_fact",
+        "instruction": pd.SEED_PROMPT,
+        "input": "",
+        "output": "The capital of France is Paris.",
+        "category": "capital",
+        "answer": "Paris",
+        "kind": "seen_fact",
     }
 
 

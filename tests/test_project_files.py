@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +90,18 @@ def test_papermill_sees_every_parameter(path: Path) -> None:
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     assigned = set(re.findall(r"^(\w+)(?::[^=]*)? =", "".join(cell["source"]), re.M))
     assert set(declared_parameters(path)) == assigned
+
+
+def test_code_passes_the_linter_and_the_formatter() -> None:
+    """ruff (configured in pyproject.toml) finds nothing, and `ruff format` would change nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is in the [test] extra"
+    paths = ["lab_utils", "tests", "data", "scripts"]
+    lint = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout[-2000:]
+    fmt = subprocess.run([ruff, "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert fmt.returncode == 0, f"run `ruff format {' '.join(paths)}`:\n{fmt.stdout[-2000:]}"

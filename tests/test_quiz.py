@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from lab_utils import quiz
 
-QUESTIONS = [quiz.Question("2 + 2?", ("3", "4"), 1, "arithmetic"), quiz.Question("Sky?", ("blue", "green"), 0, "physics")]
+QUESTIONS = [
+    quiz.Question("2 + 2?", ("3", "4"), 1, "arithmetic"),
+    quiz.Question("Sky?", ("blue", "green"), 0, "physics"),
+]
 
 
 def test_text_rendering_lists_choices_and_answers(capsys: pytest.CaptureFixture[str]) -> None:

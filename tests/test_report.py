@@ -10,11 +10,18 @@ from lab_utils import report
 
 def make_run(folder: Path, loss: float, tps: float) -> Path:
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({
-        "00_setup": {"profile": "pocket", "device": "cpu", "device_name": "AMD", "versions": {"trl": "1.16.0"}},
-        "02_sft": {"train_loss_last": loss, "method": "lora",
-                   "sft_benchmark": [{"mode": "lab", "tokens_per_s": tps}]},
-    }))
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "00_setup": {"profile": "pocket", "device": "cpu", "device_name": "AMD", "versions": {"trl": "1.16.0"}},
+                "02_sft": {
+                    "train_loss_last": loss,
+                    "method": "lora",
+                    "sft_benchmark": [{"mode": "lab", "tokens_per_s": tps}],
+                },
+            }
+        )
+    )
     (folder / "figures").mkdir()
     (folder / "figures" / "02_loss.png").write_bytes(b"\x89PNG")
     (folder / "02_sft.ipynb").write_text("{}")

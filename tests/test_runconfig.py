@@ -12,8 +12,16 @@ from lab_utils.paths import atomic_write_json
 
 
 def test_resolve_applies_every_override_once() -> None:
-    cfg = runconfig.resolve("pocket", DESCRIBED["cpu"], method="qlora", max_steps=7, dataset="my.jsonl",
-                            max_new_tokens=33, n_prompts=5, start_timeout_s=12)
+    cfg = runconfig.resolve(
+        "pocket",
+        DESCRIBED["cpu"],
+        method="qlora",
+        max_steps=7,
+        dataset="my.jsonl",
+        max_new_tokens=33,
+        n_prompts=5,
+        start_timeout_s=12,
+    )
     assert (cfg.name, cfg.method, cfg.profile.train.max_steps, cfg.dataset) == ("pocket", "qlora", 7, "my.jsonl")
     assert (cfg.max_new_tokens, cfg.n_prompts, cfg.start_timeout_s) == (33, 5, 12)
     assert cfg.is_pocket and cfg.hardware is DESCRIBED["cpu"]
@@ -35,15 +43,23 @@ def _record_02(folder: Path, method: str, tmp_path: Path) -> None:
     merged, adapter = tmp_path / "merged", tmp_path / "adapter"
     merged.mkdir(exist_ok=True), adapter.mkdir(exist_ok=True)
     cfg = runconfig.resolve("pocket", DESCRIBED["cpu"], method=method, dataset="custom.jsonl")
-    atomic_write_json(folder / "results.json", {
-        "01_alpaca_data": {"dataset": "custom.jsonl"},
-        "02_sft": {"run_config": cfg.to_dict(), "merged_dir": str(merged), "adapter_dir": str(adapter),
-                   "base_model": "/base"},
-    })
+    atomic_write_json(
+        folder / "results.json",
+        {
+            "01_alpaca_data": {"dataset": "custom.jsonl"},
+            "02_sft": {
+                "run_config": cfg.to_dict(),
+                "merged_dir": str(merged),
+                "adapter_dir": str(adapter),
+                "base_model": "/base",
+            },
+        },
+    )
 
 
-def test_later_notebooks_read_what_02_trained_not_the_profile_default(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_later_notebooks_read_what_02_trained_not_the_profile_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The bug this fixes: 04 took the method from the profile (lora) after 02 trained `method="full"`, and would
     have handed vLLM a full model as a LoRA adapter."""
     monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "run"))

@@ -17,7 +17,7 @@ from lab_utils.results import load_results
 def make_notebook(path: Path, body: str) -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [new_code_cell('x = 1  # a number', metadata={"tags": ["parameters"]}), new_code_cell(body)]
+    nb.cells = [new_code_cell("x = 1  # a number", metadata={"tags": ["parameters"]}), new_code_cell(body)]
     nbformat.write(nb, path)
     return path
 
@@ -111,8 +111,10 @@ def test_subset_runner_runs_only_the_chosen_notebook_and_writes_the_report(tmp_p
 
 @pytest.mark.slow
 def test_executed_copy_keeps_no_widget_state(tmp_path: Path) -> None:
-    book = make_notebook(tmp_path / "94_t.ipynb", "from tqdm.auto import tqdm\nimport ipywidgets\n"
-                         "display(ipywidgets.IntProgress(value=x))\nprint('ok')")
+    book = make_notebook(
+        tmp_path / "94_t.ipynb",
+        "from tqdm.auto import tqdm\nimport ipywidgets\ndisplay(ipywidgets.IntProgress(value=x))\nprint('ok')",
+    )
     runner.execute_notebook(book, tmp_path / "run", {"x": 3}, cell_timeout=120)
     executed = json.loads((tmp_path / "run" / "94_t.ipynb").read_text())
     assert "widgets" not in executed["metadata"]
@@ -120,8 +122,9 @@ def test_executed_copy_keeps_no_widget_state(tmp_path: Path) -> None:
     assert outputs and not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
 
 
-def test_a_subset_run_finds_results_in_the_newest_earlier_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_subset_run_finds_results_in_the_newest_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import os
     import time
 

@@ -63,7 +63,9 @@ def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
 def test_eager_mode_is_a_flag() -> None:
     spec = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", enforce_eager=True)
     assert "--enforce-eager" in serve.build_command(spec, 8000, "k")[0]
-    assert "--enforce-eager" not in serve.build_command(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m"), 8000, "k")[0]
+    assert (
+        "--enforce-eager" not in serve.build_command(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m"), 8000, "k")[0]
+    )
 
 
 def test_a_cpu_without_native_bf16_serves_in_float32() -> None:
@@ -81,12 +83,15 @@ def test_multi_gpu_tensor_parallel_and_lora_and_template() -> None:
     from dataclasses import replace
 
     four = replace(DESCRIBED["h100"], gpu_count=4)
-    spec = serve.spec_for(LLAMA, four, "/m", "m", chat_template="/m/chat_template.jinja",
-                          lora_modules={"alpaca": "/a"}, max_lora_rank=16)
+    spec = serve.spec_for(
+        LLAMA, four, "/m", "m", chat_template="/m/chat_template.jinja", lora_modules={"alpaca": "/a"}, max_lora_rank=16
+    )
     cmd, _ = serve.build_command(spec, 8000, "k")
     assert value(cmd, "--tensor-parallel-size") == "4"
     assert value(cmd, "--chat-template") == "/m/chat_template.jinja"
-    assert "--enable-lora" in cmd and value(cmd, "--lora-modules") == "alpaca=/a" and value(cmd, "--max-lora-rank") == "16"
+    assert (
+        "--enable-lora" in cmd and value(cmd, "--lora-modules") == "alpaca=/a" and value(cmd, "--max-lora-rank") == "16"
+    )
 
 
 def test_profile_can_turn_fp8_off() -> None:
@@ -108,8 +113,10 @@ def test_busy_port_is_a_clear_error_and_port_zero_picks_another(tmp_path: Path) 
 
 
 def test_root_cause_quotes_the_error_lines() -> None:
-    log = "\n".join(["INFO starting"] * 50 + ["Traceback (most recent call last):", "  File x", "OSError: no such model",
-                                             "INFO shutting down"])
+    log = "\n".join(
+        ["INFO starting"] * 50
+        + ["Traceback (most recent call last):", "  File x", "OSError: no such model", "INFO shutting down"]
+    )
     cause = serve.root_cause(log)
     assert "OSError: no such model" in cause and "Traceback" in cause and cause.count("INFO starting") <= 2
 

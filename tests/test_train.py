@@ -47,7 +47,9 @@ def test_trainer_collated_batch_supervises_eos_not_prompt(pocket_model: str, tmp
         supervised = [t for t in labels if t != -100]
         assert supervised[-1] == tok.eos_token_id, "the last supervised label must be EOS"
         prompt_len = next(i for i, t in enumerate(labels) if t != -100)
-        assert tok.decode(ids[:prompt_len]).rstrip().endswith("### Response:"), "everything up to the response is masked"
+        assert tok.decode(ids[:prompt_len]).rstrip().endswith("### Response:"), (
+            "everything up to the response is masked"
+        )
         assert all(t == -100 for t, i in zip(labels, ids) if i == tok.pad_token_id), "padding is never supervised"
     assert info["n_train"] + info["n_eval"] >= 2000
 
@@ -102,8 +104,10 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
 
     tok = AutoTokenizer.from_pretrained(out)
     assert facts["generation_eos_token_id"] == tok.eos_token_id
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "First, tell me the capital of France"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "First, tell me the capital of France"},
+    ]
     training_prompt = data.format_prompt("First, tell me the capital of France")
     assert tok.apply_chat_template(messages, tokenize=False) == tok.bos_token + training_prompt
     assert tok.apply_chat_template(messages, tokenize=True, return_dict=False) == tok(training_prompt)["input_ids"]
@@ -112,9 +116,22 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
 
 def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"), "-m", "lab_utils", "train", "--profile", "pocket",
-        "--max-steps", "4", "--save-steps", "100", "--output-dir", str(tmp_path),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        "-m",
+        "lab_utils",
+        "train",
+        "--profile",
+        "pocket",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "100",
+        "--output-dir",
+        str(tmp_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -135,7 +152,9 @@ def test_other_methods_train_and_merge(method: str, pocket_model: str, tmp_path:
         assert result.trainable_params == result.total_params
     else:  # QLoRA: the adapters train, the 4-bit base is frozen
         assert result.trainable_params < 0.2 * result.total_params
-    out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype=train.merge_dtype(prof.train))
+    out = merge.merge_adapter(
+        pocket_model, result.adapter_dir, tmp_path / "merged", dtype=train.merge_dtype(prof.train)
+    )
     facts = merge.check_merged(out)
     assert facts["has_quantization_config"] is False and facts["safetensors_only"] and facts["has_chat_template"]
     if method == "qlora":
