@@ -1,0 +1,97 @@
+"""Fast unit tests of the measuring helpers (no model downloads, no servers): answers, stop rates, FP8 rounding,
+percentiles, the padding bound and the memory-sweep rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from lab_utils import bench, evaluate, fp8, loadtest, memsweep
+from lab_utils.profiles import get_profile
+
+
+def test_answers_are_matched_on_meaning_not_punctuation() -> None:
+    assert evaluate.normalize("  The capital of France is  Paris. ") == "the capital of france is paris"
+    assert evaluate.exact_match("The capital of France is Paris", "the capital of France is Paris.")
+    assert not evaluate.exact_match("The capital of France is Paris. Q: next", "The capital of France is Paris.")
+    assert evaluate.contains_answer("It is Paris, of course.", "Paris")
+    assert not evaluate.contains_answer("Parisian food", "Paris"), "a whole word, not a prefix"
+
+
+class _Tok:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+def test_a_generation_is_cut_at_its_first_eos_and_counts_it() -> None:
+    stopped = evaluate._to_generation("p", [5, 6, 2, 0, 0], eos=2, tokenizer=_Tok())
+    assert (stopped.text, stopped.n_tokens, stopped.stopped) == ("5 6", 3, True)
+    running = evaluate._to_generation("p", [5, 6, 7], eos=2, tokenizer=_Tok())
+    assert (running.n_tokens, running.stopped) == (3, False)
+    stats = evaluate.stop_stats([stopped, running])
+    assert stats == {"stop_rate": 0.5, "mean_completion_tokens": 3.0}
+    with pytest.raises(ValueError, match="no generations"):
+        evaluate.stop_stats([])
+
+
+def test_fp8_rounding_halves_bf16_weights_with_a_small_error() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 64)
+    q, scale = fp8.quantize(w)
+    assert q.dtype == torch.float8_e4m3fn and float(q.float().abs().max()) <= fp8.E4M3_MAX
+    back = fp8.dequantize(q, scale, torch.float32)
+    assert float((back - w).norm() / w.norm()) < 0.05
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    original = model[0].weight.detach().clone()
+    sim, rows = fp8.simulate(model)
+    assert len(rows) == 2 and sim is not model
+    summary = fp8.summary(rows)
+    assert 0.49 < summary["memory_ratio"] < 0.52 and 0 < summary["rel_error_mean"] < 0.05
+    assert torch.equal(model[0].weight, original), "the original model is left untouched"
+    assert not torch.equal(sim[0].weight, original), "the copy carries the FP8-rounded weights"
+
+
+def test_percentiles_interpolate_and_say_nan_when_empty() -> None:
+    assert loadtest.percentile([10, 20, 30, 40], 50) == 25
+    assert loadtest.percentile([10, 20, 30, 40], 100) == 40 and loadtest.percentile([7], 95) == 7
+    assert math.isnan(loadtest.percentile([], 50))
+
+
+def test_brief_reads_chat_completion_and_error_bodies() -> None:
+    chat = {
+        "model": "m",
+        "choices": [{"message": {"content": "Paris."}, "finish_reason": "stop"}],
+        "usage": {"completion_tokens": 3},
+    }
+    assert loadtest.brief(chat) == {"model": "m", "finish_reason": "stop", "completion_tokens": 3, "content": "Paris."}
+    long = {"choices": [{"text": "x" * 50, "finish_reason": "length"}]}
+    assert loadtest.brief(long, width=10)["content"] == "x" * 7 + "..."
+    assert loadtest.brief({"error": {"message": "no template"}}) == {"error": {"message": "no template"}}
+
+
+def test_padding_bound_is_padded_over_useful_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    prof = get_profile("pocket").with_train(per_device_batch_size=2)
+    monkeypatch.setattr(bench, "example_lengths", lambda profile, model_path=None: [10, 10, 10])
+    assert bench.padding_bound(prof) == 1.0
+    monkeypatch.setattr(bench, "example_lengths", lambda profile, model_path=None: [10, 30])
+    assert bench.padding_bound(prof) == 1.5  # every batch is (10, 30): 60 padded / 40 useful
+
+
+def test_a_sweep_row_is_the_labs_training_settings() -> None:
+    rows = {c.name: c for c in memsweep.CONFIGS}
+    accum = rows["4 + gradient accumulation"].settings(steps=2, seq_len=128)
+    assert (accum.per_device_batch_size, accum.gradient_accumulation_steps, accum.bf16) == (1, 2, True)
+    assert accum.gradient_checkpointing and accum.max_seq_length == 128 and accum.max_steps == 2
+    qlora = rows["8 QLoRA"].settings(2, 128)
+    assert qlora.method == "qlora" and qlora.optim == "paged_adamw_8bit"
+    assert (qlora.lora_r, qlora.lora_alpha) == (16, 32)
+    # A new row is one line: the same settings path, estimated like the others.
+    extra = replace(rows["7 LoRA"], name="10 LoRA + checkpointing", gradient_checkpointing=True)
+    from lab_utils.memory import ModelDims
+
+    dims = ModelDims(n_layers=4, hidden=256, intermediate=704, n_heads=4, n_kv_heads=4, vocab=2048, tie_embeddings=True)
+    assert memsweep.estimate(extra, dims, 128) < memsweep.estimate(rows["7 LoRA"], dims, 128)
