@@ -252,6 +252,36 @@ def estimate_training_memory(
     )
 
 
+# transformers' `optim` names -> the estimator's optimizer names.
+OPTIM_NAMES = {
+    "adamw_torch": "adamw",
+    "adamw_bnb_8bit": "adamw_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "sgd": "sgd",
+}
+
+
+def estimate_for_settings(dims: ModelDims, settings: Any, attention: str = "sdpa") -> MemoryEstimate:
+    """The estimate for the lab's own `TrainSettings` (method, precision, optimizer, micro-batch, length, checkpointing,
+    LoRA rank): the same object notebook 02 and the memory sweep train with."""
+    optim = settings.optim
+    if settings.method == "qlora" and optim == "adamw_torch":
+        optim = "paged_adamw_8bit"  # as train.sft_config does for QLoRA
+    if optim not in OPTIM_NAMES:
+        raise ValueError(f"the estimator knows the optimizers {sorted(OPTIM_NAMES)}, not {optim!r}")
+    return estimate_training_memory(
+        dims,
+        settings.method,
+        "bf16" if settings.bf16 else "fp32",
+        OPTIM_NAMES[optim],
+        settings.per_device_batch_size,
+        settings.max_seq_length,
+        settings.gradient_checkpointing,
+        settings.lora_r,
+        attention=attention,
+    )
+
+
 REFERENCE_SETUPS: tuple[tuple[str, str, str, str], ...] = (
     ("full (bf16 mixed, fp32 master + AdamW)", "full", "bf16", "adamw"),
     ("LoRA r=16 (bf16 base, AdamW)", "lora", "bf16", "adamw"),

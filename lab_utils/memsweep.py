@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lab_utils.memory import ModelDims, estimate_training_memory
+from lab_utils.memory import ModelDims, estimate_for_settings
 from lab_utils.profiles import TrainSettings
 
 
@@ -169,19 +169,9 @@ def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None
     return steps, None
 
 
-def estimate(config: SweepConfig, dims: ModelDims, seq_len: int, lora_r: int = TrainSettings().lora_r) -> float:
-    """The estimator's total for this configuration, in MB."""
-    return estimate_training_memory(
-        dims,
-        config.method,
-        config.precision,
-        config.optimizer,
-        config.micro_batch,
-        seq_len,
-        config.gradient_checkpointing,
-        lora_r,
-        attention="sdpa",
-    ).total_mb
+def estimate(config: SweepConfig, dims: ModelDims, seq_len: int) -> float:
+    """The estimator's total for this configuration, in MB (from the same TrainSettings the run trains with)."""
+    return estimate_for_settings(dims, config.settings(1, seq_len)).total_mb
 
 
 class _RssSampler:

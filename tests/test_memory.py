@@ -210,3 +210,19 @@ def test_fork_server_reports_a_failing_run(tmp_path) -> None:
         pid = server.proc.pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_the_estimator_takes_the_labs_train_settings() -> None:
+    from dataclasses import replace
+
+    from lab_utils.memory import estimate_for_settings
+    from lab_utils.profiles import get_profile
+
+    dims = ModelDims(n_layers=4, hidden=256, intermediate=704, n_heads=4, n_kv_heads=4, vocab=2048, tie_embeddings=True)
+    settings = get_profile("pocket").train  # LoRA, fp32, adamw_torch, batch 16 x 256
+    direct = estimate_training_memory(dims, "lora", "fp32", "adamw", 16, 256, False, 16, attention="sdpa")
+    assert estimate_for_settings(dims, settings).total_mb == direct.total_mb
+    qlora = estimate_for_settings(dims, replace(settings, method="qlora", bf16=True))
+    assert qlora.optimizer_mb < direct.optimizer_mb, "QLoRA trains with paged 8-bit AdamW, as train.sft_config sets"
+    with pytest.raises(ValueError, match="optimizers"):
+        estimate_for_settings(dims, replace(settings, optim="adafactor"))
