@@ -17,7 +17,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -174,32 +173,6 @@ def estimate(config: SweepConfig, dims: ModelDims, seq_len: int) -> float:
     return estimate_for_settings(dims, config.settings(1, seq_len)).total_mb
 
 
-class _RssSampler:
-    """Samples this process's resident memory in a thread; `peak` is the highest value seen (bytes)."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _state_allocator() -> Any:
     """A trainer callback that allocates the optimizer's state before the first step (zero gradients, learning rate
     0: no weight changes), so every measured step, the first included, holds the state a long run holds."""
@@ -229,20 +202,19 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline."""
     import tempfile
 
-    import psutil
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
     from lab_utils.data import clean, load_records, to_prompt_completion
-    from lab_utils.train import load_model, lora_config, sft_config
+    from lab_utils.train import PeakMemory, load_model, lora_config, sft_config
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path)
     n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
-    baseline = psutil.Process().memory_info().rss
+    meter = PeakMemory()  # the idle baseline: after the fork, before the model loads
     # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
     settings = config.settings(steps, seq_len)
     model = load_model(model_dir, config.method, bf16=config.method == "qlora")
@@ -257,25 +229,22 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
             peft_config=peft,
             callbacks=[_state_allocator()],
         )
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        with _RssSampler() as sampler:
+        with meter:
             trainer.train()
         seconds = time.perf_counter() - t0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    rss_peak_mb = round((sampler.peak - baseline) / 1e6, 1)
+    rss_peak_mb = round(meter.above_idle_mb(), 1)
     result = {
         "peak_memory_mb": rss_peak_mb,  # on a GPU replaced below by the CUDA allocator's peak
         "rss_peak_mb": rss_peak_mb,  # the process's resident memory: what counts on unified-memory machines too
-        "baseline_rss_mb": round(baseline / 1e6, 1),
+        "baseline_rss_mb": round(meter.baseline / 1e6, 1),
         "tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1),
         "loss_last": round(float(losses[-1]), 4) if losses else None,
         "seconds": round(seconds, 2),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    if cuda:
+    if meter.cuda:
         result["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
         result["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 1e6, 1)
         result["peak_memory_mb"] = result["cuda_max_allocated_mb"]

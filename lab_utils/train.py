@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class TrainResult:
     train_seconds: float
     peak_memory_mb: float
     peak_memory_kind: str
+    peak_memory_above_idle_mb: float  # comparable with notebook 03's table
     trainable_params: int
     total_params: int
     resumed_from: str | None
@@ -244,14 +246,40 @@ def count_params(model: Any) -> tuple[int, int]:
 
 
 class PeakMemory:
-    """Peak memory of the training: the CUDA allocator's peak, or this process's peak RSS on a CPU."""
+    """One memory meter for notebook 02 and the memory sweep (03). The idle baseline is this process's resident memory
+    when the meter is made (make it before the model loads); inside `with meter:` a thread samples the resident
+    memory. `above_idle_mb()` is what the run added (what 03 tabulates); `peak_mb()` is the CUDA allocator's peak on a
+    GPU, else the process's peak resident memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
+        import psutil
         import torch
 
         self.cuda = torch.cuda.is_available()
+        self.interval = interval
+        self._proc = psutil.Process()
+        self.baseline = self._proc.memory_info().rss
+        self.peak_rss = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
 
     @property
     def kind(self) -> str:
@@ -259,14 +287,16 @@ class PeakMemory:
         return "cuda_max_allocated" if self.cuda else "process_peak_rss"
 
     def peak_mb(self) -> float:
-        """The peak so far, in MB (10^6 bytes)."""
-        import resource
-
+        """The CUDA allocator's peak on a GPU, else the process's peak resident memory, in MB (10^6 bytes)."""
         import torch
 
         if self.cuda:
             return torch.cuda.max_memory_allocated() / 1e6
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+        return self.peak_rss / 1e6
+
+    def above_idle_mb(self) -> float:
+        """Peak resident memory above the idle baseline, in MB."""
+        return (self.peak_rss - self.baseline) / 1e6
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -293,6 +323,7 @@ def train(
     if not resume:
         for old in output_dir.glob("checkpoint-*"):
             shutil.rmtree(old)
+    meter = PeakMemory()  # idle baseline before the model loads, as in the memory sweep
     trainer, info = build_trainer(profile, output_dir, model_path, skip_bad, **config_overrides)
     for callback in callbacks or []:
         trainer.add_callback(callback)
@@ -313,9 +344,9 @@ def train(
     # vary with the batch's composition, more so with length-grouped batches).
     eval_before = None if resume_from else trainer.evaluate().get("eval_loss")
     tokens_before = _tokens_seen_at(resume_from)
-    peak = PeakMemory()
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=resume_from)
+    with meter:
+        out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
     eval_loss = trainer.evaluate().get("eval_loss")
     adapter_dir = output_dir / "adapter"
@@ -334,8 +365,9 @@ def train(
         eval_loss_before=float(eval_before) if eval_before is not None else None,
         train_tokens_per_s=round(tokens / max(seconds, 1e-9), 1),
         train_seconds=round(seconds, 2),
-        peak_memory_mb=round(peak.peak_mb(), 1),
-        peak_memory_kind=peak.kind,
+        peak_memory_mb=round(meter.peak_mb(), 1),
+        peak_memory_kind=meter.kind,
+        peak_memory_above_idle_mb=round(meter.above_idle_mb(), 1),
         trainable_params=trainable,
         total_params=total,
         resumed_from=resume_from,

@@ -42,6 +42,8 @@ def test_02_sft(lab_run) -> None:
     assert r["train_loss_first"] > 0 and r["train_loss_last"] > 0
     assert 0 < r["trainable_params"] < 0.2 * r["total_params"]
     assert r["train_tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "process_peak_rss"
+    # The same meter as 03's table: resident memory above the idle process, weights included.
+    assert 0 < r["peak_memory_above_idle_mb"] < r["peak_memory_mb"]
     assert r["merge_greedy_agreement"] == 1.0 and r["merged_has_quantization_config"] is False
     # The before/after story: the base runs to the limit, the fine-tuned model answers and stops.
     assert r["stop_rate_finetuned"] >= 0.9
