@@ -251,3 +251,70 @@ def category_counts(records: list[dict[str, Any]]) -> dict[str, int]:
         key = str(r.get("category") or "other")
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# --- what the loss sees (notebook 01) ---------------------------------------------------------------------------------
+
+
+def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: Any) -> tuple[Any, list[Any]]:
+    """Run records through TRL's own SFT preprocessing and collator, configured by `train.sft_config` from the run's
+    `TrainSettings` (as notebook 02 trains); return (batch, tokenized examples).
+
+    A tiny stand-in model with the tokenizer's vocabulary lets TRL build its pipeline without loading the real
+    base model: tokenization, EOS appending and loss masking depend on the tokenizer and the config alone.
+    """
+    import tempfile
+    from dataclasses import replace
+
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTTrainer
+
+    from lab_utils.train import sft_config
+
+    stand_in = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records])
+    # One padded batch of every record, on the CPU, in fp32: what changes is only how the view is batched.
+    view = replace(
+        settings, per_device_batch_size=len(records), bf16=False, gradient_checkpointing=False, batching="padded"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        args = sft_config(view, tmp, use_cpu=True, eval_strategy="no", save_strategy="no")
+        trainer = SFTTrainer(model=stand_in, args=args, train_dataset=ds, processing_class=tokenizer)
+        examples = [trainer.train_dataset[i] for i in range(len(records))]
+        batch = trainer.data_collator(examples)
+    return batch, examples
+
+
+def last_supervised_is_eos(batch: Any, eos_token_id: int) -> list[bool]:
+    """For each row of a collated batch: is the last label that counts in the loss the EOS id?"""
+    out = []
+    for row in batch["labels"].tolist():
+        supervised = [t for t in row if t != -100]
+        out.append(bool(supervised) and supervised[-1] == eos_token_id)
+    return out
+
+
+def supervision_table(tokenizer: Any, batch: Any, row: int = 0) -> Any:
+    """One collated example token by token: id, text, label, and whether it counts in the loss."""
+    import pandas as pd
+
+    ids = batch["input_ids"][row].tolist()
+    labels = batch["labels"][row].tolist()
+    rows = [
+        {"position": i, "token_id": t, "token": tokenizer.decode([t]), "label": lab, "in_loss": lab != -100}
+        for i, (t, lab) in enumerate(zip(ids, labels))
+        if t != tokenizer.pad_token_id or lab != -100
+    ]
+    return pd.DataFrame(rows).set_index("position")

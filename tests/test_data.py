@@ -124,3 +124,18 @@ def test_pocket_dataset_loads_cleanly() -> None:
     assert report.n_skipped == 0 and len(records) >= 2000
     heldout = data.load_heldout("data/pocket_alpaca/heldout.jsonl")
     assert heldout[0]["instruction"] == "First, tell me the capital of France"
+
+
+def test_the_collation_view_is_built_like_training_and_supervises_eos(pocket_model: str) -> None:
+    """Notebook 01's view goes through train.sft_config and TRL's collator: the response and EOS count, the prompt not."""
+    from lab_utils.profiles import get_profile
+    from lab_utils.train import load_tokenizer
+
+    tok = load_tokenizer(pocket_model)
+    records = [{"instruction": "Name the capital of Peru.", "input": "", "output": "The capital of Peru is Lima."}] * 3
+    batch, examples = data.collated_examples(tok, records, get_profile("pocket").train)
+    assert len(examples) == 3 and all(data.last_supervised_is_eos(batch, tok.eos_token_id))
+    view = data.supervision_table(tok, batch, row=0)
+    supervised = "".join(view.loc[view["in_loss"], "token"])
+    assert supervised.strip() == "The capital of Peru is Lima." + tok.eos_token
+    assert "Instruction" not in supervised and not view["in_loss"].iloc[0]
