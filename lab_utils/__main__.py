@@ -79,8 +79,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     """Merge a trained adapter into its base model for serving."""
     from lab_utils.merge import check_merged, merge_adapter
+    from lab_utils.models import resolve_model_path
     from lab_utils.profiles import get_profile
-    from lab_utils.train import merge_dtype, resolve_model_path
+    from lab_utils.train import merge_dtype
 
     prof = get_profile(args.profile)
     out = merge_adapter(

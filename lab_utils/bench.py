@@ -56,7 +56,7 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
     """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
     from lab_utils.data import load_records, token_lengths
-    from lab_utils.train import load_tokenizer, resolve_model_path
+    from lab_utils.models import load_tokenizer, resolve_model_path
 
     records, _ = load_records(profile.dataset)
     return token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))

@@ -66,6 +66,16 @@ def ask(model: Any, tokenizer: Any, question: str = REFERENCE_QUESTION, max_new_
     return generate(model, tokenizer, [format_prompt(question)], max_new_tokens)[0]
 
 
+def generation_agreement(
+    model_a: Any, model_b: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 32
+) -> float:
+    """Share of prompts on which two models generate identical greedy completions (e.g. merged vs base+adapter).
+    Not `fp8.next_token_agreement`, which compares argmax tokens position by position under teacher forcing."""
+    a = generate(model_a, tokenizer, prompts, max_new_tokens)
+    b = generate(model_b, tokenizer, prompts, max_new_tokens)
+    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(prompts)
+
+
 def _to_generation(prompt: str, row: list[int], eos: int, tokenizer: Any) -> Generation:
     """Cut a generated row at its first EOS (padding follows it)."""
     if eos in row:
@@ -98,25 +108,6 @@ def contains_answer(text: str, answer: str) -> bool:
 def exact_match(text: str, reference: str) -> bool:
     """True when the completion equals the reference sentence after normalization."""
     return normalize(text) == normalize(reference)
-
-
-def load_for_eval(path: str, adapter_dir: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) in fp32 on CPU or bf16 on a GPU; with `adapter_dir`, base+adapter unmerged."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from lab_utils.merge import load_base_and_adapter
-    from lab_utils.train import load_tokenizer
-
-    cuda = torch.cuda.is_available()
-    dtype = "bfloat16" if cuda else "float32"
-    if adapter_dir:
-        model = load_base_and_adapter(path, adapter_dir, dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    if cuda:
-        model = model.to("cuda")
-    return model, load_tokenizer(adapter_dir or path)
 
 
 def side_by_side(

@@ -66,7 +66,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def greedy_agreement(reference: Any, candidate: Any, tokenizer: Any, texts: list[str]) -> float:
+def next_token_agreement(reference: Any, candidate: Any, tokenizer: Any, texts: list[str]) -> float:
     """Share of positions (teacher-forced over `texts`) where both models' argmax next token is the same."""
     import torch
 

@@ -208,7 +208,8 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     from trl import SFTTrainer
 
     from lab_utils.data import clean, load_records, to_prompt_completion
-    from lab_utils.train import PeakMemory, load_model, lora_config, sft_config
+    from lab_utils.models import load_model
+    from lab_utils.train import PeakMemory, lora_config, sft_config
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path)

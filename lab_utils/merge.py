@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data import PROMPT_NO_INPUT
+from lab_utils.models import load_base_and_adapter
 from lab_utils.paths import swap_in_dir
 
 # Renders the exact Alpaca prompt the model was trained on from chat messages: the last user message is the
@@ -19,16 +20,6 @@ ALPACA_CHAT_TEMPLATE = (
     "{% set ns.instruction = message['content'] %}{% endif %}{% endfor %}"
     "{{ " + json.dumps(_PREAMBLE) + " }}{{ ns.instruction }}{{ " + json.dumps(_REST) + " }}"
 )
-
-
-def load_base_and_adapter(base_path: str, adapter_dir: str | Path, dtype: str = "bfloat16") -> Any:
-    """The base model in `dtype` (never 4-bit) with the adapter applied, not merged."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-    return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
 def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
@@ -76,12 +67,3 @@ def check_merged(merged_dir: str | Path) -> dict[str, Any]:
         "generation_eos_token_id": gen.get("eos_token_id"),
         "has_chat_template": (merged_dir / "chat_template.jinja").exists(),
     }
-
-
-def greedy_agreement(model_a: Any, model_b: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 32) -> float:
-    """Share of prompts on which two models produce identical greedy tokens."""
-    from lab_utils.evaluate import generate
-
-    a = generate(model_a, tokenizer, prompts, max_new_tokens)
-    b = generate(model_b, tokenizer, prompts, max_new_tokens)
-    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(prompts)

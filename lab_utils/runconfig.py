@@ -48,7 +48,7 @@ class RunConfig:
 
     def base_model_path(self) -> str:
         """The base model's local folder (the pocket model) or hub id."""
-        from lab_utils.train import resolve_model_path
+        from lab_utils.models import resolve_model_path
 
         return resolve_model_path(self.profile)
 

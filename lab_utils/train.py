@@ -12,6 +12,7 @@ from typing import Any
 
 from lab_utils.data import clean, load_records, split_records, to_prompt_completion
 from lab_utils.memory import LORA_TARGET_SETS
+from lab_utils.models import load_model, load_tokenizer, resolve_model_path
 from lab_utils.paths import atomic_write_json, swap_in_dir
 from lab_utils.profiles import Profile, TrainSettings
 from lab_utils.results import versions
@@ -46,45 +47,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (without the full log history)."""
         return {k: v for k, v in asdict(self).items() if k != "log_history"}
-
-
-def resolve_model_path(profile: Profile) -> str:
-    """The base model's local folder (the shipped pocket model, or a local rebuild with LAB_POCKET=local) or hub id."""
-    if profile.base_model == "pocket":
-        from lab_utils.pocket import pocket_model_path
-
-        return str(pocket_model_path())
-    return profile.base_model
-
-
-def load_tokenizer(model_path: str) -> Any:
-    """The base model's tokenizer, with a pad token distinct from EOS where the model has none."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        # pad == eos makes some collators mask the EOS label, and the model never learns to stop (trl#1623).
-        reserved = "<|reserved_special_token_0|>"
-        tok.pad_token = reserved if reserved in tok.get_vocab() else tok.unk_token or tok.eos_token
-    return tok
-
-
-def load_model(model_path: str, method: str, bf16: bool, attn_implementation: str | None = None) -> Any:
-    """The base model for training: full precision for full/LoRA, 4-bit NF4 for QLoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
 
 
 def lora_config(settings: TrainSettings) -> Any:

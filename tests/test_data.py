@@ -128,8 +128,8 @@ def test_pocket_dataset_loads_cleanly() -> None:
 
 def test_the_collation_view_is_built_like_training_and_supervises_eos(pocket_model: str) -> None:
     """Notebook 01's view goes through train.sft_config and TRL's collator: the response and EOS count, the prompt not."""
+    from lab_utils.models import load_tokenizer
     from lab_utils.profiles import get_profile
-    from lab_utils.train import load_tokenizer
 
     tok = load_tokenizer(pocket_model)
     records = [{"instruction": "Name the capital of Peru.", "input": "", "output": "The capital of Peru is Lima."}] * 3
