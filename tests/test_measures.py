@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from lab_utils import bench, evaluate, fp8, loadtest, memsweep
+from lab_utils import api, bench, evaluate, fp8, loadtest, memsweep
 from lab_utils.profiles import get_profile
 
 
@@ -67,10 +67,10 @@ def test_brief_reads_chat_completion_and_error_bodies() -> None:
         "choices": [{"message": {"content": "Paris."}, "finish_reason": "stop"}],
         "usage": {"completion_tokens": 3},
     }
-    assert loadtest.brief(chat) == {"model": "m", "finish_reason": "stop", "completion_tokens": 3, "content": "Paris."}
+    assert api.brief(chat) == {"model": "m", "finish_reason": "stop", "completion_tokens": 3, "content": "Paris."}
     long = {"choices": [{"text": "x" * 50, "finish_reason": "length"}]}
-    assert loadtest.brief(long, width=10)["content"] == "x" * 7 + "..."
-    assert loadtest.brief({"error": {"message": "no template"}}) == {"error": {"message": "no template"}}
+    assert api.brief(long, width=10)["content"] == "x" * 7 + "..."
+    assert api.brief({"error": {"message": "no template"}}) == {"error": {"message": "no template"}}
 
 
 def test_padding_bound_is_padded_over_useful_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
