@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lab_utils.evaluate import contains_answer, exact_match
+from lab_utils.evaluate import contains_answer, exact_match, side_by_side, stop_stats
 
 TEMPLATE_MARKERS = (
     "### Instruction",
@@ -32,6 +32,16 @@ class Answer:
     finish_reason: str
     completion_tokens: int
     latency_ms: float
+
+    @property
+    def stopped(self) -> bool:
+        """True when the model ended the answer itself (EOS or a stop string), as `evaluate.Generation.stopped`."""
+        return self.finish_reason == "stop"
+
+    @property
+    def n_tokens(self) -> int:
+        """Completion length in tokens, as `evaluate.Generation.n_tokens`."""
+        return self.completion_tokens
 
 
 def ask_all(
@@ -104,8 +114,7 @@ def measures(records: list[dict[str, Any]], answers: list[Answer]) -> dict[str, 
     texts = [a.text.strip() for a in answers]
     verifiable = [(t, r) for t, r in zip(texts, records) if r.get("answer")]
     return {
-        "stop_rate": sum(a.finish_reason == "stop" for a in answers) / len(answers),
-        "mean_completion_tokens": statistics.fmean(a.completion_tokens for a in answers),
+        **stop_stats(answers),  # the same stop rate and length as notebook 02's transformers answers
         "template_adherence": sum(adheres_to_template(t) for t in texts) / len(texts),
         "exact_match": sum(exact_match(t, r["output"]) for t, r in verifiable) / max(1, len(verifiable)),
         "contains_answer": sum(contains_answer(t, r["answer"]) for t, r in verifiable) / max(1, len(verifiable)),
@@ -177,26 +186,8 @@ def plot_lengths(base: list[Answer], tuned: list[Answer], limit: int) -> Any:
 
 
 def answers_table(records: list[dict[str, Any]], base: list[Answer], tuned: list[Answer], n: int = 12) -> Any:
-    """A dozen prompts with both answers side by side, wrapped."""
-    import textwrap
-
-    import pandas as pd
-
-    def show(a: Answer) -> str:
-        text = a.text.strip().replace("\n", " / ")
-        text = text if len(text) <= 200 else text[:197] + "..."
-        return textwrap.fill(text, 60) + f"  [{a.finish_reason}, {a.completion_tokens} tok]"
-
-    rows = [
-        {
-            "prompt": textwrap.fill(r["instruction"] + (f" | {r['input']}" if r.get("input") else ""), 36),
-            "reference": textwrap.fill(r["output"], 36),
-            "base": show(b),
-            "fine-tuned": show(t),
-        }
-        for r, b, t in list(zip(records, base, tuned))[:n]
-    ]
-    return pd.DataFrame(rows).style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"})
+    """A dozen prompts with the reference and both answers side by side (the same table as notebook 02's)."""
+    return side_by_side(records, {"base": base, "fine-tuned": tuned}, n=n, reference=True)
 
 
 def answers_to_dicts(answers: list[Answer]) -> list[dict[str, Any]]:

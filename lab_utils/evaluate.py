@@ -20,6 +20,11 @@ class Generation:
     n_tokens: int
     stopped: bool
 
+    @property
+    def finish_reason(self) -> str:
+        """ "stop" or "length", as the OpenAI API says it (`compare.Answer.finish_reason`)."""
+        return "stop" if self.stopped else "length"
+
 
 def prompts_for(records: list[dict[str, Any]]) -> list[str]:
     """Alpaca prompts for held-out records."""
@@ -84,8 +89,9 @@ def _to_generation(prompt: str, row: list[int], eos: int, tokenizer: Any) -> Gen
     return Generation(prompt, tokenizer.decode(row, skip_special_tokens=True), len(row), False)
 
 
-def stop_stats(generations: list[Generation]) -> dict[str, float]:
-    """Share of completions that ended with EOS, and their mean length in tokens."""
+def stop_stats(generations: list[Any]) -> dict[str, float]:
+    """Share of completions that ended with EOS, and their mean length in tokens: for transformers `Generation`s and
+    the server's `compare.Answer`s alike (both have `stopped` and `n_tokens`)."""
     if not generations:
         raise ValueError("no generations to summarize")
     return {
@@ -111,9 +117,10 @@ def exact_match(text: str, reference: str) -> bool:
 
 
 def side_by_side(
-    records: list[dict[str, Any]], columns: dict[str, list[Generation]], n: int = 12, width: int = 70
+    records: list[dict[str, Any]], columns: dict[str, list[Any]], n: int = 12, width: int = 70, reference: bool = False
 ) -> Any:
-    """A table of the first `n` prompts with each model's completion, wrapped and marked [stop]/[limit]."""
+    """A table of the first `n` prompts (and their reference answers) with each model's completion, wrapped and marked
+    [stop]/[limit] with its length: transformers `Generation`s or the server's `compare.Answer`s."""
     import textwrap
 
     import pandas as pd
@@ -123,9 +130,12 @@ def side_by_side(
         row = {
             "instruction": textwrap.fill(rec["instruction"] + (f" | {rec['input']}" if rec.get("input") else ""), 40)
         }
+        if reference:
+            row["reference"] = textwrap.fill(rec["output"], 36)
         for name, gens in columns.items():
             g = gens[i]
-            text = g.text if len(g.text) <= 240 else g.text[:237] + "..."
-            row[name] = textwrap.fill(text.replace("\n", " / "), width) + (" [stop]" if g.stopped else " [limit]")
+            text = g.text.strip() if len(g.text.strip()) <= 240 else g.text.strip()[:237] + "..."
+            mark = f" [{'stop' if g.stopped else 'limit'}, {g.n_tokens} tok]"
+            row[name] = textwrap.fill(text.replace("\n", " / "), width) + mark
         rows.append(row)
     return pd.DataFrame(rows).style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"})

@@ -46,3 +46,19 @@ def test_measures_reward_short_correct_answers() -> None:
         "seen_fact": {"n": 1, "contains_answer": 1.0},
         "skill": {"n": 1, "contains_answer": 1.0},
     }
+
+
+def test_one_stop_rate_and_one_table_for_both_backends() -> None:
+    """transformers answers (02) and server answers (05) are measured and shown by the same code."""
+    from lab_utils import evaluate
+
+    hf = [evaluate.Generation("p", "Paris.", 3, True), evaluate.Generation("p", "Q: A: Q:", 8, False)]
+    server = [compare.Answer("Paris.", "stop", 3, 10.0), compare.Answer("Q: A: Q:", "length", 8, 12.0)]
+    assert evaluate.stop_stats(hf) == evaluate.stop_stats(server) == {"stop_rate": 0.5, "mean_completion_tokens": 5.5}
+    records = [{"instruction": "Capital of France?", "output": "Paris.", "answer": "Paris"}] * 2
+    m = compare.measures(records, server)
+    assert m["stop_rate"] == 0.5 and m["mean_completion_tokens"] == 5.5
+    table = compare.answers_table(records, server, server, n=2).data
+    assert list(table.columns) == ["instruction", "reference", "base", "fine-tuned"]
+    assert table.iloc[0]["base"].endswith("[stop, 3 tok]") and table.iloc[1]["base"].endswith("[limit, 8 tok]")
+    assert evaluate.side_by_side(records, {"m": hf}, n=2).data.iloc[0]["m"] == table.iloc[0]["base"]
