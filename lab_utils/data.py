@@ -228,6 +228,12 @@ def token_lengths(records: list[dict[str, Any]], tokenizer: Any) -> list[int]:
     return [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
 
 
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    """Median and longest example length in tokens (the median of an even count is the upper middle, as before)."""
+    ordered = sorted(lengths)
+    return {"median_tokens": ordered[len(ordered) // 2], "max_tokens": ordered[-1]}
+
+
 def plot_token_lengths(lengths: list[int], max_length: int | None = None, title: str = "Token lengths") -> Any:
     """Histogram of example lengths, with the training max_length marked."""
     import matplotlib.pyplot as plt
