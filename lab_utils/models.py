@@ -11,7 +11,7 @@ from lab_utils.profiles import Profile
 
 def resolve_model_path(profile: Profile) -> str:
     """The base model's local folder (the shipped pocket model, or a local rebuild with LAB_POCKET=local) or hub id."""
-    if profile.base_model == "pocket":
+    if profile.is_pocket:
         from lab_utils.pocket import pocket_model_path
 
         return str(pocket_model_path())

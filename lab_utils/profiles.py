@@ -72,6 +72,11 @@ class Profile:
     # for the GPU profiles, whose training cell runs for hours. The tests set their own, tighter limits.
     cell_timeout_s: int | None = None
 
+    @property
+    def is_pocket(self) -> bool:
+        """True for the profile whose base model the lab builds and ships (the one place this is decided)."""
+        return self.base_model == "pocket"
+
     def with_train(self, **changes: Any) -> Profile:
         """A copy of this profile with some training settings changed."""
         return replace(self, train=replace(self.train, **changes))

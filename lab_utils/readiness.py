@@ -35,7 +35,7 @@ def checks(
     out = [_gpu_check(profile, hw), _memory_check(profile, hw), _vllm_check(hw)]
     if profile.gated:
         out.append(_token_check(profile, env))
-    if profile.base_model != "pocket":
+    if not profile.is_pocket:
         out.append(_offline_check(profile, env))
     out.append(_disk_check(profile, free_disk_gb if free_disk_gb is not None else _free_disk_gb()))
     return out
@@ -162,7 +162,7 @@ def is_cached(repo_id: str, repo_type: str = "model") -> bool:
 
 def prefetch(profile: Profile) -> list[dict[str, Any]]:
     """Download what the profile needs from the hub ahead of class (with progress), then report what is cached."""
-    if profile.base_model == "pocket":
+    if profile.is_pocket:
         from lab_utils.pocket import pocket_model_path
 
         return [{"item": "pocket base model", "where": str(pocket_model_path()), "cached": True}]
@@ -181,7 +181,7 @@ def prefetch(profile: Profile) -> list[dict[str, Any]]:
 
 def cache_report(profile: Profile) -> list[dict[str, Any]]:
     """What of the profile's hub files is cached already (nothing is downloaded)."""
-    if profile.base_model == "pocket":
+    if profile.is_pocket:
         from lab_utils.pocket import PocketError, is_built, model_dir, pocket_model_path, pocket_source
 
         try:

@@ -34,7 +34,7 @@ class RunConfig:
     @property
     def is_pocket(self) -> bool:
         """True for the profile whose base model the lab builds and ships."""
-        return self.profile.base_model == "pocket"
+        return self.profile.is_pocket
 
     @property
     def method(self) -> str:
