@@ -6,6 +6,7 @@ NOTEBOOKS ?=
 PYTEST_ARGS ?=
 POCKET ?=
 CELL_TIMEOUT ?=
+REHEARSAL ?=
 
 .PHONY: setup lab test test-fast test-rebuild jupyter pocket prefetch ready hooks strip clean-runs
 
@@ -13,9 +14,11 @@ setup:
 	@bash scripts/setup_env.sh
 
 # POCKET=local runs the lab on the pocket base model rebuilt here (`make pocket`) instead of the shipped one.
+# REHEARSAL=1 runs a GPU profile's whole flow on this machine with small stand-ins (make lab PROFILE=llama3-8b REHEARSAL=1).
 lab: setup
 	$(if $(POCKET),LAB_POCKET=$(POCKET)) $(PY) -m lab_utils run-lab --profile $(PROFILE) \
-		$(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(if $(CELL_TIMEOUT),--cell-timeout $(CELL_TIMEOUT))
+		$(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(if $(CELL_TIMEOUT),--cell-timeout $(CELL_TIMEOUT)) \
+		$(if $(REHEARSAL),--rehearsal)
 
 test: setup
 	$(PY) -m pytest -m "not rebuild" $(PYTEST_ARGS)

@@ -34,7 +34,12 @@ def _cmd_run_lab(args: argparse.Namespace) -> int:
     from lab_utils.runner import NotebookError, run_lab
 
     try:
-        run_lab(profile=args.profile, notebooks=args.notebooks or None, cell_timeout=args.cell_timeout)
+        run_lab(
+            profile=args.profile,
+            notebooks=args.notebooks or None,
+            cell_timeout=args.cell_timeout,
+            rehearsal=args.rehearsal,
+        )
     except NotebookError:
         return 1
     return 0
@@ -151,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=-1,
         help="seconds one cell may run; 0: no limit; default: the profile's (none for the GPU profiles)",
     )
+    p.add_argument(
+        "--rehearsal",
+        action="store_true",
+        help="run a GPU profile's whole flow on this machine with small local stand-ins of its model and data",
+    )
     p.set_defaults(func=_cmd_run_lab)
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")
@@ -162,7 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", type=int, default=0, help="checkpoint interval; default: the profile's")
     p.add_argument("--output-dir", default="runs/cli/sft")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    p.add_argument("--skip-bad-rows", action="store_true", help="skip invalid records instead of failing")
+    p.add_argument(
+        "--skip-bad-rows",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip (and report) invalid and over-long records instead of failing; default: skip on hub data, "
+        "fail on a local file",
+    )
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("merge", help="merge an adapter into its base model (safetensors, chat template)")
     p.add_argument("--profile", default="auto")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from lab_utils.profiles import Profile
@@ -55,11 +56,13 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
 
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
     """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
-    from lab_utils.data import load_records, token_lengths
+    from lab_utils.data import token_lengths
     from lab_utils.models import load_tokenizer, resolve_model_path
+    from lab_utils.train import split_for_training
 
-    records, _ = load_records(profile.dataset)
-    return token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
+    records, _, _ = split_for_training(profile)  # what training reads (hub data: bad rows skipped)
+    lengths = token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
+    return [n for n in lengths if n <= profile.train.max_seq_length]  # over-long examples are dropped in training
 
 
 def longest_example(profile: Profile, model_path: str | None = None) -> int:
@@ -78,6 +81,38 @@ def compare(profile: Profile, steps: int = 20, model_path: str | None = None) ->
         row["speedup_vs_naive"] = round(row["tokens_per_s"] / naive, 2)
         row["lab_default"] = row["mode"] == lab
     return rows
+
+
+def compare_in_subprocess(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+    """`compare` in a child process: its four trainers' memory is returned to the system (and the GPU) when it ends,
+    so the notebook's own process keeps only what it had. The child's output streams through."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request = Path(tmp) / "request.json"
+        answer = Path(tmp) / "rows.json"
+        request.write_text(json.dumps({"profile": profile.to_dict(), "steps": steps, "model_path": model_path}))
+        done = subprocess.run([sys.executable, "-m", "lab_utils.bench", str(request), str(answer)], check=False)
+        if done.returncode != 0 or not answer.exists():
+            raise RuntimeError(f"the throughput benchmark's process failed (exit code {done.returncode}): see above")
+        return list(json.loads(answer.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lab_utils.bench REQUEST.json ROWS.json`: run `compare` for the request, write its rows."""
+    import json
+    import sys
+
+    from lab_utils.paths import atomic_write_json
+    from lab_utils.profiles import Profile
+
+    request_path, rows_path = (argv if argv is not None else sys.argv[1:])[:2]
+    request = json.loads(Path(request_path).read_text())
+    rows = compare(Profile.from_dict(request["profile"]), int(request["steps"]), request.get("model_path"))
+    atomic_write_json(rows_path, rows)
+    return 0
 
 
 def plot(rows: list[dict[str, Any]], title: str = "SFT throughput (useful tokens/s)") -> Any:
@@ -110,3 +145,7 @@ def padding_bound(profile: Profile, model_path: str | None = None, trials: int =
         padded += max(batch) * size
         useful += sum(batch)
     return round(padded / useful, 3)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,25 @@ class LoadReport:
     n_read: int = 0
     n_kept: int = 0
     skipped: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # why rows were skipped -> how many
 
     @property
     def n_skipped(self) -> int:
         """Number of records skipped as bad."""
         return len(self.skipped)
+
+    def skip(self, error: DataError) -> None:
+        """Count one skipped record and its reason."""
+        self.skipped.append(str(error))
+        reason = (f"{error.field}: " if error.field else "") + re.sub(r"\(.*\)", "(...)", error.problem)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def summary(self) -> str:
+        """One line a learner reads: how many were read, kept and skipped, and why."""
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
+        return f"{self.source}: read {self.n_read}, kept {self.n_kept}, skipped {self.n_skipped}" + (
+            f" ({why})" if why else ""
+        )
 
 
 def format_prompt(instruction: str, input_text: str = "") -> str:
@@ -140,7 +155,7 @@ def check_lengths(
             if not skip_bad:
                 raise err
             if report is not None:
-                report.skipped.append(str(err))
+                report.skip(err)
                 report.n_kept -= 1
             continue
         kept.append(rec)
@@ -155,11 +170,14 @@ def load_records(
 ) -> tuple[list[dict[str, Any]], LoadReport]:
     """Load Alpaca records from a local .json/.jsonl file or a hub dataset id; validate every record."""
     path = repo_path(source)
-    if path.exists():
+    if path.is_file():
         rows = _iter_json_array(path) if path.suffix == ".json" else _iter_jsonl(path)
         name = str(source)
-    elif isinstance(source, str) and "/" in source and not source.endswith((".json", ".jsonl")):
-        rows = _iter_hub(source, split)
+    elif path.is_dir():  # a dataset folder in the hub's layout (a downloaded copy, or a rehearsal's stand-in)
+        rows = _iter_hub(str(path), split)
+        name = f"dataset folder:{source}"
+    elif is_hub_id(source):
+        rows = _iter_hub(str(source), split)
         name = f"hub:{source}"
     else:
         raise FileNotFoundError(f"{source}: no such file (and not a hub dataset id like 'tatsu-lab/alpaca')")
@@ -174,7 +192,7 @@ def load_records(
         except DataError as e:
             if not skip_bad:
                 raise
-            report.skipped.append(str(e))
+            report.skip(e)
             continue
         rec["_line"] = line
         records.append(rec)
@@ -184,11 +202,54 @@ def load_records(
     return records, report
 
 
+def is_hub_id(source: str | Path) -> bool:
+    """True for a hub dataset id like 'tatsu-lab/alpaca' (not an existing local file or folder)."""
+    text = str(source)
+    return "/" in text and not text.endswith((".json", ".jsonl")) and not repo_path(text).exists()
+
+
+def is_curated(source: str | Path) -> bool:
+    """True for a local .json/.jsonl file: the learner's own (or the lab's) data, checked strictly. Hub datasets (and
+    folders in the hub's layout) are not: real Alpaca has empty outputs and over-long rows, skipped and reported."""
+    return repo_path(source).is_file()
+
+
+def skips_bad_rows(source: str | Path, skip_bad: bool | str | None = None) -> bool:
+    """Whether loading `source` skips (and reports) bad rows: as asked (True/"yes", False/"no"), or by default
+    (None/"auto") for hub data (real Alpaca has empty outputs) but not for a local file (your own data should be fixed,
+    not silently thinned)."""
+    if isinstance(skip_bad, str):
+        choices = {"auto": None, "yes": True, "no": False}
+        if skip_bad not in choices:
+            raise ValueError(f"skip_bad_rows must be auto, yes or no, got {skip_bad!r}")
+        skip_bad = choices[skip_bad]
+    return (not is_curated(source)) if skip_bad is None else skip_bad
+
+
+def load_for_training(
+    source: str | Path,
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+    skip_bad: bool | None = None,
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Records ready for training, by one stated rule: invalid records (an empty output, a missing field) and
+    examples longer than `max_tokens` tokens (prompt + response + EOS) are dropped, not truncated (truncation would
+    cut off the response and its EOS, and teach the model not to stop). `skip_bad=None` skips and reports them for
+    hub data and stops at the first one in a local file (your own data should be fixed, not silently thinned)."""
+    skip = skips_bad_rows(source, skip_bad)
+    records, report = load_records(source, skip_bad=skip)
+    records = check_lengths(records, count_tokens, max_tokens, source=report.source, skip_bad=skip, report=report)
+    return records, report
+
+
 def _iter_hub(dataset_id: str, split: str) -> Iterable[tuple[int, Any]]:
     """Records of a hub dataset, numbered from 1 (the 'line' in errors is the row number)."""
     from datasets import load_dataset
 
-    ds = load_dataset(dataset_id, split=split)
+    from lab_utils import rehearsal
+
+    # In a rehearsal (LAB_REHEARSAL=1) the hub id loads a local stand-in in the hub's own layout, through this same call.
+    ds = load_dataset(str(rehearsal.dataset_standin(dataset_id)) if rehearsal.active() else dataset_id, split=split)
     for i, row in enumerate(ds, start=1):
         yield i, dict(row)
 
@@ -198,13 +259,15 @@ def split_records(
     eval_fraction: float = 0.05,
     seed: int = 42,
     min_eval: int = 1,
+    max_eval: int = 0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Shuffle deterministically and split into train and eval."""
+    """Shuffle deterministically and split into train and eval (at most `max_eval` eval records; 0: no cap)."""
     if not 0 < eval_fraction < 1:
         raise ValueError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_eval = max(min_eval, round(len(records) * eval_fraction))
+    n_eval = min(n_eval, max_eval) if max_eval else n_eval
     eval_idx = set(order[:n_eval])
     train = [records[i] for i in order if i not in eval_idx]
     evals = [records[i] for i in order[:n_eval]]

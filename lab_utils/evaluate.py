@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab_utils.data import format_prompt
-from lab_utils.pocket_data import SEED_PROMPT as REFERENCE_QUESTION
+from lab_utils.pocket_data import SEED_PROMPT
+
+REFERENCE_QUESTION = SEED_PROMPT  # the reference tutorial's question
 
 
 @dataclass(frozen=True)
@@ -66,19 +68,74 @@ def generate(
     return out
 
 
-def ask(model: Any, tokenizer: Any, question: str = REFERENCE_QUESTION, max_new_tokens: int = 128) -> Generation:
-    """One greedy answer to an instruction in the Alpaca template: the reference tutorial's question by default."""
-    return generate(model, tokenizer, [format_prompt(question)], max_new_tokens)[0]
-
-
-def generation_agreement(
-    model_a: Any, model_b: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 32
-) -> float:
-    """Share of prompts on which two models generate identical greedy completions (e.g. merged vs base+adapter).
+def generation_agreement(a: list[Generation], b: list[Generation]) -> float:
+    """Share of prompts on which two models generated identical greedy completions (e.g. merged vs base+adapter).
     Not `fp8.next_token_agreement`, which compares argmax tokens position by position under teacher forcing."""
-    a = generate(model_a, tokenizer, prompts, max_new_tokens)
-    b = generate(model_b, tokenizer, prompts, max_new_tokens)
-    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(prompts)
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists of generations, got {len(a)} and {len(b)}")
+    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(a)
+
+
+def answers(
+    model_path: str, prompts: list[str], max_new_tokens: int, adapter_dir: str | None = None, four_bit: bool = False
+) -> list[Generation]:
+    """Load one model (or base + adapter; in 4-bit with `four_bit`), answer every prompt greedily, and free it before
+    returning: one model in memory at a time (two 8B models at once do not fit a 24 GB GPU)."""
+    from lab_utils.models import free, load_for_eval
+
+    model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
+    try:
+        return generate(model, tokenizer, prompts, max_new_tokens)
+    finally:
+        del model
+        free()
+
+
+def last_logits(
+    model_path: str, prompts: list[str], adapter_dir: str | None = None, four_bit: bool = False
+) -> tuple[Any, str]:
+    """The next-token logits (fp32, on the CPU) at the end of each prompt, and the dtype the model ran in."""
+    import torch
+
+    from lab_utils.models import free, load_for_eval
+
+    model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
+    try:
+        rows = []
+        with torch.no_grad():
+            for prompt in prompts:
+                enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+                rows.append(model(**enc).logits[0, -1].float().cpu())
+        return torch.stack(rows), str(next(model.parameters()).dtype).replace("torch.", "")
+    finally:
+        del model
+        free()
+
+
+def merge_check(
+    merged_dir: str,
+    base_path: str,
+    adapter_dir: str,
+    prompts: list[str],
+    max_new_tokens: int = 32,
+    four_bit: bool = False,
+) -> dict[str, Any]:
+    """Does the merged model behave as base + adapter? Greedy agreement and the largest next-token logit difference,
+    one model in memory at a time. In fp32 the merge is exact up to rounding (differences ~1e-5, agreement 1.0).
+    Merged in bf16, W + BA is rounded to bf16 once, while base + adapter adds the adapter's output in the forward
+    pass: logits differ by a few hundredths to tenths, and a greedy token can flip where two candidates are nearly
+    tied, so agreement a little under 1.0 is expected there. In 4-bit (`four_bit`, the QLoRA profile on 16 GB) the
+    merged weights W + BA are quantized, unlike the base's W under the adapter: expect larger differences still."""
+    merged = answers(merged_dir, prompts, max_new_tokens, four_bit=four_bit)
+    adapted = answers(base_path, prompts, max_new_tokens, adapter_dir, four_bit)
+    a, dtype = last_logits(merged_dir, prompts, four_bit=four_bit)
+    b, _ = last_logits(base_path, prompts, adapter_dir, four_bit)
+    return {
+        "greedy_agreement": generation_agreement(merged, adapted),
+        "max_logit_difference": float((a - b).abs().max()),
+        "dtype": "nf4" if four_bit else dtype,
+        "n_prompts": len(prompts),
+    }
 
 
 def _to_generation(prompt: str, row: list[int], eos: int, tokenizer: Any) -> Generation:

@@ -72,7 +72,8 @@ def next_token_agreement(reference: Any, candidate: Any, tokenizer: Any, texts: 
 
     agree = total = 0
     for text in texts:
-        enc = tokenizer(text, return_tensors="pt")
+        # On the models' device: `models.load_for_eval` puts them on the GPU where there is one.
+        enc = tokenizer(text, return_tensors="pt").to(reference.device)
         with torch.no_grad():
             a = reference(**enc).logits.argmax(-1)
             b = candidate(**enc).logits.argmax(-1)

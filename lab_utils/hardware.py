@@ -210,7 +210,8 @@ def _probe_cuda(torch: Any, system_gb: float) -> Hardware:
         unified_memory=_is_unified(name, props),
         cpu_count=_cpu_count(),
         gpu_count=int(torch.cuda.device_count()),
-        bf16_supported=bool(torch.cuda.is_bf16_supported()),
+        # Without including_emulation=False, torch answers True on a T4 (7.5): bf16 "works" there, emulated and slow.
+        bf16_supported=bool(torch.cuda.is_bf16_supported(including_emulation=False)),
         vllm_build=_vllm_build(),
         bitsandbytes_version=_dist_version("bitsandbytes"),
         bf16_native=(int(props.major), int(props.minor)) >= (8, 0),
@@ -277,6 +278,19 @@ def _cc(hw: Hardware) -> str:
     return "none" if hw.compute_capability is None else "{}.{}".format(*hw.compute_capability)
 
 
+# vLLM 0.32's FP8 rule (read in its source, vllm/...):
+# - platforms/cuda.py `supports_fp8()`: `has_device_capability(89)`; W8A8 (FP8 weights and activations, CUTLASS/torch
+#   scaled_mm kernels) needs compute capability >= 8.9.
+# - model_executor/layers/quantization/utils/marlin_utils_fp8.py `is_fp8_marlin_supported()`:
+#   `has_device_capability(75)`; kernels/linear/scaled_mm/marlin.py `MarlinFP8ScaledMMLinearKernel` ("FP8 Marlin
+#   requires compute capability 7.5 or higher") is the last CUDA choice in kernels/linear/__init__.py
+#   `_POSSIBLE_FP8_KERNELS`: below 8.9 the weights stay FP8 and the matmul runs in 16 bits (W8A16).
+# - quantization/fp8.py `Fp8Config.get_min_capability()` and online/base.py `OnlineQuantizationConfig
+#   .get_min_capability()` both return 75; config/vllm.py refuses a quantization method below its minimum.
+FP8_W8A8_MIN_CC = (8, 9)
+FP8_WEIGHT_ONLY_MIN_CC = (7, 5)
+
+
 def fp8_mode(hw: Hardware) -> tuple[str, str]:
     """How vLLM can serve FP8 here: "fp8" (W8A8), "fp8-weight-only" (Marlin) or "none", with the reason."""
     if hw.device == "cpu":
@@ -284,14 +298,26 @@ def fp8_mode(hw: Hardware) -> tuple[str, str]:
     if hw.device != "cuda" or hw.compute_capability is None:
         return "none", f"no CUDA GPU ({hw.device}): vLLM's FP8 kernels need an NVIDIA GPU"
     cc = hw.compute_capability
-    if cc >= (8, 9):
+    if cc >= FP8_W8A8_MIN_CC:
         return "fp8", f"FP8 W8A8 (weights and activations) runs on compute capability {_cc(hw)} >= 8.9"
-    if cc >= (8, 0):
+    if cc >= FP8_WEIGHT_ONLY_MIN_CC:
         return "fp8-weight-only", (
-            f"FP8 W8A8 needs compute capability >= 8.9; this GPU is {_cc(hw)}: "
-            "vLLM falls back to FP8 weight-only (Marlin), which saves memory but not compute"
+            f"FP8 W8A8 needs compute capability >= 8.9; this GPU is {_cc(hw)}: vLLM falls back to FP8 weight-only "
+            "(Marlin, from 7.5), which halves the weight memory but computes in 16 bits"
         )
-    return "none", f"FP8 needs compute capability >= 8.0 (weight-only) or >= 8.9 (W8A8); this GPU is {_cc(hw)}"
+    return "none", f"FP8 needs compute capability >= 7.5 (weight-only) or >= 8.9 (W8A8); this GPU is {_cc(hw)}"
+
+
+def compute_dtype(hw: Hardware) -> str:
+    """The 16-bit float to compute in on `hw` (4-bit compute dtype, mixed precision, 16-bit loading): "float16" on a
+    CUDA GPU below compute capability 8.0 (T4, V100: no native bf16, and vLLM refuses bf16 there), else "bfloat16".
+    On a CPU this stays "bfloat16": whether a CPU run uses 16 bits at all (emulated bf16 is slow) is decided by the
+    caller from `hw.bf16_native`."""
+    if hw.device == "cuda" and (hw.compute_capability is None or hw.compute_capability < (8, 0)):
+        return "float16"
+    if hw.device == "mps" and not hw.bf16_supported:
+        return "float16"
+    return "bfloat16"
 
 
 def _bf16_feature(hw: Hardware) -> Feature:

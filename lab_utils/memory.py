@@ -120,6 +120,19 @@ MODEL_DIMS: dict[str, ModelDims] = {
     "smollm2-135m": ModelDims(30, 576, 1536, 9, 3, 49152, tie_embeddings=True),
 }
 
+# Hub ids of the models in MODEL_DIMS (a name the lab does not know has no estimate).
+HUB_MODELS = {
+    "meta-llama/Meta-Llama-3-8B": "llama3-8b",
+    "meta-llama/Meta-Llama-3-70B": "llama3-70b",
+    "HuggingFaceTB/SmolLM2-135M": "smollm2-135m",
+}
+
+
+def dims_for_model(model_id: str) -> ModelDims | None:
+    """The dimensions of a hub model the lab knows, or None."""
+    name = HUB_MODELS.get(model_id)
+    return MODEL_DIMS[name] if name else None
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -311,3 +324,27 @@ def _reference_row(model: str, label: str, method: str, precision: str, optimize
 def reference_table() -> list[dict[str, Any]]:
     """Llama-3-8B/70B x (full, LoRA, QLoRA), seq 1024, batch 1, checkpointing; bytes/param leaves out activations."""
     return [_reference_row(model, *setup) for model in ("llama3-8b", "llama3-70b") for setup in REFERENCE_SETUPS]
+
+
+CUDA_OVERHEAD_GB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack on top of the tensors
+
+
+def profile_peak_gb(profile: Any) -> dict[str, float]:
+    """A GPU profile's estimated peak device memory per phase, in GB: training (the estimator, with the profile's
+    settings) and serving (vLLM's weights: FP8 where the profile quantizes, else 16-bit, plus 10% for activations and
+    the CUDA graphs; the KV cache takes what `gpu_memory_utilization` leaves). The transformers-side evaluation holds one
+    16-bit model at a time (02 frees each before the next), and the throughput benchmark runs in its own process."""
+    dims = dims_for_model(profile.base_model)
+    if dims is None:
+        raise KeyError(f"no dimensions known for {profile.base_model!r}: add it to memory.HUB_MODELS and MODEL_DIMS")
+    train = estimate_for_settings(dims, profile.train).total_mb / 1000
+    serve_bytes = 1.0 if profile.serve.quantization == "auto" else 2.0
+    serve = 1.1 * serve_bytes * dims.n_params() / GB
+    eval_bytes = NF4_BYTES + NF4_CONSTANT_BITS / 8 if profile.evaluates_in_4bit else 2.0
+    evaluate = eval_bytes * dims.linear_params() / GB + 2.0 * (dims.n_params() - dims.linear_params()) / GB
+    evaluate = evaluate if profile.merge_for_serving else 0.0
+    return {
+        "training": round(train + CUDA_OVERHEAD_GB, 1),
+        "serving": round(serve + CUDA_OVERHEAD_GB, 1),
+        "transformers_eval": round(evaluate + CUDA_OVERHEAD_GB, 1) if evaluate else 0.0,
+    }

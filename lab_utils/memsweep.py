@@ -139,14 +139,52 @@ def model_params(model_dir: str) -> int:
     return ModelDims.from_config(AutoConfig.from_pretrained(model_dir)).n_params()
 
 
-def skip_reason(config: SweepConfig, hw: Any) -> str | None:
-    """Why this hardware cannot run the configuration (None when it can)."""
+def skip_reason(
+    config: SweepConfig, hw: Any, estimate_mb: float | None = None, budget_mb: float | None = None
+) -> str | None:
+    """Why `hw` cannot run the configuration (None when it can): a missing package, no bf16, or an estimate above
+    the memory it has free (so full fine-tuning of an 8B model is skipped on a 24 GB GPU instead of crashing)."""
     if config.method == "qlora" or "8bit" in config.optimizer:
         if not hw.bitsandbytes_version:
             return "bitsandbytes is not installed (4-bit weights and 8-bit optimizers need it)"
     if config.precision == "bf16" and not hw.bf16_supported:
-        return f"{hw.name} has no bf16 support"
+        return f"{hw.name} has no native bf16 (the fp16 rows of a real run there would differ)"
+    if estimate_mb is not None and budget_mb is not None and estimate_mb > budget_mb:
+        return f"estimated {estimate_mb / 1000:,.1f} GB > {budget_mb / 1000:,.1f} GB free on {hw.name}"
     return None
+
+
+# The largest model the sweep trains: nine configurations of a bigger one take hours, and most cannot fit anyway. A
+# larger base (70B) is swept on the 8B model of its family: the same techniques save the same shares.
+SWEEP_STAND_IN = "meta-llama/Meta-Llama-3-8B"
+MAX_SWEEP_PARAMS = 8.1e9
+
+
+def sweep_model(base_model: str) -> tuple[str, str | None]:
+    """The hub model the sweep trains for a profile's base, and a note when it is a smaller stand-in."""
+    from lab_utils.memory import dims_for_model
+
+    dims = dims_for_model(base_model)
+    if dims is not None and dims.n_params() > MAX_SWEEP_PARAMS:
+        return SWEEP_STAND_IN, (
+            f"{base_model} has {dims.n_params() / 1e9:.0f}B parameters: the sweep trains {SWEEP_STAND_IN} instead "
+            "(the same techniques save the same shares; notebook 02 trains the real model)"
+        )
+    return base_model, None
+
+
+def memory_budget_mb(hw: Any) -> float:
+    """Memory a configuration may use on `hw`, in MB: what the CUDA device has free when `hw` is this machine's GPU;
+    the described memory otherwise (a rehearsal decides for its target GPU); on a CPU, the RAM available now."""
+    if hw.device == "cuda":
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.get_device_name(0) == hw.name:
+            return torch.cuda.mem_get_info(0)[0] / 1e6
+        return hw.memory_gb * 1000
+    import psutil
+
+    return psutil.virtual_memory().available / 1e6
 
 
 def uses_bf16(config: SweepConfig) -> bool:
@@ -207,12 +245,12 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from lab_utils.data import clean, load_records, to_prompt_completion
+    from lab_utils.data import clean, load_records, skips_bad_rows, to_prompt_completion
     from lab_utils.models import load_model
     from lab_utils.train import PeakMemory, lora_config, sft_config
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    records, _ = load_records(data_path)
+    records, _ = load_records(data_path, skip_bad=skips_bad_rows(data_path))  # hub data: bad rows skipped
     n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
     ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
     meter = PeakMemory()  # the idle baseline: after the fork, before the model loads
@@ -415,14 +453,20 @@ def sweep(
     progress: bool = True,
     log_dir: str | Path | None = None,
     timeout: float = 900.0,
+    target: Any | None = None,
+    target_dims: ModelDims | None = None,
 ) -> list[dict[str, Any]]:
     """Every configuration in turn, each in a fresh child of one fork server: measured (or skipped, with the
-    reason) beside the estimate, with a progress line as each starts and ends."""
+    reason) beside the estimate, with a progress line as each starts and ends. Whether a configuration fits is
+    decided for `target` (default `hw`) with `target_dims` (default the swept model's): a rehearsal decides for the
+    profile's GPU and real model while it trains a stand-in here."""
     import tempfile
 
     from transformers import AutoConfig
 
     dims = ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+    target = target or hw
+    budget = memory_budget_mb(target)
     chosen = configs or CONFIGS
     log = Path(log_dir or tempfile.mkdtemp()) / "memsweep-worker.log"
     rows = []
@@ -439,7 +483,9 @@ def sweep(
                 **asdict(config),
                 "estimated_memory_mb": round(estimate(config, dims, seq_len), 1),
             }
-            reason = skip_reason(config, hw)
+            decided = estimate(config, target_dims or dims, seq_len)
+            row["target_estimate_mb"] = round(decided, 1)
+            reason = skip_reason(config, hw) or skip_reason(config, target, decided, budget)
             n_steps, note = steps_for(config, hw, steps)
             row.update({"ran": reason is None, "skipped_reason": reason, "steps": n_steps, "note": note})
             if reason is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab_utils.data import PROMPT_NO_INPUT
 from lab_utils.models import load_base_and_adapter
-from lab_utils.paths import swap_in_dir
+from lab_utils.paths import atomic_write_text, swap_in_dir
+from lab_utils.profiles import Profile
 
 # Renders the exact Alpaca prompt the model was trained on from chat messages: the last user message is the
 # instruction; a system message is ignored (the Alpaca preamble plays its part). Starts with BOS, as training did.
@@ -67,3 +69,38 @@ def check_merged(merged_dir: str | Path) -> dict[str, Any]:
         "generation_eos_token_id": gen.get("eos_token_id"),
         "has_chat_template": (merged_dir / "chat_template.jinja").exists(),
     }
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """How the fine-tuned model is served: a merged folder, or (where merging does not fit) the adapter beside the
+    base model in one vLLM server (`--enable-lora`), with the training template as chat template either way."""
+
+    merged_dir: str  # "" when the adapter is served beside the base
+    adapter_dir: str
+    chat_template: str  # path of the Jinja file vLLM gets with --chat-template
+    note: str
+
+    @property
+    def merged(self) -> bool:
+        """True when a merged model folder exists (and transformers can evaluate it)."""
+        return bool(self.merged_dir)
+
+
+def prepare_for_serving(profile: Profile, base_path: str, adapter_dir: str | Path, out_dir: str | Path) -> ServingPlan:
+    """Merge the adapter into the base (`merge_adapter`), or, for a profile that must not merge (70B: a bf16 copy is
+    ~141 GB, more than 128 GB of unified memory), only write the chat template beside the adapter."""
+    from lab_utils.train import merge_dtype
+
+    adapter_dir = Path(adapter_dir)
+    if profile.merge_for_serving:
+        merged = merge_adapter(base_path, adapter_dir, out_dir, dtype=merge_dtype(profile.train))
+        note = f"merged in {merge_dtype(profile.train)} into {merged}"
+        return ServingPlan(str(merged), str(adapter_dir), str(merged / "chat_template.jinja"), note)
+    template = adapter_dir / "chat_template.jinja"
+    atomic_write_text(template, ALPACA_CHAT_TEMPLATE)
+    note = (
+        f"not merged: {profile.name} keeps its base quantized; vLLM serves the base in FP8 with the adapter beside it "
+        "(--enable-lora), and the transformers-side evaluation is skipped (a bf16 copy of the model would not fit)"
+    )
+    return ServingPlan("", str(adapter_dir), str(template), note)

@@ -16,6 +16,7 @@ class TrainSettings:
     max_steps: int = 300
     learning_rate: float = 2e-4
     per_device_batch_size: int = 4
+    eval_batch_size: int = 0  # per device, for the eval loss (no gradients, so larger); 0: per_device_batch_size
     gradient_accumulation_steps: int = 4
     max_seq_length: int = 512
     lora_r: int = 16
@@ -68,9 +69,22 @@ class Profile:
     serve: ServeSettings = field(default_factory=ServeSettings)
     max_new_tokens: int = 500
     eval_fraction: float = 0.05
+    max_eval_examples: int = 500  # cap on the eval split: 5% of Alpaca is ~2,600 examples, evaluated every eval_steps
+    # Hub-data profiles also hold out this many of the dataset's eval records for notebook 05 (scored with ROUGE-L
+    # and BLEU against their Alpaca references); the `heldout` file's questions are then scored by contains-answer only.
+    heldout_from_dataset: int = 0
+    # Merge the adapter for serving and evaluate with transformers (02, 04). False where a 16-bit copy of the model
+    # cannot fit (70B: ~141 GB in bf16): vLLM then serves the FP8 base with the adapter beside it (--enable-lora).
+    merge_for_serving: bool = True
     # `make lab`'s limit for one notebook cell, in seconds: generous for a pocket run (so a hung cell is caught), none
     # for the GPU profiles, whose training cell runs for hours. The tests set their own, tighter limits.
     cell_timeout_s: int | None = None
+
+    @property
+    def evaluates_in_4bit(self) -> bool:
+        """QLoRA profiles evaluate with transformers in 4-bit, as they trained: a 16-bit copy of an 8B model (16 GB)
+        does not fit the 16 GB GPU the QLoRA profile is for."""
+        return self.train.method == "qlora" and not self.is_pocket
 
     @property
     def is_pocket(self) -> bool:
@@ -89,6 +103,11 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, for recording with a run."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        """The profile `to_dict` wrote (to hand it to another process)."""
+        return cls(**{**d, "train": TrainSettings(**d["train"]), "serve": ServeSettings(**d["serve"])})
 
 
 POCKET_DATA = "data/pocket_alpaca/train.jsonl"
@@ -151,8 +170,9 @@ PROFILES: dict[str, Profile] = {
             base_model="meta-llama/Meta-Llama-3-8B",
             dataset="tatsu-lab/alpaca",
             heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
             needs_gpu=True,
-            min_memory_gb=24.0,
+            min_memory_gb=24.0,  # memory.profile_peak_gb: training ~24 GB (the estimator + CUDA overhead)
             gated=True,
             train=TrainSettings(
                 method="lora",
@@ -174,8 +194,9 @@ PROFILES: dict[str, Profile] = {
             base_model="meta-llama/Meta-Llama-3-8B",
             dataset="tatsu-lab/alpaca",
             heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
             needs_gpu=True,
-            min_memory_gb=16.0,
+            min_memory_gb=11.0,  # memory.profile_peak_gb: training ~10.3 GB, serving in FP8 ~9.8 GB
             gated=True,
             train=TrainSettings(
                 method="qlora",
@@ -196,8 +217,9 @@ PROFILES: dict[str, Profile] = {
             base_model="meta-llama/Meta-Llama-3-70B",
             dataset="tatsu-lab/alpaca",
             heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
             needs_gpu=True,
-            min_memory_gb=96.0,
+            min_memory_gb=80.0,  # memory.profile_peak_gb: serving the base in FP8 ~79 GB; training ~46 GB
             gated=True,
             train=TrainSettings(
                 method="qlora",
@@ -211,6 +233,7 @@ PROFILES: dict[str, Profile] = {
                 save_steps=100,
             ),
             serve=ServeSettings(max_model_len=4096, max_num_seqs=16, gpu_memory_utilization=0.85),
+            merge_for_serving=False,  # a bf16 copy of 70B is ~141 GB: serve the FP8 base with the adapter beside it
         ),
     ]
 }
@@ -233,13 +256,13 @@ def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
     if hw.device != "cuda":
         return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"
     mem = hw.memory_gb
-    if mem >= 96:
+    if mem >= PROFILES["llama3-70b-qlora"].min_memory_gb:
         return (
             "llama3-8b",
             f"{hw.name} with {mem:.0f} GB: the reference LoRA run fits (70B QLoRA also does: llama3-70b-qlora)",
         )
-    if mem >= 22:  # a "24 GB" card reports about 25.4e9 bytes; leave room for rounding
+    if mem >= PROFILES["llama3-8b"].min_memory_gb:  # a "24 GB" card reports about 25.4e9 bytes
         return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference Llama-3-8B LoRA run fits"
-    if mem >= 15:  # a "16 GB" T4 reports about 15.8e9 bytes
+    if mem >= PROFILES["llama3-8b-qlora"].min_memory_gb:  # a "16 GB" T4 reports about 15.8e9 bytes
         return "llama3-8b-qlora", f"{hw.name} with {mem:.0f} GB: Llama-3-8B needs QLoRA to fit"
     return "pocket", f"{hw.name} has {mem:.0f} GB, under the 16 GB the smallest Llama-3 profile needs"

@@ -25,6 +25,29 @@ class RunConfig:
     max_new_tokens: int  # generation limit for before/after answers
     n_prompts: int  # held-out prompts to use; 0: all
     start_timeout_s: float  # seconds to wait for a vLLM server's /health
+    # A rehearsal runs a GPU profile's flow on this machine with small stand-ins of its model and data (LAB_REHEARSAL=1);
+    # decisions about memory and features are then made for `target`, the GPU the profile is made for.
+    rehearsal: bool = False
+    target: Hardware | None = None
+
+    @property
+    def decision_hardware(self) -> Hardware:
+        """The hardware memory and feature decisions are made for: the profile's target GPU in a rehearsal, else this
+        machine."""
+        return self.target or self.hardware
+
+    def require_ready(self) -> None:
+        """Stop with the fixes when this machine cannot run the profile (`readiness.require`). A rehearsal runs a GPU
+        profile on this machine on purpose, with local stand-ins: it checks nothing that only the real run needs."""
+        from lab_utils.readiness import require
+
+        if self.rehearsal:
+            print(
+                f"rehearsal of {self.name} for {self.decision_hardware.name}: stand-in model and data, this machine's "
+                f"{self.hardware.device}; the GPU, licence and download checks are for the real run"
+            )
+            return
+        require(self.profile, self.hardware)
 
     @property
     def name(self) -> str:
@@ -53,16 +76,31 @@ class RunConfig:
         return resolve_model_path(self.profile)
 
     def heldout(self) -> list[dict[str, Any]]:
-        """The held-out prompts with reference answers (the first `n_prompts`, or all)."""
+        """The held-out prompts with reference answers (the first `n_prompts`, or all). On a hub-data profile: the
+        heldout file's verifiable questions (scored by contains-answer: their reference sentences are in the pocket
+        data's style) and records of the dataset's own eval split, never trained on (scored by ROUGE-L and BLEU
+        against their Alpaca references), half of `n_prompts` each."""
         from lab_utils.data import load_heldout
 
         records = load_heldout(self.profile.heldout)
-        return records[: self.n_prompts] if self.n_prompts else records
+        if not self.profile.heldout_from_dataset:
+            return records[: self.n_prompts] if self.n_prompts else records
+        from lab_utils.data import clean
+        from lab_utils.train import split_for_training
+
+        questions = [{**r, "kind": "verifiable"} for r in records if r.get("answer")]
+        _, evals, _ = split_for_training(self.profile)
+        held = [{**clean(r), "kind": "dataset"} for r in evals[: self.profile.heldout_from_dataset]]
+        if self.n_prompts:
+            n_held = self.n_prompts // 2
+            questions, held = questions[: self.n_prompts - n_held], held[:n_held]
+        return questions + held
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, recorded with the run."""
         out = asdict(self)
         out["hardware"] = self.hardware.to_dict()
+        out["target"] = self.target.to_dict() if self.target else None
         return out
 
 
@@ -79,6 +117,7 @@ def resolve(
 ) -> RunConfig:
     """Probe the hardware once, pick the profile ("auto" by hardware) and apply every override; empty or 0 keeps the
     profile's own value."""
+    from lab_utils import rehearsal
     from lab_utils.hardware import probe
 
     hw = hardware if hardware is not None else probe()
@@ -86,7 +125,12 @@ def resolve(
         name, reason = choose_profile(hw)
     else:
         name, reason = profile, "asked for by name"
-    prof = get_profile(name).with_overrides(method, max_steps)
+    prof = get_profile(name)
+    rehearsing = rehearsal.active() and not prof.is_pocket
+    if rehearsing:
+        prof = rehearsal.scaled(prof)
+        reason += "; rehearsal with stand-ins (LAB_REHEARSAL=1)"
+    prof = prof.with_overrides(method, max_steps)
     if dataset:
         prof = replace(prof, dataset=dataset)
     return RunConfig(
@@ -97,6 +141,8 @@ def resolve(
         max_new_tokens=max_new_tokens or prof.max_new_tokens,
         n_prompts=n_prompts,
         start_timeout_s=start_timeout_s or prof.serve.start_timeout_s,
+        rehearsal=rehearsing,
+        target=rehearsal.target_hardware(prof) if rehearsing else None,
     )
 
 
@@ -108,7 +154,7 @@ class TrainedRun:
     dataset: str
     base_model: str
     adapter_dir: str
-    merged_dir: str
+    merged_dir: str  # "" where the profile serves the adapter beside the base instead of merging (70B)
     lora_r: int
 
     @property
@@ -116,20 +162,47 @@ class TrainedRun:
         """True when training produced a LoRA/QLoRA adapter (not a full model)."""
         return self.method != "full"
 
+    @property
+    def merged(self) -> bool:
+        """True when 02 wrote a merged model folder (transformers can load and evaluate it)."""
+        return bool(self.merged_dir)
+
+    def finetuned_spec(self, profile: Profile, hardware: Hardware, name: str, **changes: Any) -> Any:
+        """The vLLM server settings that serve the fine-tuned model as `name`: the merged folder with its training
+        template, or, without a merged folder, the base with the adapter beside it (--enable-lora) under that name."""
+        from pathlib import Path
+
+        from lab_utils.serve import spec_for
+
+        if self.merged:
+            template = str(Path(self.merged_dir) / "chat_template.jinja")
+            return spec_for(profile, hardware, self.merged_dir, name, chat_template=template, **changes)
+        template = str(Path(self.adapter_dir) / "chat_template.jinja")
+        return spec_for(
+            profile,
+            hardware,
+            self.base_model,
+            "base",
+            chat_template=template,
+            lora_modules={name: self.adapter_dir},
+            max_lora_rank=self.lora_r,
+            **changes,
+        )
+
 
 def trained(merged_dir: str = "", adapter_dir: str = "") -> TrainedRun:
-    """What 02 trained, all from one run (this one, or the newest earlier run with a merged model); explicit folders
-    win."""
+    """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder); explicit
+    folders win."""
     from lab_utils.results import find_section
 
-    recorded = find_section("02_sft", "merged_dir")
+    recorded = find_section("02_sft", "adapter_dir")
     train = recorded["run_config"]["profile"]["train"]
     return TrainedRun(
         method=train["method"],
         dataset=recorded["run_config"]["profile"]["dataset"],
         base_model=recorded["base_model"],
         adapter_dir=adapter_dir or recorded["adapter_dir"],
-        merged_dir=merged_dir or recorded["merged_dir"],
+        merged_dir=merged_dir or recorded.get("merged_dir") or "",
         lora_r=int(train["lora_r"]),
     )
 

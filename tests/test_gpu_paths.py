@@ -1,0 +1,130 @@
+"""The GPU profiles' code paths, checked on a CPU: hub data with Alpaca's defects, memory decisions for the target
+GPU, one model at a time, the 70B serving plan, precision rules. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab_utils import data, memory, memsweep, profiles, rehearsal
+from lab_utils.hardware import DESCRIBED
+from lab_utils.profiles import PROFILES
+
+GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
+
+
+@pytest.fixture
+def rehearsing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LAB_REHEARSAL", "1")
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_hub_data_with_empty_outputs_and_long_rows_is_skipped_and_reported(rehearsing: None) -> None:
+    """Real Alpaca has empty outputs and rows over 1,024 tokens: loading the hub id skips and counts them."""
+    from lab_utils.models import load_tokenizer, resolve_hub_model
+    from lab_utils.train import load_splits
+
+    prof = PROFILES["llama3-8b"]
+    tok = load_tokenizer(resolve_hub_model(prof.base_model))
+    train_ds, eval_ds, info = load_splits(prof, tok)
+    defects = rehearsal.standin_defects()
+    assert info["n_read"] == defects["rows"]
+    assert info["n_skipped"] == defects["empty_output"] + defects["over_long"]
+    assert info["skipped_reasons"] == {
+        "output: empty": defects["empty_output"],
+        "output: example too long (...)": defects["over_long"],
+    }
+    assert len(train_ds) + len(eval_ds) == defects["rows"] - info["n_skipped"]
+    assert "dropped (not truncated)" in info["skip_rule"] and "1024 tokens" in info["skip_rule"]
+
+
+def test_a_local_file_still_stops_at_its_first_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c", "output": ""})
+    )
+    with pytest.raises(data.DataError, match="line 2: field 'output': empty"):
+        data.load_for_training(path, len, 100)
+
+
+def test_eval_split_is_capped() -> None:
+    records = [{"instruction": str(i), "output": "x"} for i in range(20_000)]
+    _, evals = data.split_records(records, 0.05, seed=1, max_eval=500)
+    assert len(evals) == 500
+    assert all(p.max_eval_examples <= 500 for p in PROFILES.values())
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_min_memory_covers_the_estimated_peak_of_every_phase(name: str) -> None:
+    prof = PROFILES[name]
+    peaks = memory.profile_peak_gb(prof)
+    assert prof.min_memory_gb >= max(peaks.values())
+    assert prof.min_memory_gb <= 1.25 * max(peaks.values())  # a claim, not a blanket "buy more"
+    assert profiles.choose_profile(DESCRIBED["t4"])[0] == "llama3-8b-qlora"  # a 16 GB card runs the QLoRA profile
+
+
+def test_qlora_profile_evaluates_in_4bit_and_70b_does_not_merge() -> None:
+    assert PROFILES["llama3-8b-qlora"].evaluates_in_4bit and not PROFILES["llama3-8b"].evaluates_in_4bit
+    assert not PROFILES["pocket"].evaluates_in_4bit
+    assert PROFILES["llama3-70b-qlora"].merge_for_serving is False
+    assert all(PROFILES[n].merge_for_serving for n in ("pocket", "llama3-8b", "llama3-8b-qlora"))
+
+
+def test_sweep_skips_what_does_not_fit_the_target_gpu_and_sweeps_at_most_8b() -> None:
+    swept, why = memsweep.sweep_model("meta-llama/Meta-Llama-3-70B")
+    assert swept == "meta-llama/Meta-Llama-3-8B" and "70B" in why
+    assert memsweep.sweep_model("meta-llama/Meta-Llama-3-8B") == ("meta-llama/Meta-Llama-3-8B", None)
+    dims = memory.dims_for_model(swept)
+    gpu = DESCRIBED["rtx-4090"]
+    budget = memsweep.memory_budget_mb(gpu)
+    decisions = {
+        c.name: memsweep.skip_reason(c, gpu, memsweep.estimate(c, dims, 128), budget) for c in memsweep.CONFIGS
+    }
+    assert (
+        decisions["1 baseline: full fp32"]
+        and "GB free on NVIDIA GeForce RTX 4090" in decisions["1 baseline: full fp32"]
+    )
+    assert decisions["8 QLoRA"] is None and decisions["9 QLoRA + gradient checkpointing"] is None
+    # On the DGX Spark's 128 GB, 8B full fine-tuning in fp32 (about 16 bytes per parameter) still does not fit.
+    spark = DESCRIBED["dgx-spark"]
+    full = memsweep.CONFIGS[0]
+    assert memsweep.skip_reason(full, spark, memsweep.estimate(full, dims, 128), memsweep.memory_budget_mb(spark))
+
+
+def test_full_fine_tuning_keeps_fp32_master_weights() -> None:
+    from lab_utils.models import load_dtype
+
+    assert load_dtype("full", bf16=True) == "float32"  # bf16 only in autocast
+    assert load_dtype("lora", bf16=True) == "bfloat16" and load_dtype("lora", bf16=False) == "float32"
+
+
+def test_rehearsal_scales_the_profile_and_decides_for_its_gpu(rehearsing: None) -> None:
+    from lab_utils.runconfig import resolve
+
+    cfg = resolve("llama3-70b-qlora", DESCRIBED["cpu"])
+    assert cfg.rehearsal and cfg.decision_hardware.name == "NVIDIA GB10"
+    assert cfg.profile.train.max_steps < 20 and cfg.profile.train.max_seq_length == 1024
+    assert cfg.profile.train.method == "qlora" and cfg.profile.merge_for_serving is False
+    assert Path(cfg.base_model_path(), "standin.json").exists()
+    assert resolve("pocket", DESCRIBED["cpu"]).rehearsal is False  # the pocket profile has nothing to stand in for
+    assert set(rehearsal.TARGETS) == set(rehearsal.rehearsable_profiles()) == set(GPU_PROFILES)
+
+
+def test_heldout_of_a_hub_profile_scores_dataset_records_and_verifiable_questions(rehearsing: None) -> None:
+    from lab_utils import compare
+    from lab_utils.runconfig import resolve
+
+    cfg = resolve("llama3-8b", DESCRIBED["cpu"])
+    held = cfg.heldout()
+    kinds = {r["kind"] for r in held}
+    assert kinds == {"verifiable", "dataset"}
+    assert held[0]["instruction"] == "First, tell me the capital of France"
+    answers = [
+        compare.Answer(text=r["output"], finish_reason="stop", completion_tokens=5, latency_ms=1.0) for r in held
+    ]
+    m = compare.measures(held, answers)
+    # ROUGE-L is computed on the dataset records only (their own references): perfect here; exact match has no
+    # reference in the trained style, so it is not a number.
+    assert m["rouge_l"] == pytest.approx(1.0) and m["contains_answer"] == 1.0 and m["exact_match"] != m["exact_match"]

@@ -1,0 +1,92 @@
+"""A rehearsal of each GPU profile on this CPU (LAB_REHEARSAL=1): the profile's own notebook flow with stand-ins of its
+model and data, at test size. It asserts the profile's decisions (skip rules, memory decisions for its GPU, merge or
+serve-beside-the-base), not what a random stand-in answers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab_utils.paths import REPO_ROOT
+from lab_utils.rehearsal import standin_defects
+from lab_utils.results import load_results
+from lab_utils.runner import execute_notebook
+
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+SMALL = {  # test size: the flow and the decisions, not the figures
+    "02_sft": {"benchmark_steps": 2, "n_merge_check": 2},
+    "03_memory_optimizations": {"steps": 1},
+    "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16},
+    "05_before_after": {"workers": 4},
+}
+FLOWS = {
+    "llama3-8b": ["01_alpaca_data", "02_sft", "03_memory_optimizations", "04_vllm_serving", "05_before_after"],
+    "llama3-8b-qlora": ["02_sft", "03_memory_optimizations"],
+    "llama3-70b-qlora": ["02_sft", "03_memory_optimizations", "04_vllm_serving", "05_before_after"],
+}
+
+
+def rehearse(profile: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run the profile's flow as `make lab PROFILE=... REHEARSAL=1` does; return what the notebooks recorded."""
+    monkeypatch.setenv("LAB_REHEARSAL", "1")
+    for name in FLOWS[profile]:
+        params = {"profile": profile, **SMALL.get(name, {})}
+        execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", folder, params, cell_timeout=900)
+    return load_results(folder)
+
+
+def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = rehearse("llama3-8b", tmp_path / "run", monkeypatch)
+    defects = standin_defects()
+    # 01: the hub schema loads; empty outputs are skipped and reported, over-long rows counted.
+    assert r["01_alpaca_data"]["skipped_reasons"] == {"output: empty": defects["empty_output"]}
+    assert r["01_alpaca_data"]["n_over_max_length"] == defects["over_long"]
+    assert r["01_alpaca_data"]["eos_supervised"] is True
+    # 02: training dropped both kinds of bad rows, by the stated rule; merged and checked one model at a time.
+    sft = r["02_sft"]
+    assert sft["data"]["n_skipped"] == defects["empty_output"] + defects["over_long"]
+    assert sft["run_config"]["rehearsal"] is True and sft["run_config"]["target"]["name"] == "NVIDIA GeForce RTX 4090"
+    assert sft["merged_dir"] and sft["merge_check"]["n_prompts"] == 2
+    assert sft["merge_check"]["max_logit_difference"] < 1e-3  # an fp32 merge on a CPU is exact up to rounding
+    assert 0 <= sft["stop_rate_base"] <= 1 and sft["sft_benchmark"]
+    # 03: decided for the 24 GB GPU with the real 8B model's dimensions: full fine-tuning skipped, QLoRA trained.
+    rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}
+    assert "GB free on NVIDIA GeForce RTX 4090" in rows["1 baseline: full fp32"]["skipped_reason"]
+    assert rows["8 QLoRA"]["ran"] and rows["8 QLoRA"]["peak_memory_mb"] > 0
+    # 04 and 05: the merged model served with its training template, 127.0.0.1, servers stopped.
+    serving = r["04_vllm_serving"]
+    assert serving["served_merged"] is True and serving["server_bound_host"] == "127.0.0.1"
+    assert not any(serving["servers_running_after"])
+    assert serving["openai_client_finish_reason"] in ("stop", "length")
+    tuned = r["05_before_after"]["finetuned"]
+    assert math.isnan(tuned["exact_match"]) and 0 <= tuned["rouge_l"] <= 1 and 0 <= tuned["contains_answer"] <= 1
+
+
+def test_rehearsal_llama3_8b_qlora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = rehearse("llama3-8b-qlora", tmp_path / "run", monkeypatch)
+    sft = r["02_sft"]
+    assert sft["method"] == "qlora" and sft["merge_check"]["dtype"] == "nf4"  # evaluated in 4-bit, as trained
+    rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}
+    # Decided for a T4: no bf16 there, and 16 GB.
+    assert rows["2 + bf16 mixed precision"]["skipped_reason"].startswith("Tesla T4 has no native bf16")
+    assert rows["7 LoRA"]["skipped_reason"] and "GB free on Tesla T4" in rows["7 LoRA"]["skipped_reason"]
+
+
+def test_rehearsal_llama3_70b_qlora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = rehearse("llama3-70b-qlora", tmp_path / "run", monkeypatch)
+    sft = r["02_sft"]
+    # 70B: nothing merged (a bf16 copy does not fit 128 GB), no transformers-side evaluation, said so.
+    assert sft["merged_dir"] == "" and sft["merge_check"] == {} and sft["stop_rate_base"] is None
+    assert "not merged" in sft["serving_plan"] and Path(sft["adapter_dir"], "chat_template.jinja").exists()
+    # 03 sweeps the 8B sibling, decided for the DGX Spark.
+    assert r["03_memory_optimizations"]["sweep_model"] == "meta-llama/Meta-Llama-3-8B"
+    # 04/05: the base served with the adapter beside it, under the fine-tuned model's name.
+    serving = r["04_vllm_serving"]
+    assert serving["served_merged"] is False and serving["served_finetuned"] == sft["base_model"]
+    assert serving["hf_sequential_tokens_per_s"] is None and serving["fp8_greedy_agreement"] is None
+    assert not any(serving["servers_running_after"])
+    assert r["05_before_after"]["n_prompts"] > 0
