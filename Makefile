@@ -8,7 +8,7 @@ POCKET ?=
 CELL_TIMEOUT ?=
 REHEARSAL ?=
 
-.PHONY: setup lab test test-fast test-rebuild jupyter pocket prefetch ready hooks strip clean-runs
+.PHONY: setup lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
 
 setup:
 	@bash scripts/setup_env.sh
@@ -25,6 +25,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not notebook and not slow" $(PYTEST_ARGS)
+
+# Rehearse the GPU profiles' notebook flows on this CPU with stand-ins (part of `make test` too).
+test-rehearsal: setup
+	$(PY) -m pytest -m rehearsal $(PYTEST_ARGS)
 
 # Rebuild the pocket base model from scratch and check it reaches the shipped model's quality (3-8 minutes).
 test-rebuild: setup

@@ -45,6 +45,8 @@ def test_02_sft(lab_run) -> None:
     # The same meter as 03's table: resident memory above the idle process, weights included.
     assert 0 < r["peak_memory_above_idle_mb"] < r["peak_memory_mb"]
     assert r["merge_greedy_agreement"] == 1.0 and r["merged_has_quantization_config"] is False
+    # Merged in fp32 (the pocket profile trains in fp32): exact up to rounding, measured one model at a time.
+    assert r["merge_check"]["dtype"] == "float32" and r["merge_check"]["max_logit_difference"] < 1e-3
     # The before/after story: the base runs to the limit, the fine-tuned model answers and stops.
     assert r["stop_rate_finetuned"] >= 0.9
     assert r["stop_rate_finetuned"] >= r["stop_rate_base"] + 0.5

@@ -15,13 +15,13 @@ from lab_utils.rehearsal import standin_defects
 from lab_utils.results import load_results
 from lab_utils.runner import execute_notebook
 
-pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.rehearsal, pytest.mark.server]
 
 SMALL = {  # test size: the flow and the decisions, not the figures
-    "02_sft": {"benchmark_steps": 2, "n_merge_check": 2},
+    "02_sft": {"benchmark_steps": 2, "n_merge_check": 2, "n_prompts": 8},
     "03_memory_optimizations": {"steps": 1},
     "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16},
-    "05_before_after": {"workers": 4},
+    "05_before_after": {"workers": 4, "n_prompts": 8},
 }
 FLOWS = {
     "llama3-8b": ["01_alpaca_data", "02_sft", "03_memory_optimizations", "04_vllm_serving", "05_before_after"],
@@ -51,7 +51,8 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert sft["data"]["n_skipped"] == defects["empty_output"] + defects["over_long"]
     assert sft["run_config"]["rehearsal"] is True and sft["run_config"]["target"]["name"] == "NVIDIA GeForce RTX 4090"
     assert sft["merged_dir"] and sft["merge_check"]["n_prompts"] == 2
-    assert sft["merge_check"]["max_logit_difference"] < 1e-3  # an fp32 merge on a CPU is exact up to rounding
+    # Merged in bf16 (the profile trains in bf16): W + BA rounded once, so logits differ a little and near-ties flip.
+    assert sft["merge_check"]["max_logit_difference"] < 1.0 and 0 <= sft["merge_greedy_agreement"] <= 1
     assert 0 <= sft["stop_rate_base"] <= 1 and sft["sft_benchmark"]
     # 03: decided for the 24 GB GPU with the real 8B model's dimensions: full fine-tuning skipped, QLoRA trained.
     rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}
