@@ -332,14 +332,15 @@ CUDA_OVERHEAD_GB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack on
 def profile_peak_gb(profile: Any) -> dict[str, float]:
     """A GPU profile's estimated peak device memory per phase, in GB: training (the estimator, with the profile's
     settings) and serving (vLLM's weights: FP8 where the profile quantizes, else 16-bit, plus 10% for activations and
-    the CUDA graphs; the KV cache takes what `gpu_memory_utilization` leaves). The transformers-side evaluation holds one
+    the CUDA graphs, inside the `gpu_memory_utilization` share vLLM may use). The transformers-side evaluation holds one
     16-bit model at a time (02 frees each before the next), and the throughput benchmark runs in its own process."""
     dims = dims_for_model(profile.base_model)
     if dims is None:
         raise KeyError(f"no dimensions known for {profile.base_model!r}: add it to memory.HUB_MODELS and MODEL_DIMS")
     train = estimate_for_settings(dims, profile.train).total_mb / 1000
     serve_bytes = 1.0 if profile.serve.quantization == "auto" else 2.0
-    serve = 1.1 * serve_bytes * dims.n_params() / GB
+    # vLLM may use only gpu_memory_utilization of the device, and the weights must fit inside that share.
+    serve = 1.1 * serve_bytes * dims.n_params() / GB / profile.serve.gpu_memory_utilization
     eval_bytes = NF4_BYTES + NF4_CONSTANT_BITS / 8 if profile.evaluates_in_4bit else 2.0
     evaluate = eval_bytes * dims.linear_params() / GB + 2.0 * (dims.n_params() - dims.linear_params()) / GB
     evaluate = evaluate if profile.merge_for_serving else 0.0
