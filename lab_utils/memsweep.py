@@ -142,13 +142,12 @@ def model_params(model_dir: str) -> int:
 def skip_reason(
     config: SweepConfig, hw: Any, estimate_mb: float | None = None, budget_mb: float | None = None
 ) -> str | None:
-    """Why `hw` cannot run the configuration (None when it can): a missing package, no bf16, or an estimate above
-    the memory it has free (so full fine-tuning of an 8B model is skipped on a 24 GB GPU instead of crashing)."""
+    """Why `hw` cannot run the configuration (None when it can): a missing package, or an estimate above the memory
+    it has free (so full fine-tuning of an 8B model is skipped on a 24 GB GPU instead of crashing). A GPU without
+    native bf16 runs the bf16 rows in fp16 (`train.mixed_precision`), so they are not skipped (see `precision_note`)."""
     if config.method == "qlora" or "8bit" in config.optimizer:
         if not hw.bitsandbytes_version:
             return "bitsandbytes is not installed (4-bit weights and 8-bit optimizers need it)"
-    if config.precision == "bf16" and not hw.bf16_supported:
-        return f"{hw.name} has no native bf16 (the fp16 rows of a real run there would differ)"
     if estimate_mb is not None and budget_mb is not None and estimate_mb > budget_mb:
         return f"estimated {estimate_mb / 1000:,.1f} GB > {budget_mb / 1000:,.1f} GB free on {hw.name}"
     return None
@@ -185,6 +184,15 @@ def memory_budget_mb(hw: Any) -> float:
     import psutil
 
     return psutil.virtual_memory().available / 1e6
+
+
+def precision_note(config: SweepConfig, hw: Any) -> str | None:
+    """Where the bf16 rows run in fp16 instead: a GPU below compute capability 8.0 (T4, V100)."""
+    from lab_utils.hardware import compute_dtype
+
+    if uses_bf16(config) and compute_dtype(hw) == "float16":
+        return f"runs in fp16 on {hw.name} (no native bf16): the same bytes per value"
+    return None
 
 
 def uses_bf16(config: SweepConfig) -> bool:
@@ -487,6 +495,7 @@ def sweep(
             row["target_estimate_mb"] = round(decided, 1)
             reason = skip_reason(config, hw) or skip_reason(config, target, decided, budget)
             n_steps, note = steps_for(config, hw, steps)
+            note = "; ".join(n for n in (note, precision_note(config, target)) if n) or None
             row.update({"ran": reason is None, "skipped_reason": reason, "steps": n_steps, "note": note})
             if reason is not None:
                 say(f"[{i}/{len(chosen)}] {config.name}: skipped ({reason})", flush=True)

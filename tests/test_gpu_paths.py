@@ -128,3 +128,13 @@ def test_heldout_of_a_hub_profile_scores_dataset_records_and_verifiable_question
     # ROUGE-L is computed on the dataset records only (their own references): perfect here; exact match has no
     # reference in the trained style, so it is not a number.
     assert m["rouge_l"] == pytest.approx(1.0) and m["contains_answer"] == 1.0 and m["exact_match"] != m["exact_match"]
+
+
+def test_bf16_rows_run_in_fp16_on_a_gpu_without_native_bf16() -> None:
+    """A T4 trains the bf16 rows in fp16 (train.mixed_precision): they are not skipped, and the table says so."""
+    t4, dims = DESCRIBED["t4"], memory.dims_for_model("meta-llama/Meta-Llama-3-8B")
+    qlora = memsweep.QLORA
+    assert memsweep.skip_reason(qlora, t4, memsweep.estimate(qlora, dims, 128), memsweep.memory_budget_mb(t4)) is None
+    assert "fp16 on Tesla T4" in memsweep.precision_note(qlora, t4)
+    assert memsweep.precision_note(qlora, DESCRIBED["h100"]) is None
+    assert memsweep.precision_note(memsweep.BASE, t4) is None  # an fp32 row is fp32 everywhere
