@@ -226,22 +226,6 @@ def skips_bad_rows(source: str | Path, skip_bad: bool | str | None = None) -> bo
     return (not is_curated(source)) if skip_bad is None else skip_bad
 
 
-def load_for_training(
-    source: str | Path,
-    count_tokens: Callable[[str], int],
-    max_tokens: int,
-    skip_bad: bool | None = None,
-) -> tuple[list[dict[str, Any]], LoadReport]:
-    """Records ready for training, by one stated rule: invalid records (an empty output, a missing field) and
-    examples longer than `max_tokens` tokens (prompt + response + EOS) are dropped, not truncated (truncation would
-    cut off the response and its EOS, and teach the model not to stop). `skip_bad=None` skips and reports them for
-    hub data and stops at the first one in a local file (your own data should be fixed, not silently thinned)."""
-    skip = skips_bad_rows(source, skip_bad)
-    records, report = load_records(source, skip_bad=skip)
-    records = check_lengths(records, count_tokens, max_tokens, source=report.source, skip_bad=skip, report=report)
-    return records, report
-
-
 def _iter_hub(dataset_id: str, split: str) -> Iterable[tuple[int, Any]]:
     """Records of a hub dataset, numbered from 1 (the 'line' in errors is the row number)."""
     from datasets import load_dataset

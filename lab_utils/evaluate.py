@@ -91,10 +91,11 @@ def answers(
         free()
 
 
-def last_logits(
-    model_path: str, prompts: list[str], adapter_dir: str | None = None, four_bit: bool = False
-) -> tuple[Any, str]:
-    """The next-token logits (fp32, on the CPU) at the end of each prompt, and the dtype the model ran in."""
+def _answers_and_last_logits(
+    model_path: str, prompts: list[str], max_new_tokens: int, adapter_dir: str | None = None, four_bit: bool = False
+) -> tuple[list[Generation], Any, str]:
+    """One load of one model: its greedy answers, its next-token logits (fp32, on the CPU) at the end of each prompt,
+    and the dtype it ran in; freed before returning."""
     import torch
 
     from lab_utils.models import free, load_for_eval
@@ -106,7 +107,8 @@ def last_logits(
             for prompt in prompts:
                 enc = tokenizer(prompt, return_tensors="pt").to(model.device)
                 rows.append(model(**enc).logits[0, -1].float().cpu())
-        return torch.stack(rows), str(next(model.parameters()).dtype).replace("torch.", "")
+        gens = generate(model, tokenizer, prompts, max_new_tokens)
+        return gens, torch.stack(rows), str(next(model.parameters()).dtype).replace("torch.", "")
     finally:
         del model
         free()
@@ -126,10 +128,8 @@ def merge_check(
     pass: logits differ by a few hundredths to tenths, and a greedy token can flip where two candidates are nearly
     tied, so agreement a little under 1.0 is expected there. In 4-bit (`four_bit`, the QLoRA profile on 16 GB) the
     merged weights W + BA are quantized, unlike the base's W under the adapter: expect larger differences still."""
-    merged = answers(merged_dir, prompts, max_new_tokens, four_bit=four_bit)
-    adapted = answers(base_path, prompts, max_new_tokens, adapter_dir, four_bit)
-    a, dtype = last_logits(merged_dir, prompts, four_bit=four_bit)
-    b, _ = last_logits(base_path, prompts, adapter_dir, four_bit)
+    merged, a, dtype = _answers_and_last_logits(merged_dir, prompts, max_new_tokens, four_bit=four_bit)
+    adapted, b, _ = _answers_and_last_logits(base_path, prompts, max_new_tokens, adapter_dir, four_bit)
     return {
         "greedy_agreement": generation_agreement(merged, adapted),
         "max_logit_difference": float((a - b).abs().max()),

@@ -94,8 +94,9 @@ def prepare_for_serving(profile: Profile, base_path: str, adapter_dir: str | Pat
 
     adapter_dir = Path(adapter_dir)
     if profile.merge_for_serving:
-        merged = merge_adapter(base_path, adapter_dir, out_dir, dtype=merge_dtype(profile.train))
-        note = f"merged in {merge_dtype(profile.train)} into {merged}"
+        dtype = merge_dtype(profile.train)
+        merged = merge_adapter(base_path, adapter_dir, out_dir, dtype=dtype)
+        note = f"merged in {dtype} into {merged}"
         return ServingPlan(str(merged), str(adapter_dir), str(merged / "chat_template.jinja"), note)
     template = adapter_dir / "chat_template.jinja"
     atomic_write_text(template, ALPACA_CHAT_TEMPLATE)

@@ -452,11 +452,8 @@ def standin_paths(profile_name: str, root: Path | None = None) -> StandinPaths:
             f"rehearsable profiles: {', '.join(rehearsable_profiles())} (models "
             f"{', '.join(r['hub_prefix'] + '*' for r in FAMILIES.values())}, data {ALPACA_ID})"
         )
-    root = Path(root) if root is not None else default_root()
-    model = _ensure(root / f"{family}-{model_key(family)}", lambda out: build_standin_model(family, out))
-    dataset = _ensure(
-        root / f"alpaca-{dataset_key(profile.dataset)}", lambda out: build_standin_dataset(profile.dataset, out)
-    )
+    model = model_standin(profile.base_model, root)
+    dataset = dataset_standin(profile.dataset, root)
     return StandinPaths(profile_name, profile.base_model, profile.dataset, model, dataset)
 
 
@@ -483,6 +480,8 @@ def scaled(profile: Any) -> Any:
     are dropped by the same rule), merge and serving choices; a few steps, a small eval split and short answers."""
     from dataclasses import replace
 
+    from lab_utils.profiles import PROFILES
+
     small = profile.with_train(
         max_steps=6, eval_steps=3, save_steps=3, logging_steps=1, per_device_batch_size=2, gradient_accumulation_steps=2
     )
@@ -491,7 +490,7 @@ def scaled(profile: Any) -> Any:
         max_eval_examples=16,
         heldout_from_dataset=8,
         max_new_tokens=24,
-        cell_timeout_s=1800,
+        cell_timeout_s=PROFILES["pocket"].cell_timeout_s,  # minutes of work: a limit that catches a hung cell
         serve=replace(profile.serve, max_model_len=2048, max_num_seqs=16, start_timeout_s=300.0),
     )
 
@@ -518,7 +517,6 @@ def model_standin(model_id: str, root: Path | None = None) -> Path:
 
 def dataset_standin(dataset_id: str, root: Path | None = None) -> Path:
     """The local stand-in folder for a hub dataset id, in the hub's layout (built once and cached)."""
-    if dataset_id != ALPACA_ID:
-        raise ValueError(f"a rehearsal has no stand-in for the dataset {dataset_id!r}: only {ALPACA_ID}")
+    _check_dataset(dataset_id)
     root = Path(root) if root is not None else default_root()
     return _ensure(root / f"alpaca-{dataset_key(dataset_id)}", lambda out: build_standin_dataset(dataset_id, out))

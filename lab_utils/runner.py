@@ -214,11 +214,10 @@ def profile_cell_timeout(profile: str) -> int | None:
     """The per-cell limit `make lab` uses for a profile ("auto" resolved on this machine): None means no limit. A
     rehearsal of a GPU profile runs in minutes, so it gets the pocket profile's limit, to catch a hung cell."""
     from lab_utils import rehearsal
-    from lab_utils.profiles import PROFILES, get_profile
+    from lab_utils.profiles import get_profile
 
-    if rehearsal.active():
-        return PROFILES["pocket"].cell_timeout_s
-    return get_profile(profile).cell_timeout_s
+    prof = get_profile(profile)
+    return (rehearsal.scaled(prof) if rehearsal.active() and not prof.is_pocket else prof).cell_timeout_s
 
 
 def run_lab(

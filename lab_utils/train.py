@@ -170,9 +170,10 @@ def split_for_training(
 
 
 def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and eval datasets in prompt/completion form, validated and length-checked against the tokenizer, by the
-    rule `data.load_for_training` states (hub data: bad and over-long rows skipped and reported; a local file: the
-    first one stops with its line)."""
+    """Train and eval datasets in prompt/completion form, by one stated rule: invalid records (an empty output, a
+    missing field) and examples longer than max_seq_length tokens (prompt + response + EOS) are dropped, not truncated
+    (truncation would cut off the response and its EOS, and teach the model not to stop). Hub data: skipped and
+    reported with counts per reason; a local file: the first one stops with its line (`data.skips_bad_rows`)."""
     from datasets import Dataset
 
     skip = skips_bad_rows(profile.dataset, skip_bad)

@@ -46,7 +46,7 @@ def test_a_local_file_still_stops_at_its_first_bad_line(tmp_path: Path) -> None:
         json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c", "output": ""})
     )
     with pytest.raises(data.DataError, match="line 2: field 'output': empty"):
-        data.load_for_training(path, len, 100)
+        data.load_records(path, skip_bad=data.skips_bad_rows(path))
 
 
 def test_eval_split_is_capped() -> None:
@@ -138,3 +138,11 @@ def test_bf16_rows_run_in_fp16_on_a_gpu_without_native_bf16() -> None:
     assert "fp16 on Tesla T4" in memsweep.precision_note(qlora, t4)
     assert memsweep.precision_note(qlora, DESCRIBED["h100"]) is None
     assert memsweep.precision_note(memsweep.BASE, t4) is None  # an fp32 row is fp32 everywhere
+
+
+def test_a_rehearsal_gets_a_cell_limit_the_real_gpu_run_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab_utils.runner import profile_cell_timeout
+
+    assert profile_cell_timeout("llama3-8b") is None  # a real training cell runs for hours
+    monkeypatch.setenv("LAB_REHEARSAL", "1")
+    assert profile_cell_timeout("llama3-8b") == PROFILES["pocket"].cell_timeout_s
