@@ -26,7 +26,8 @@ LAB_MODE_NAMES = {"padding_free": "padding-free", "group_by_length": "length-gro
 
 
 def measure(profile: Profile, mode: str, steps: int, model_path: str | None = None) -> dict[str, Any]:
-    """Train `steps` steps in one batching mode; report useful (non-padding) tokens/s and padded share."""
+    """Train `steps` steps in one batching mode; report useful (non-padding) tokens/s and the tokens the model processed
+    (padding included), counted at the collator, so the padding each mode costs is a measured figure."""
     changes = dict(MODES[mode])
     if changes.get("pad_to_multiple_of") == "DATA_MAX":
         changes["pad_to_multiple_of"] = longest_example(profile, model_path)
@@ -41,17 +42,36 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
             disable_tqdm=True,
             **changes,
         )
+        batches = _count_batch_tokens(trainer)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
         useful = int(trainer.state.num_input_tokens_seen)
+    # The data loader fetches one batch ahead (to know the last one): count only the batches the steps consumed.
+    processed = sum(batches[: steps * trainer.args.gradient_accumulation_steps])
     return {
         "mode": mode,
         "steps": steps,
         "seconds": round(seconds, 2),
         "useful_tokens": useful,
         "tokens_per_s": round(useful / seconds, 1),
+        "processed_tokens": processed,
+        "padding_share": round(1 - useful / processed, 3) if processed else None,
     }
+
+
+def _count_batch_tokens(trainer: Any) -> list[int]:
+    """Wrap the trainer's collator so each batch's `input_ids` size (padding included) is appended to the returned list."""
+    sizes: list[int] = []
+    collate = trainer.data_collator
+
+    def counting(features: Any) -> Any:
+        batch = collate(features)
+        sizes.append(int(batch["input_ids"].numel()))
+        return batch
+
+    trainer.data_collator = counting
+    return sizes
 
 
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:

@@ -63,7 +63,14 @@ def test_02_sft(lab_run) -> None:
     assert lab["mode"] == "length-grouped batches"  # the lab's choice on a CPU
     assert 0.75 < lab["useful_tokens"] / naive["useful_tokens"] < 1.33, "comparable work (same steps and batch size)"
     assert lab["speedup_vs_naive"] >= 1.25, "the lab's batching must clearly beat dynamic padding (goal: 1.5x)"
-    assert naive["tokens_per_s"] > bench["naive: pad to data's longest"]["tokens_per_s"]
+    # Padding everything to the data's longest example processes more tokens for the same useful ones (counted at the
+    # collator, not timed). On the pocket data the extra work is small (a random batch of 16 nearly always holds an
+    # example close to the longest), inside one short run's timing noise, so its speed is recorded, not ordered.
+    data_max = bench["naive: pad to data's longest"]
+    assert data_max["useful_tokens"] == naive["useful_tokens"], "the same batches, padded differently"
+    assert data_max["processed_tokens"] > naive["processed_tokens"]
+    shares = [bench[m]["padding_share"] for m in ("naive: pad to data's longest", "naive: pad to batch's longest")]
+    assert shares[0] > shares[1] > lab["padding_share"] > bench["padding-free"]["padding_share"] == 0
     assert r["padding_bound"] > 1.0
     # The plots are saved for the report and shown inline in the executed notebook.
     assert {"02_loss.png", "02_sft_throughput.png"} <= {p.name for p in (lab_run.folder / "figures").iterdir()}
