@@ -7,6 +7,8 @@ PYTEST_ARGS ?=
 POCKET ?=
 CELL_TIMEOUT ?=
 REHEARSAL ?=
+QUICK ?=
+DATASET ?=
 
 .PHONY: setup lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
 
@@ -14,13 +16,17 @@ setup:
 	@bash scripts/setup_env.sh
 
 # POCKET=local runs the lab on the pocket base model rebuilt here (`make pocket`) instead of the shipped one.
+# DATASET=my_data.jsonl trains on your own Alpaca-format file (01 validates it, 02 trains on it).
+# QUICK=1 is class mode: the same story in less time (runner.QUICK_PARAMETERS).
 # REHEARSAL=1 runs a GPU profile's whole flow on this machine with small stand-ins (make lab PROFILE=llama3-8b REHEARSAL=1).
 lab: setup
 	$(if $(POCKET),LAB_POCKET=$(POCKET)) $(PY) -m lab_utils run-lab --profile $(PROFILE) \
 		$(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(if $(CELL_TIMEOUT),--cell-timeout $(CELL_TIMEOUT)) \
-		$(if $(REHEARSAL),--rehearsal)
+		$(if $(REHEARSAL),--rehearsal) $(if $(QUICK),--quick) \
+		$(if $(DATASET),--dataset $(DATASET))
 
 test: setup
+	@bash scripts/setup_browser.sh
 	$(PY) -m pytest -m "not rebuild" $(PYTEST_ARGS)
 
 test-fast: setup

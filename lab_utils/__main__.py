@@ -39,6 +39,8 @@ def _cmd_run_lab(args: argparse.Namespace) -> int:
             notebooks=args.notebooks or None,
             cell_timeout=args.cell_timeout,
             rehearsal=args.rehearsal,
+            quick=args.quick,
+            dataset=args.dataset,
         )
     except NotebookError:
         return 1
@@ -161,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run a GPU profile's whole flow on this machine with small local stand-ins of its model and data",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="class mode: 100 training steps, a shorter benchmark, five memory configurations, a shorter load test",
+    )
+    p.add_argument("--dataset", default="", help="your own Alpaca-format JSON/JSONL file (or hub id) for 01 and 02")
     p.set_defaults(func=_cmd_run_lab)
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")
@@ -202,7 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ready)
     p = sub.add_parser("probe", help="show the hardware probe and feature matrix")
     p.set_defaults(func=_cmd_probe)
+    p = sub.add_parser("answer-key", help="write the quizzes' answer key for instructors (default: docs/answer_key.md)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "answer_key.md"))
+    p.set_defaults(func=_cmd_answer_key)
     return parser
+
+
+def _cmd_answer_key(args: argparse.Namespace) -> int:
+    """Write every notebook's quiz answers to one Markdown file."""
+    from lab_utils.paths import atomic_write_text
+    from lab_utils.quiz import answer_key_markdown
+
+    print(f"answer key: {atomic_write_text(args.out, answer_key_markdown() + chr(10))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,14 @@ REFERENCE_MESSAGES = [
     {"role": "user", "content": SEED_PROMPT},
 ]
 
+# ChatML, the chat format transformers once applied to any model without a chat template (a fallback since removed):
+# the reference tutorial's base model got this, and looped writing "<|im_end|>" turns. Notebook 04 sends it with the
+# request to show what a base model does with a chat format it never learned.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 
 def chat_http(
     base_url: str,
@@ -21,14 +29,19 @@ def chat_http(
     messages: list[dict[str, str]],
     max_tokens: int = 500,
     timeout: float = 120.0,
+    chat_template: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """POST /v1/chat/completions with plain HTTP, as curl would: (status code, JSON body)."""
+    """POST /v1/chat/completions with plain HTTP, as curl would: (status code, JSON body). `chat_template` sends a
+    template in the request (vLLM's extension; the server must run with --trust-request-chat-template)."""
     import requests
 
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    if chat_template is not None:
+        body["chat_template"] = chat_template
     r = requests.post(
         f"{base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {api_key}"},
-        json={"model": model, "messages": messages, "max_tokens": max_tokens},
+        json=body,
         timeout=timeout,
     )
     try:

@@ -153,7 +153,8 @@ def plot(rows: list[dict[str, Any]], title: str = "SFT throughput (useful tokens
 
 
 def padding_bound(profile: Profile, model_path: str | None = None, trials: int = 200, seed: int = 0) -> float:
-    """Padded tokens / useful tokens for random batches with dynamic padding: the most padding-free can gain."""
+    """Padded tokens / useful tokens for random batches with dynamic padding: roughly what removing padding can gain
+    (not a bound: attention costs grow faster than linearly with length, fixed per-step costs do not shrink)."""
     import random
 
     lengths = example_lengths(profile, model_path)

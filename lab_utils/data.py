@@ -26,6 +26,20 @@ PROMPT_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 
+# The Alpaca prompt as a chat template, for serving: chat messages render to the exact prompt the model was trained on,
+# BOS first. Alpaca is single-turn: the last user message is the instruction (earlier turns and assistant messages are
+# left out). Its first sentence plays the part of a system prompt, so a system message replaces that sentence; the
+# model was trained with the default sentence only, so another one is new to it.
+ALPACA_SYSTEM_DEFAULT, _ALPACA_REST = PROMPT_NO_INPUT.split("\n\n", 1)
+ALPACA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(instruction='', system=" + json.dumps(ALPACA_SYSTEM_DEFAULT) + ") %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% set ns.instruction = message['content'] %}{% elif message['role'] == 'system' %}"
+    "{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
+    "{{ ns.system }}{{ " + json.dumps("\n\n" + _ALPACA_REST.split("{instruction}")[0]) + " }}{{ ns.instruction }}"
+    "{{ " + json.dumps(_ALPACA_REST.split("{instruction}")[1]) + " }}"
+)
+
 
 class DataError(ValueError):
     """A record of an instruction dataset is unusable; the message names file, line and field."""
@@ -371,3 +385,25 @@ def supervision_table(tokenizer: Any, batch: Any, row: int = 0) -> Any:
         if t != tokenizer.pad_token_id or lab != -100
     ]
     return pd.DataFrame(rows).set_index("position")
+
+
+def pad_as_eos_experiment(tokenizer: Any, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Exercise 1 of notebook 01, as code: collate examples (prompt + response + EOS) with transformers'
+    `DataCollatorForLanguageModeling`, once with the tokenizer's own pad token and once with pad set to EOS (a common
+    shortcut when a base model has no pad token). That collator labels every pad id -100, so with pad == EOS it masks
+    the EOS labels too. Returns how many EOS tokens are in the inputs and how many stay supervised each way."""
+    import copy
+
+    from transformers import DataCollatorForLanguageModeling
+
+    texts = [format_prompt(r["instruction"], r.get("input") or "") + r["output"] + tokenizer.eos_token for r in records]
+    out = {"examples": len(texts)}
+    for name, pad in (("own pad token", tokenizer.pad_token), ("pad = EOS", tokenizer.eos_token)):
+        tok = copy.deepcopy(tokenizer)
+        tok.pad_token = pad
+        batch = DataCollatorForLanguageModeling(tok, mlm=False)([tok(t) for t in texts])
+        eos = tok.eos_token_id
+        key = "own_pad" if name == "own pad token" else "pad_is_eos"
+        out[f"{key}_eos_in_inputs"] = int((batch["input_ids"] == eos).sum())
+        out[f"{key}_eos_supervised"] = int((batch["labels"] == eos).sum())
+    return out

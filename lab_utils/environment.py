@@ -94,14 +94,74 @@ def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None,
         return memory_table(model, **settings)
     import ipywidgets as w
 
-    return w.interact(
+    w.interact(
         lambda model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r: memory_table(
             model, precision, micro_batch, seq_len, gradient_checkpointing, lora_r
         ),
-        model=["pocket", *MODEL_DIMS],
-        precision=["bf16", "fp16", "fp32"],
+        model=w.Dropdown(options=["pocket", *MODEL_DIMS], value=model),
+        precision=w.Dropdown(options=["bf16", "fp16", "fp32"], value=settings.get("precision", "bf16")),
         micro_batch=w.IntSlider(value=settings.get("micro_batch", 1), min=1, max=32),
         seq_len=w.IntSlider(value=settings.get("seq_len", 1024), min=128, max=8192, step=128),
         gradient_checkpointing=settings.get("gradient_checkpointing", True),
         lora_r=w.IntSlider(value=settings.get("lora_r", 16), min=1, max=256),
     )
+    return None  # the widgets are displayed; returning interact's function would print it as the cell's value
+
+
+def lora_share(name: str, r: int = 16) -> dict[str, Any]:
+    """LoRA (all linear layers, rank r) on a named model: adapter parameters and their share of all parameters."""
+    from lab_utils.memory import lora_params
+
+    dims = model_dims(name)
+    adapters = lora_params(dims, r)
+    return {
+        "model": name,
+        "rank": r,
+        "model parameters": dims.n_params(),
+        "LoRA parameters": adapters,
+        "trainable share (%)": round(100 * adapters / (dims.n_params() + adapters), 2),
+    }
+
+
+def lora_share_table(r: int = 16) -> Any:
+    """The LoRA share on the pocket model and the Llama-3 models: it shrinks as the matrices widen."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [lora_share(name, r) for name in ("pocket", "smollm2-135m", "llama3-8b", "llama3-70b")]
+    ).set_index("model")
+
+
+# Where the bytes of full fine-tuning with AdamW sit, per parameter, before activations: one table for the whole lab.
+BYTES_PER_PARAM: tuple[dict[str, Any], ...] = (
+    {
+        "setup": "fp32 (the pocket profile on a CPU)",
+        "weights": 4,
+        "gradients": 4,
+        "fp32 master copy": 0,
+        "Adam moments": 8,
+    },
+    {
+        "setup": "mixed precision, HF Trainer (the lab's estimator)",
+        "weights": 4,
+        "gradients": 4,
+        "fp32 master copy": 0,
+        "Adam moments": 8,
+    },
+    {
+        "setup": "mixed precision, ZeRO paper / DeepSpeed",
+        "weights": 2,
+        "gradients": 2,
+        "fp32 master copy": 4,
+        "Adam moments": 8,
+    },
+)
+
+
+def bytes_per_param_table() -> Any:
+    """Bytes per parameter of full fine-tuning with AdamW, three ways of counting: all 16 bytes."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(BYTES_PER_PARAM)).set_index("setup")
+    frame["total"] = frame.sum(axis=1)
+    return frame

@@ -91,6 +91,11 @@ def answers(
         free()
 
 
+def reference_answer(model_path: str, max_new_tokens: int) -> Generation:
+    """The seed tutorial's question, answered greedily by one model: the lab's whole story in one prompt."""
+    return answers(model_path, prompts_for([{"instruction": REFERENCE_QUESTION}]), max_new_tokens)[0]
+
+
 def _answers_and_last_logits(
     model_path: str, prompts: list[str], max_new_tokens: int, adapter_dir: str | None = None, four_bit: bool = False
 ) -> tuple[list[Generation], Any, str]:

@@ -349,3 +349,39 @@ def profile_peak_gb(profile: Any) -> dict[str, float]:
         "serving": round(serve + CUDA_OVERHEAD_GB, 1),
         "transformers_eval": round(evaluate + CUDA_OVERHEAD_GB, 1) if evaluate else 0.0,
     }
+
+
+def kv_cache_bytes_per_token(dims: ModelDims, value_bytes: float = 2.0) -> float:
+    """Keys and values of one token across all layers: 2 x layers x KV heads x head_dim x bytes (bf16: 2; FP8 KV: 1)."""
+    return 2 * dims.n_layers * dims.n_kv_heads * dims.head_dim * value_bytes
+
+
+def kv_cache_table(
+    model: str = "llama3-8b",
+    gpu_gb: tuple[float, ...] = (24.0, 80.0),
+    utilization: float = 0.8,
+    max_model_len: int = 4096,
+) -> list[dict[str, Any]]:
+    """What vLLM's KV cache can hold on a GPU: its share (`--gpu-memory-utilization`) minus the weights (bf16 or FP8),
+    divided by the bytes one token's keys and values take (bf16 or FP8 KV cache). Leaves out activations and the CUDA
+    graphs' memory, so real figures are somewhat lower."""
+    dims = MODEL_DIMS[model]
+    rows = []
+    for gb in gpu_gb:
+        for weights, w_bytes in (("bf16", 2.0), ("fp8", 1.0)):
+            for kv, kv_bytes in (("bf16", 2.0), ("fp8", 1.0)):
+                free = gb * GB * utilization - w_bytes * dims.n_params()
+                per_token = kv_cache_bytes_per_token(dims, kv_bytes)
+                tokens = max(0, int(free // per_token))
+                rows.append(
+                    {
+                        "GPU (GB)": gb,
+                        "weights": weights,
+                        "KV cache": kv,
+                        "KV per token (KB)": round(per_token / 1e3, 1),
+                        "KV cache (GB)": round(max(free, 0) / GB, 1),
+                        "tokens it holds": tokens,
+                        f"sequences of {max_model_len}": tokens // max_model_len,
+                    }
+                )
+    return rows

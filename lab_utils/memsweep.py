@@ -132,11 +132,23 @@ def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(
     return out
 
 
-def model_params(model_dir: str) -> int:
-    """Parameter count of the sweep's model, from its config."""
+def model_dims(model_dir: str) -> ModelDims:
+    """The sweep model's dimensions, from its config."""
     from transformers import AutoConfig
 
-    return ModelDims.from_config(AutoConfig.from_pretrained(model_dir)).n_params()
+    return ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+
+
+def max_positions(model_dir: str) -> int:
+    """The longest sequence the sweep's model takes (its max_position_embeddings)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+
+
+def model_params(model_dir: str) -> int:
+    """Parameter count of the sweep's model, from its config."""
+    return model_dims(model_dir).n_params()
 
 
 def skip_reason(
@@ -217,6 +229,30 @@ def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None
 def estimate(config: SweepConfig, dims: ModelDims, seq_len: int) -> float:
     """The estimator's total for this configuration, in MB (from the same TrainSettings the run trains with)."""
     return estimate_for_settings(dims, config.settings(1, seq_len)).total_mb
+
+
+def lora_crossover_seq_len(dims: ModelDims, max_seq_len: int = 65536) -> int | None:
+    """The sequence length (in steps of 64, at the sweep's micro-batch) at which the estimator puts LoRA (row 7) at or
+    above full fine-tuning (row 1), both fp32 without checkpointing: LoRA's savings (gradients and optimizer state of
+    the frozen weights) are fixed while its extra activations (the adapters' dropped-out inputs) grow with the
+    tokens. None if not below `max_seq_len`."""
+    full, lora = BASE, CONFIGS[6]
+    for seq_len in range(64, max_seq_len + 1, 64):
+        if estimate(lora, dims, seq_len) >= estimate(full, dims, seq_len):
+            return seq_len
+    return None
+
+
+def select_configs(numbers: str) -> list[SweepConfig]:
+    """Configurations by their numbers, e.g. "1,7" (rows 1 and 7); empty: all of them."""
+    if not numbers.strip():
+        return list(CONFIGS)
+    by_number = {c.name.split()[0]: c for c in CONFIGS}
+    wanted = [n.strip() for n in numbers.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_number]
+    if unknown:
+        raise ValueError(f"configs={numbers!r}: no configuration {', '.join(unknown)}; choose from 1-{len(CONFIGS)}")
+    return [by_number[n] for n in wanted]
 
 
 def _state_allocator() -> Any:

@@ -8,20 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab_utils.data import PROMPT_NO_INPUT
+from lab_utils.data import ALPACA_CHAT_TEMPLATE
 from lab_utils.models import load_base_and_adapter
 from lab_utils.paths import atomic_write_text, swap_in_dir
 from lab_utils.profiles import Profile
-
-# Renders the exact Alpaca prompt the model was trained on from chat messages: the last user message is the
-# instruction; a system message is ignored (the Alpaca preamble plays its part). Starts with BOS, as training did.
-_PREAMBLE, _REST = PROMPT_NO_INPUT.split("{instruction}")
-ALPACA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(instruction='') %}"
-    "{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{% set ns.instruction = message['content'] %}{% endif %}{% endfor %}"
-    "{{ " + json.dumps(_PREAMBLE) + " }}{{ ns.instruction }}{{ " + json.dumps(_REST) + " }}"
-)
 
 
 def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:

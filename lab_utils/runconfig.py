@@ -110,6 +110,7 @@ def resolve(
     *,
     method: str = "",
     max_steps: int = 0,
+    lora_r: int = 0,
     dataset: str = "",
     max_new_tokens: int = 0,
     n_prompts: int = 0,
@@ -131,6 +132,8 @@ def resolve(
         prof = rehearsal.scaled(prof)
         reason += "; rehearsal with stand-ins (LAB_REHEARSAL=1)"
     prof = prof.with_overrides(method, max_steps)
+    if lora_r:
+        prof = prof.with_train(lora_r=lora_r)
     if dataset:
         prof = replace(prof, dataset=dataset)
     return RunConfig(

@@ -220,19 +220,42 @@ def profile_cell_timeout(profile: str) -> int | None:
     return (rehearsal.scaled(prof) if rehearsal.active() and not prof.is_pocket else prof).cell_timeout_s
 
 
+# Class mode (`make lab QUICK=1`): the same story in less time, for a workshop. Training stays a fixed number of steps
+# (100: the pocket profile's own count, and a short GPU workshop run); the benchmark, the memory sweep and the load test
+# are trimmed. Each notebook's parameters by the prefix of its name.
+QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
+    "02": {"max_steps": 100, "benchmark_steps": 8},
+    "03": {"configs": "1,3,5,7,8"},
+    "04": {"concurrency_levels": [1, 8], "compare_lora": False},
+    "05": {"n_prompts": 40},
+}
+
+
+def notebook_parameters(book: Path, profile: str, quick: bool = False, dataset: str = "") -> dict[str, Any]:
+    """What `run_lab` passes to one notebook: the profile, class mode's changes, and your dataset where it is taken."""
+    params: dict[str, Any] = {"profile": profile, **(QUICK_PARAMETERS.get(book.name[:2], {}) if quick else {})}
+    if dataset and "dataset" in declared_parameters(book):
+        params["dataset"] = dataset
+    return params
+
+
 def run_lab(
     profile: str = "auto",
     notebooks: list[str] | None = None,
     run_root: Path | None = None,
     cell_timeout: int | None = -1,
     rehearsal: bool = False,
+    quick: bool = False,
+    dataset: str = "",
 ) -> Path:
     """Run the chosen notebooks in order; stop at the first failure with the notebook, cell and error named.
     `cell_timeout`: seconds per cell; -1 takes the profile's limit; None or 0: no limit. `rehearsal`: run a GPU
-    profile's flow here with stand-ins (sets LAB_REHEARSAL=1 for the notebooks' kernels)."""
+    profile's flow here with stand-ins (sets LAB_REHEARSAL=1 for the notebooks' kernels). `quick`: class mode, with
+    `QUICK_PARAMETERS` (said in the log). `dataset`: your own Alpaca-format file (or hub id) for every notebook that
+    takes a `dataset` parameter (01 shows and validates it, 02 trains on it)."""
     if rehearsal:
         with _env(LAB_REHEARSAL="1"):
-            return run_lab(profile, notebooks, run_root, cell_timeout)
+            return run_lab(profile, notebooks, run_root, cell_timeout, quick=quick, dataset=dataset)
     books = list_notebooks(notebooks)
     if cell_timeout == -1:
         cell_timeout = profile_cell_timeout(profile)
@@ -240,8 +263,10 @@ def run_lab(
     folder = new_run_folder(run_root)
     limit = f"{cell_timeout} s per cell" if cell_timeout else "no cell time limit"
     print(f"lab: running {len(books)} notebook(s) on profile {profile!r} into {folder} ({limit})", flush=True)
+    if quick:
+        print(f"lab: class mode (QUICK=1): {QUICK_PARAMETERS}", flush=True)
     for i, book in enumerate(books, start=1):
-        params = {"profile": profile}
+        params = notebook_parameters(book, profile, quick, dataset)
         print(f"[{i}/{len(books)}] {book.stem}: running", flush=True)
         try:
             run = execute_notebook(book, folder, params, cell_timeout=cell_timeout)

@@ -53,6 +53,9 @@ class ServerSpec:
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1
     chat_template: str | None = None  # path of a Jinja file
+    # Accept a chat template in the request body (notebook 04 demonstrates a ChatML template on the base model with it;
+    # a client may then run any template through the server's sandboxed Jinja: keep it off on a shared server).
+    trust_request_chat_template: bool = False
     lora_modules: dict[str, str] = field(default_factory=dict)  # name -> adapter folder
     max_lora_rank: int = 16  # the adapter's rank (the caller sets it); spec_for rounds it up to one vLLM allows
     cpu: bool = False
@@ -221,6 +224,8 @@ def build_command(spec: ServerSpec, port: int, api_key: str) -> tuple[list[str],
         cmd.append("--enforce-eager")
     if spec.chat_template:
         cmd += ["--chat-template", spec.chat_template]
+    if spec.trust_request_chat_template:
+        cmd.append("--trust-request-chat-template")
     if spec.lora_modules:
         cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank_for(spec.max_lora_rank)), "--lora-modules"]
         cmd += [f"{name}={path}" for name, path in spec.lora_modules.items()]

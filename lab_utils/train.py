@@ -316,6 +316,11 @@ def train(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(output_dir) if resume else None
+    if resume and resume_from is None:
+        print(
+            f"resume=True, but {output_dir} holds no checkpoint yet (one is written every {profile.train.save_steps} "
+            "steps): starting at step 0"
+        )
     if not resume:
         for old in output_dir.glob("checkpoint-*"):
             shutil.rmtree(old)
@@ -400,24 +405,71 @@ def save_atomically(trainer: Any, target: Path) -> Path:
     return target
 
 
+# One line per hyperparameter, shown beside its value in notebook 02.
+HYPERPARAMETER_NOTES: dict[str, str] = {
+    "method": "lora: adapters on a frozen base; qlora: the same on a 4-bit NF4 base; full: every weight trains",
+    "max_steps": "optimizer steps: what decides how much the model learns (not the wall clock)",
+    "learning_rate": "step size; LoRA takes ~10x full fine-tuning's (1e-4 to 2e-3), since its update starts at zero",
+    "per_device_batch_size": "sequences per forward/backward pass on one device (the micro-batch)",
+    "eval_batch_size": "sequences per pass for the eval loss (no gradients, so it can be larger); 0: the micro-batch",
+    "gradient_accumulation_steps": "micro-batches summed per optimizer step: effective batch = micro-batch x this",
+    "max_seq_length": "longest example in tokens; longer ones are dropped (truncating would cut off the EOS)",
+    "lora_r": "adapter rank r: B is d_out x r, A is r x d_in; trainable parameters grow linearly with r",
+    "lora_alpha": "the update B.A is scaled by alpha/r: keep alpha/r fixed when you change r",
+    "lora_dropout": "dropout on the adapters' input during training (regularization); off at inference",
+    "warmup_ratio": "share of the steps in which the learning rate ramps up from 0 (avoids a large first update)",
+    "weight_decay": "pulls trainable weights towards zero each step (AdamW's decoupled decay); 0: off",
+    "bf16": "mixed precision: compute in bf16 (fp16 below compute capability 8.0), master weights in fp32",
+    "gradient_checkpointing": "recompute activations in the backward pass instead of storing them: compute for memory",
+    "optim": "optimizer: adamw_torch (two fp32 moments), adamw_8bit / paged_adamw_8bit (8-bit moments)",
+    "logging_steps": "steps between training-loss log points (each the mean over those steps' batches)",
+    "eval_steps": "steps between eval-loss measurements on the held-out split",
+    "save_steps": "steps between checkpoints: what `resume=True` can restart from",
+    "batching": "how batches avoid padding: padding_free (GPU), group_by_length (CPU), padded, auto",
+    "seed": "fixes data order, adapter initialization and dropout: the same run twice gives the same model",
+}
+
+
 def hyperparameter_table(settings: TrainSettings) -> Any:
-    """The run's hyperparameters as a two-column DataFrame."""
+    """The run's hyperparameters, each with its value and one line on what it does."""
     import pandas as pd
 
-    return pd.DataFrame(sorted(asdict(settings).items()), columns=["setting", "value"]).set_index("setting")
+    rows = [(name, value, HYPERPARAMETER_NOTES.get(name, "")) for name, value in asdict(settings).items()]
+    return pd.DataFrame(rows, columns=["setting", "value", "what it does"]).set_index("setting")
 
 
-def plot_losses(log_history: list[dict[str, Any]], title: str = "SFT loss") -> Any:
-    """Train and eval loss against the step, as the trainer logged them."""
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (shorter at the start), for a noisy loss curve."""
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def plot_losses(
+    log_history: list[dict[str, Any]],
+    title: str = "SFT loss",
+    eval_loss_before: float | None = None,
+    smooth_window: int = 4,
+) -> Any:
+    """Train loss (as logged, and its moving average over `smooth_window` log points) and eval loss against the step;
+    the eval loss measured before training is drawn at step 0."""
     import matplotlib.pyplot as plt
 
     train_pts = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
     eval_pts = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r and "step" in r]
+    if eval_loss_before is not None and not any(step == 0 for step, _ in eval_pts):
+        eval_pts = [(0, eval_loss_before), *eval_pts]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     if train_pts:
-        ax.plot(*zip(*train_pts), label="train loss", color="#4477aa")
+        steps, losses = zip(*train_pts)
+        ax.plot(steps, losses, label="train loss (per log point)", color="#4477aa", alpha=0.35)
+        ax.plot(
+            steps, smoothed(list(losses), smooth_window), label=f"train loss, mean of {smooth_window}", color="#4477aa"
+        )
     if eval_pts:
-        ax.plot(*zip(*eval_pts), "o-", label="eval loss", color="#cc3311")
+        ax.plot(*zip(*eval_pts), "o-", label="eval loss (held out)", color="#cc3311")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (completion tokens)")
     ax.set_title(title)

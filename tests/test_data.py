@@ -139,3 +139,20 @@ def test_the_collation_view_is_built_like_training_and_supervises_eos(pocket_mod
     supervised = "".join(view.loc[view["in_loss"], "token"])
     assert supervised.strip() == "The capital of Peru is Lima." + tok.eos_token
     assert "Instruction" not in supervised and not view["in_loss"].iloc[0]
+
+
+def test_the_chat_template_renders_the_training_prompt_and_says_what_a_system_message_does() -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained("models/pocket-base")
+    render = lambda messages: tok.apply_chat_template(messages, chat_template=data.ALPACA_CHAT_TEMPLATE, tokenize=False)  # noqa: E731
+    user = {"role": "user", "content": "Name a primary color."}
+    assert render([user]) == tok.bos_token + data.format_prompt("Name a primary color.")
+    # A system message takes the place of the Alpaca preamble's sentence (not silently dropped)...
+    pirate = render([{"role": "system", "content": "Answer like a pirate."}, user])
+    assert pirate == tok.bos_token + data.format_prompt("Name a primary color.").replace(
+        data.ALPACA_SYSTEM_DEFAULT, "Answer like a pirate."
+    )
+    # ... and Alpaca is single-turn: the last user message is the instruction.
+    earlier = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}, user]
+    assert render(earlier) == render([user])

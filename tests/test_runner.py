@@ -151,3 +151,22 @@ def test_a_subset_run_finds_results_in_the_newest_earlier_run(
     assert find_result("02_sft", "merged_dir") == str(merged_old)  # this run's own result comes first
     with pytest.raises(LookupError, match="no 'adapter_dir' recorded by 02_sft"):
         find_result("02_sft", "adapter_dir")
+
+
+def test_class_mode_parameters_are_declared_by_their_notebooks() -> None:
+    from lab_utils.runner import QUICK_PARAMETERS, check_parameters
+
+    for prefix, params in QUICK_PARAMETERS.items():
+        (notebook,) = (Path(__file__).resolve().parents[1] / "notebooks").glob(f"{prefix}_*.ipynb")
+        check_parameters(notebook, params)  # raises on a parameter the notebook does not declare
+    assert QUICK_PARAMETERS["02"]["max_steps"] == 100, "the class run trains a fixed number of steps too"
+
+
+def test_your_own_dataset_goes_to_the_notebooks_that_take_one() -> None:
+    from lab_utils.runner import notebook_parameters
+
+    books = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    given = {b.name[:2]: notebook_parameters(b, "pocket", quick=True, dataset="mine.jsonl") for b in books}
+    assert {k for k, p in given.items() if p.get("dataset") == "mine.jsonl"} == {"01", "02"}
+    assert given["03"]["configs"] == "1,3,5,7,8" and given["00"] == {"profile": "pocket"}
+    assert notebook_parameters(books[2], "auto") == {"profile": "auto"}

@@ -104,13 +104,14 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
 
     tok = AutoTokenizer.from_pretrained(out)
     assert facts["generation_eos_token_id"] == tok.eos_token_id
-    messages = [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "First, tell me the capital of France"},
-    ]
+    messages = [{"role": "user", "content": "First, tell me the capital of France"}]
     training_prompt = data.format_prompt("First, tell me the capital of France")
     assert tok.apply_chat_template(messages, tokenize=False) == tok.bos_token + training_prompt
     assert tok.apply_chat_template(messages, tokenize=True, return_dict=False) == tok(training_prompt)["input_ids"]
+    # The tutorial's system message takes the place of the preamble's first sentence (said in notebooks 01 and 04).
+    system = [{"role": "system", "content": "You are a helpful assistant."}, *messages]
+    expected = training_prompt.replace(data.ALPACA_SYSTEM_DEFAULT, "You are a helpful assistant.")
+    assert tok.apply_chat_template(system, tokenize=False) == tok.bos_token + expected
     assert not list(tmp_path.glob("*.partial")), "no temporary folders left behind"
 
 
