@@ -9,11 +9,13 @@ CELL_TIMEOUT ?=
 REHEARSAL ?=
 QUICK ?=
 DATASET ?=
+LLAMACPP ?=
 
 .PHONY: setup lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
 
+# LLAMACPP=1 also installs llama.cpp (notebook 06; 04 and 05 without vLLM): a build from source, 8-11 min on 2 cores.
 setup:
-	@bash scripts/setup_env.sh
+	@LAB_LLAMACPP=$(LLAMACPP) bash scripts/setup_env.sh
 
 # POCKET=local runs the lab on the pocket base model rebuilt here (`make pocket`) instead of the shipped one.
 # DATASET=my_data.jsonl trains on your own Alpaca-format file (01 validates it, 02 trains on it).
@@ -25,7 +27,9 @@ lab: setup
 		$(if $(REHEARSAL),--rehearsal) $(if $(QUICK),--quick) \
 		$(if $(DATASET),--dataset $(DATASET))
 
-test: setup
+# The tests cover llama.cpp too (GGUF export, notebooks 04-06 on llama.cpp): `make test` installs it (a build, once).
+test:
+	@LAB_LLAMACPP=1 bash scripts/setup_env.sh
 	@bash scripts/setup_browser.sh
 	$(PY) -m pytest -m "not rebuild" $(PYTEST_ARGS)
 

@@ -30,14 +30,18 @@ def chat_http(
     max_tokens: int = 500,
     timeout: float = 120.0,
     chat_template: str | None = None,
+    temperature: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """POST /v1/chat/completions with plain HTTP, as curl would: (status code, JSON body). `chat_template` sends a
-    template in the request (vLLM's extension; the server must run with --trust-request-chat-template)."""
+    template in the request (vLLM's extension; the server must run with --trust-request-chat-template); `temperature`
+    None leaves the server's default."""
     import requests
 
     body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if chat_template is not None:
         body["chat_template"] = chat_template
+    if temperature is not None:  # None: the server's default, as the tutorial's request leaves it
+        body["temperature"] = temperature
     r = requests.post(
         f"{base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {api_key}"},

@@ -47,19 +47,22 @@ async def _one_request(
     """Stream one completion: (time to first token, total latency, output tokens)."""
     t0 = time.perf_counter()
     ttft = None
-    tokens = 0
+    tokens = text_chunks = 0
     async with client.stream("POST", url, headers=headers, json=payload) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text") and ttft is None:
-                ttft = time.perf_counter() - t0
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                text_chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     latency = time.perf_counter() - t0
-    return (ttft if ttft is not None else latency), latency, tokens
+    # vLLM reports usage in the stream; llama.cpp's server streams one chunk per token and no usage.
+    return (ttft if ttft is not None else latency), latency, tokens or text_chunks
 
 
 async def _run_level(
@@ -71,6 +74,7 @@ async def _run_level(
     n_requests: int,
     max_tokens: int,
     timeout: float,
+    no_stop: dict[str, Any] | None = None,
 ) -> LevelResult:
     """Send n_requests with at most `concurrency` in flight; every request is bounded by `timeout`."""
     import httpx
@@ -88,9 +92,9 @@ async def _run_level(
             "prompt": prompts[i % len(prompts)],
             "max_tokens": max_tokens,
             "temperature": 0,
-            "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **(no_stop if no_stop is not None else {"ignore_eos": True}),
         }
         async with sem:
             try:
@@ -129,12 +133,14 @@ def throughput_sweep(
     max_tokens: int = 64,
     requests_per_level: int = 0,
     timeout: float = 120.0,
+    no_stop: dict[str, Any] | None = None,
 ) -> list[LevelResult]:
-    """Measure each concurrency level in turn (fixed output length via ignore_eos, so levels compare)."""
+    """Measure each concurrency level in turn (fixed output length, so levels compare). `no_stop`: the request fields
+    that keep the engine from stopping at EOS (default vLLM's `ignore_eos`; llama.cpp's server takes a logit bias)."""
     out = []
     for level in levels:
         n = requests_per_level or max(2 * level, 8)
-        out.append(_run_sync(_run_level(base_url, api_key, model, prompts, level, n, max_tokens, timeout)))
+        out.append(_run_sync(_run_level(base_url, api_key, model, prompts, level, n, max_tokens, timeout, no_stop)))
     return out
 
 

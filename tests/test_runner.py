@@ -106,7 +106,8 @@ def test_subset_runner_runs_only_the_chosen_notebook_and_writes_the_report(tmp_p
     assert (folder / "report.html").exists() and "00_setup" in (folder / "report.md").read_text()
     executed = json.loads((folder / "00_setup.ipynb").read_text())
     outputs = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert "Warm-up quiz" in outputs and "Answer: B)" in outputs, "quizzes print question, choices and answer"
+    assert "Quiz before you start" in outputs and "Answer:" not in outputs, "questions and choices, no answers"
+    assert "**Answer: B)**" in (folder / "answer_key.md").read_text(), "the answers go to the instructor's key"
 
 
 @pytest.mark.slow

