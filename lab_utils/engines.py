@@ -90,15 +90,30 @@ def server(
         return serve.VLLMServer(
             serve.spec_for(profile, hw, model_dir, served_name, **vllm_changes), log_dir, log_name, timeout
         )
+    gguf = gguf_for(model_dir, Path(log_dir).parent / "gguf")
+    note = f"llama.cpp serves {gguf.name}, exported from {model_dir} by lab_utils.gguf_export"
+    return gguf_server(gguf, profile, served_name, log_dir, log_name, timeout, SERVE_FILE_TYPE, note)
+
+
+def gguf_server(
+    gguf: str | Path,
+    profile: Profile,
+    served_name: str,
+    log_dir: str | Path,
+    log_name: str,
+    timeout: float | None = None,
+    file_type: str = SERVE_FILE_TYPE,
+    note: str = "",
+) -> Any:
+    """A (not yet started) llama.cpp server for one GGUF file, with the profile's context length."""
     from lab_utils.llamacpp import LlamaCppServer, LlamaCppSpec
 
-    gguf = gguf_for(model_dir, Path(log_dir).parent / "gguf")
     spec = LlamaCppSpec(
         model=str(gguf),
         served_model_name=served_name,
         n_ctx=profile.serve.max_model_len,
-        quantization=f"gguf {SERVE_FILE_TYPE}",
-        notes=(f"llama.cpp serves {gguf.name}, exported from {model_dir} by lab_utils.gguf_export",),
+        quantization=f"gguf {file_type}",
+        notes=(note or f"llama.cpp serves {Path(gguf).name}",),
     )
     return LlamaCppServer(spec, log_dir, log_name, timeout)
 
