@@ -56,7 +56,9 @@ def process_tree_rss_mb(pid: int) -> float:
 
 
 def agreement(answers: list[Answer], reference: list[Any]) -> float:
-    """Share of prompts whose answer text equals the reference engine's (transformers greedy), spaces trimmed."""
+    """Share of prompts whose answer text equals the reference engine's (transformers greedy), spaces trimmed. Not
+    `evaluate.generation_agreement`, which also requires equal token counts: engines count differently (vLLM and
+    transformers include the EOS token, llama.cpp's server does not), so across engines only the text compares."""
     same = sum(a.text.strip() == r.text.strip() for a, r in zip(answers, reference))
     return round(same / max(1, len(reference)), 3)
 
