@@ -5,6 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab_utils.pocket_data import main  # noqa: E402
+from lab_utils.data.pocket_data import main  # noqa: E402
 
 raise SystemExit(main())

@@ -12,7 +12,7 @@ def _cmd_build_pocket(args: argparse.Namespace) -> int:
     """Rebuild the pocket base model from scratch on this machine and print how it compares with the shipped one."""
     from dataclasses import replace
 
-    from lab_utils.pocket import PocketConfig, build_info, ensure_pocket_model, ship
+    from lab_utils.models.pocket import PocketConfig, build_info, ensure_pocket_model, ship
 
     config = replace(PocketConfig(), max_steps=args.steps) if args.steps else PocketConfig()
     path = ensure_pocket_model(config, force=not args.keep)
@@ -31,7 +31,7 @@ def _cmd_build_pocket(args: argparse.Namespace) -> int:
 
 def _cmd_run_lab(args: argparse.Namespace) -> int:
     """Execute the notebooks in order into runs/<timestamp>/."""
-    from lab_utils.runner import NotebookError, run_lab
+    from lab_utils.lab.runner import NotebookError, run_lab
 
     try:
         run_lab(
@@ -49,7 +49,7 @@ def _cmd_run_lab(args: argparse.Namespace) -> int:
 
 def _cmd_strip(args: argparse.Namespace) -> int:
     """Remove outputs and execution counts from notebooks (what git should hold)."""
-    from lab_utils.notebooks import strip_notebook
+    from lab_utils.lab.notebooks import strip_notebook
 
     changed = [p for p in args.paths if strip_notebook(Path(p))]
     for p in changed:
@@ -59,24 +59,23 @@ def _cmd_strip(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     """Print the hardware probe and the feature matrix."""
-    from lab_utils.hardware import feature_table, probe
-    from lab_utils.profiles import choose_profile
+    from lab_utils.lab.runconfig import resolve
+    from lab_utils.run.hardware import feature_table
 
-    hw = probe()
-    print(json.dumps(hw.to_dict(), indent=2))
-    for row in feature_table(hw):
+    cfg = resolve("auto")
+    print(json.dumps(cfg.hardware.to_dict(), indent=2))
+    for row in feature_table(cfg.hardware):
         print(f"{row['feature']:>16}: {'yes' if row['available'] else 'no ':3}  {row['detail']}")
-    name, why = choose_profile(hw)
-    print(f"profile 'auto' -> {name}: {why}")
+    print(f"profile 'auto' -> {cfg.name}: {cfg.reason}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune the profile's base model (the same code notebook 02 calls); works under `accelerate launch`."""
-    from lab_utils.profiles import get_profile
-    from lab_utils.train import train
+    from lab_utils.lab.runconfig import resolve
+    from lab_utils.train.sft import train
 
-    prof = get_profile(args.profile).with_overrides(args.method or "", args.max_steps)
+    prof = resolve(args.profile, method=args.method or "", max_steps=args.max_steps).profile
     overrides = {"save_steps": args.save_steps} if args.save_steps else {}
     result = train(prof, args.output_dir, resume=args.resume, skip_bad=args.skip_bad_rows, **overrides)
     print(json.dumps(result.to_dict(), indent=2))
@@ -85,14 +84,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     """Merge a trained adapter into its base model for serving."""
-    from lab_utils.merge import check_merged, merge_adapter
-    from lab_utils.models import resolve_model_path
-    from lab_utils.profiles import get_profile
-    from lab_utils.train import merge_dtype
+    from lab_utils.lab.runconfig import resolve
+    from lab_utils.models.merge import check_merged, merge_adapter
+    from lab_utils.train.sft import merge_dtype
 
-    prof = get_profile(args.profile)
+    cfg = resolve(args.profile)
     out = merge_adapter(
-        resolve_model_path(prof), args.adapter, args.output, dtype=args.dtype or merge_dtype(prof.train)
+        cfg.base_model_path(), args.adapter, args.output, dtype=args.dtype or merge_dtype(cfg.profile.train)
     )
     print(json.dumps({"merged_dir": str(out), **check_merged(out)}, indent=2))
     return 0
@@ -100,7 +98,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)write a run's report.html and report.md."""
-    from lab_utils.report import write_report
+    from lab_utils.lab.report import write_report
 
     for path in write_report(Path(args.run)):
         print(path)
@@ -109,7 +107,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare_runs(args: argparse.Namespace) -> int:
     """Print every figure two runs recorded, side by side with the ratio."""
-    from lab_utils.report import compare_runs_text
+    from lab_utils.lab.report import compare_runs_text
 
     print(compare_runs_text(args.a, args.b))
     return 0
@@ -117,8 +115,8 @@ def _cmd_compare_runs(args: argparse.Namespace) -> int:
 
 def _cmd_prefetch(args: argparse.Namespace) -> int:
     """Download a profile's hub model and data ahead of class, then report what is cached."""
-    from lab_utils.profiles import get_profile
-    from lab_utils.readiness import cache_report, prefetch
+    from lab_utils.lab.readiness import cache_report, prefetch
+    from lab_utils.run.profiles import get_profile
 
     prof = get_profile(args.profile)
     if not args.report_only:
@@ -130,11 +128,11 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
 
 def _cmd_ready(args: argparse.Namespace) -> int:
     """Check whether this machine can run a profile, with the fix for each failure."""
-    from lab_utils.hardware import probe
-    from lab_utils.profiles import get_profile
-    from lab_utils.readiness import checks
+    from lab_utils.lab.readiness import checks
+    from lab_utils.lab.runconfig import resolve
 
-    results = checks(get_profile(args.profile), probe())
+    cfg = resolve(args.profile)
+    results = checks(cfg.profile, cfg.hardware)
     for c in results:
         print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" + (f"\n      fix: {c.fix}" if c.fix else ""))
     return 0 if all(c.ok for c in results) else 1
@@ -218,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_answer_key(args: argparse.Namespace) -> int:
     """Write every notebook's quiz answers to one Markdown file."""
-    from lab_utils.paths import atomic_write_text
-    from lab_utils.quiz import answer_key_markdown
+    from lab_utils.lab.quiz import answer_key_markdown
+    from lab_utils.run.paths import atomic_write_text
 
     print(f"answer key: {atomic_write_text(args.out, answer_key_markdown() + chr(10))}")
     return 0

@@ -80,7 +80,7 @@ import torch
 info |= {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
          "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
          "capability": list(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None}
-from lab_utils.hardware import flash_attn_importable
+from lab_utils.run.hardware import flash_attn_importable
 info["flash_attn_importable"] = flash_attn_importable()
 json.dump(info, open(os.path.join(os.environ["OUT"], "versions.json"), "w"), indent=2)
 print(json.dumps(info, indent=2))
@@ -107,8 +107,8 @@ SOFT=1 step ready 120 "$PY" -m lab_utils ready --profile pocket
 # --- training: the pocket profile on CUDA for a few steps --------------------------------------------------------------
 TRAIN_PY='
 import json, math, os, sys
-from lab_utils.profiles import get_profile
-from lab_utils.train import train
+from lab_utils.run.profiles import get_profile
+from lab_utils.train.sft import train
 name, method = sys.argv[1], sys.argv[2]
 steps = int(os.environ["SMOKE_STEPS"])
 prof = get_profile("pocket").with_train(method=method, max_steps=steps, bf16=True, eval_steps=steps, save_steps=10 * steps)
@@ -138,7 +138,7 @@ if has trl; then
 import json, os
 from pathlib import Path
 from lab_utils import hardware, memsweep, profiles
-from lab_utils.models import resolve_model_path
+from lab_utils.models.loading import resolve_model_path
 prof, hw = profiles.get_profile("pocket"), hardware.probe()
 model = memsweep.build_wide_model(Path(os.environ["SCRATCH"]) / "wide", resolve_model_path(prof))
 rows = memsweep.sweep(str(model), prof.dataset, hw, steps=2, seq_len=128, log_dir=os.environ["OUT"])

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from lab_utils.results import load_results
-from lab_utils.runner import NOTEBOOK_DIR, execute_notebook
+from lab_utils.lab.runner import NOTEBOOK_DIR, execute_notebook
+from lab_utils.run.results import load_results
 
 # Test-size parameters per notebook (the pocket profile is the default on a CPU).
 TEST_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -98,6 +98,6 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
 @pytest.fixture(scope="session")
 def pocket_model() -> str:
     """The pocket base model's folder (the one the repository ships)."""
-    from lab_utils.pocket import pocket_model_path
+    from lab_utils.models.pocket import pocket_model_path
 
     return str(pocket_model_path(progress=False))

@@ -46,7 +46,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# The interactive run folder (lab_utils.results.run_dir() outside papermill): the test's quiz scores land there.
+# The interactive run folder (lab_utils.run.results.run_dir() outside papermill): the test's quiz scores land there.
 INTERACTIVE_RUNS = ROOT / "runs" / "interactive"
 # What ipywidgets' manager shows in place of a widget it cannot render (a widget or extension version mismatch).
 WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "Click to show javascript error")
@@ -479,8 +479,8 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
     jupyter: Lab,
     page: Any,
 ) -> None:
-    from lab_utils.environment import memory_table
-    from lab_utils.quiz import load_scores, questions_for
+    from lab_utils.lab.environment import memory_table
+    from lab_utils.lab.quiz import load_scores, questions_for
 
     expect = browser_tools.expect
     questions = questions_for("00")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab_utils import compare
-from lab_utils.compare import Answer
+from lab_utils.measure.compare import Answer
 
 RECORDS = [
     {
@@ -52,7 +52,7 @@ def test_one_stop_rate_and_one_table_for_both_backends() -> None:
     """transformers answers (02) and server answers (05) are measured and shown by the same code."""
     from lab_utils import evaluate
 
-    hf = [evaluate.Generation("p", "Paris.", 3, True), evaluate.Generation("p", "Q: A: Q:", 8, False)]
+    hf = [evaluate.Answer("Paris.", "stop", 3), evaluate.Answer("Q: A: Q:", "length", 8)]
     server = [compare.Answer("Paris.", "stop", 3, 10.0), compare.Answer("Q: A: Q:", "length", 8, 12.0)]
     assert evaluate.stop_stats(hf) == evaluate.stop_stats(server) == {"stop_rate": 0.5, "mean_completion_tokens": 5.5}
     records = [{"instruction": "Capital of France?", "output": "Paris.", "answer": "Paris"}] * 2

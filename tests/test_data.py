@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import data
+from lab_utils import data, train
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
 
@@ -128,12 +128,12 @@ def test_pocket_dataset_loads_cleanly() -> None:
 
 def test_the_collation_view_is_built_like_training_and_supervises_eos(pocket_model: str) -> None:
     """Notebook 01's view goes through train.sft_config and TRL's collator: the response and EOS count, the prompt not."""
-    from lab_utils.models import load_tokenizer
-    from lab_utils.profiles import get_profile
+    from lab_utils.models.loading import load_tokenizer
+    from lab_utils.run.profiles import get_profile
 
     tok = load_tokenizer(pocket_model)
     records = [{"instruction": "Name the capital of Peru.", "input": "", "output": "The capital of Peru is Lima."}] * 3
-    batch, examples = data.collated_examples(tok, records, get_profile("pocket").train)
+    batch, examples = train.collated_examples(tok, records, get_profile("pocket").train)
     assert len(examples) == 3 and all(data.last_supervised_is_eos(batch, tok.eos_token_id))
     view = data.supervision_table(tok, batch, row=0)
     supervised = "".join(view.loc[view["in_loss"], "token"])

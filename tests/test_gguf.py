@@ -136,19 +136,22 @@ def test_the_llamacpp_server_answers_with_the_key_and_stops(served_folder: Path,
 
 
 def test_engine_auto_prefers_vllm_and_falls_back_to_llamacpp(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(engines, "llamacpp_installed", lambda: True)
-    assert engines.resolve("auto") == "vllm" and engines.resolve("llamacpp") == "llamacpp"
-    monkeypatch.setattr(engines, "vllm_installed", lambda: False)  # macOS, Windows
-    assert engines.resolve("auto") == "llamacpp"
+    vllm, llamacpp = engines.ENGINES["vllm"], engines.ENGINES["llamacpp"]
+    monkeypatch.setattr(type(vllm), "installed", lambda self: True)
+    monkeypatch.setattr(type(llamacpp), "installed", lambda self: True)
+    assert engines.resolve("auto") is vllm and engines.resolve("llamacpp") is llamacpp
+    assert isinstance(vllm, engines.VLLM) and str(llamacpp) == "llamacpp"
+    monkeypatch.setattr(type(vllm), "installed", lambda self: False)  # macOS, Windows
+    assert engines.resolve("auto") is llamacpp and engines.vllm_installed() is False
     with pytest.raises(engines.EngineError, match="wheels for Linux only"):
         engines.resolve("vllm")
-    monkeypatch.setattr(engines, "llamacpp_installed", lambda: False)
+    monkeypatch.setattr(type(llamacpp), "installed", lambda self: False)
     with pytest.raises(engines.EngineError, match="make setup LLAMACPP=1"):
         engines.resolve("auto")
     with pytest.raises(engines.EngineError, match="engine 'tgi'"):
         engines.resolve("tgi")
-    assert engines.greedy("llamacpp") == {"temperature": 0.0} and engines.greedy("vllm") == {}
+    assert llamacpp.greedy == {"temperature": 0.0} and vllm.greedy == {}
+    assert vllm.serves_adapters and not llamacpp.serves_adapters
 
 
 def test_vllm_is_optional_where_it_has_no_wheel() -> None:

@@ -4,13 +4,15 @@ GPU, one model at a time, the 70B serving plan, precision rules. Each test fails
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lab_utils import data, memory, memsweep, profiles, rehearsal
-from lab_utils.hardware import DESCRIBED
-from lab_utils.profiles import PROFILES
+from lab_utils.data import standin
+from lab_utils.run.hardware import DESCRIBED
+from lab_utils.run.profiles import PROFILES
 
 GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 
@@ -23,13 +25,13 @@ def rehearsing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_hub_data_with_empty_outputs_and_long_rows_is_skipped_and_reported(rehearsing: None) -> None:
     """Real Alpaca has empty outputs and rows over 1,024 tokens: loading the hub id skips and counts them."""
-    from lab_utils.models import load_tokenizer, resolve_hub_model
-    from lab_utils.train import load_splits
+    from lab_utils.models.loading import load_tokenizer, resolve_hub_model
+    from lab_utils.train.sft import load_splits
 
-    prof = PROFILES["llama3-8b"]
-    tok = load_tokenizer(resolve_hub_model(prof.base_model))
+    prof = replace(PROFILES["llama3-8b"], rehearsal=True)  # as the resolved configuration of a rehearsal passes it down
+    tok = load_tokenizer(resolve_hub_model(prof.base_model, standin=prof.rehearsal))
     train_ds, eval_ds, info = load_splits(prof, tok)
-    defects = rehearsal.standin_defects()
+    defects = standin.standin_defects()
     assert info["n_read"] == defects["rows"]
     assert info["n_skipped"] == defects["empty_output"] + defects["over_long"]
     assert info["skipped_reasons"] == {
@@ -94,14 +96,14 @@ def test_sweep_skips_what_does_not_fit_the_target_gpu_and_sweeps_at_most_8b() ->
 
 
 def test_full_fine_tuning_keeps_fp32_master_weights() -> None:
-    from lab_utils.models import load_dtype
+    from lab_utils.models.loading import load_dtype
 
     assert load_dtype("full", bf16=True) == "float32"  # bf16 only in autocast
     assert load_dtype("lora", bf16=True) == "bfloat16" and load_dtype("lora", bf16=False) == "float32"
 
 
 def test_rehearsal_scales_the_profile_and_decides_for_its_gpu(rehearsing: None) -> None:
-    from lab_utils.runconfig import resolve
+    from lab_utils.lab.runconfig import resolve
 
     cfg = resolve("llama3-70b-qlora", DESCRIBED["cpu"])
     assert cfg.rehearsal and cfg.decision_hardware.name == "NVIDIA GB10"
@@ -114,7 +116,7 @@ def test_rehearsal_scales_the_profile_and_decides_for_its_gpu(rehearsing: None) 
 
 def test_heldout_of_a_hub_profile_scores_dataset_records_and_verifiable_questions(rehearsing: None) -> None:
     from lab_utils import compare
-    from lab_utils.runconfig import resolve
+    from lab_utils.lab.runconfig import resolve
 
     cfg = resolve("llama3-8b", DESCRIBED["cpu"])
     held = cfg.heldout()
@@ -141,7 +143,7 @@ def test_bf16_rows_run_in_fp16_on_a_gpu_without_native_bf16() -> None:
 
 
 def test_a_rehearsal_gets_a_cell_limit_the_real_gpu_run_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lab_utils.runner import profile_cell_timeout
+    from lab_utils.lab.runner import profile_cell_timeout
 
     assert profile_cell_timeout("llama3-8b") is None  # a real training cell runs for hours
     monkeypatch.setenv("LAB_REHEARSAL", "1")

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from lab_utils import api, bench, evaluate, fp8, loadtest, memsweep
-from lab_utils.profiles import get_profile
+from lab_utils.run.profiles import get_profile
 
 
 def test_answers_are_matched_on_meaning_not_punctuation() -> None:
@@ -91,7 +91,7 @@ def test_a_sweep_row_is_the_labs_training_settings() -> None:
     assert (qlora.lora_r, qlora.lora_alpha) == (16, 32)
     # A new row is one line: the same settings path, estimated like the others.
     extra = replace(rows["7 LoRA"], name="10 LoRA + checkpointing", gradient_checkpointing=True)
-    from lab_utils.memory import ModelDims
+    from lab_utils.models.memory import ModelDims
 
     dims = ModelDims(n_layers=4, hidden=256, intermediate=704, n_heads=4, n_kv_heads=4, vocab=2048, tie_embeddings=True)
     assert memsweep.estimate(extra, dims, 128) < memsweep.estimate(rows["7 LoRA"], dims, 128)

@@ -236,3 +236,53 @@ def test_04_and_05_run_on_llamacpp(lab_run, name: str) -> None:
         assert tuned["exact_match"] >= base["exact_match"] + 0.2
         assert "Paris" in r["reference_finetuned_chat"]["content"]
         assert r["reference_finetuned_chat"]["finish_reason"] == "stop"
+
+
+# A small dataset unlike the pocket data: antonyms, in four phrasings (240 records, 12 held out).
+ANTONYMS = (
+    "hot cold|big small|fast slow|up down|open closed|early late|light dark|full empty|happy sad|hard soft|"
+    "high low|long short|near far|old young|rich poor|strong weak|thick thin|wet dry|loud quiet|clean dirty|"
+    "heavy light|inside outside|left right|first last|true false|win lose|buy sell|push pull|give take|start finish|"
+    "day night|north south|east west|front back|top bottom|above below|before after|always never|more less|best worst|"
+    "sweet sour|cheap expensive|safe dangerous|simple complex|sharp blunt|wide narrow|deep shallow|brave afraid|"
+    "friend enemy|question answer|arrive leave|remember forget|accept refuse|increase decrease|entrance exit|"
+    "major minor|maximum minimum|public private|rough smooth|solid liquid"
+)
+PHRASINGS = (
+    "What is the opposite of {a}?",
+    "Give the opposite of the word {a}.",
+    "Name the antonym of {a}.",
+    "Which word means the opposite of {a}?",
+)
+
+
+def antonym_records() -> list[dict[str, str]]:
+    pairs = [p.split() for p in ANTONYMS.split("|")]
+    return [
+        {"instruction": q.format(a=a), "input": "", "output": f"The opposite of {a} is {b}."}
+        for a, b in pairs
+        for q in PHRASINGS
+    ]
+
+
+@pytest.mark.cpu_only
+def test_02_compares_the_models_on_your_own_datasets_heldout_split(lab_run, tmp_path_factory) -> None:
+    """`make lab DATASET=...` or `dataset=`: 02 trains on your file, and its before/after compares base and fine-tuned
+    on that file's held-out records (side by side, stop rate, exact match), not on the pocket set's questions; the
+    seed's question is asked as well."""
+    from lab_utils import runconfig
+
+    path = tmp_path_factory.mktemp("own-data") / "antonyms.jsonl"
+    records = antonym_records()
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = lab_run.run_variant("02_sft", "own-data", dataset=str(path), max_steps=30, benchmark_steps=0, n_merge_check=2)
+    expected = [h["instruction"] for h in runconfig.resolve("pocket", dataset=str(path)).heldout()]
+    assert len(records) == 240 and len(expected) == 12
+    assert r["dataset"] == str(path) and r["heldout_source"] == f"the held-out split of {path}"
+    assert r["heldout_instructions"] == expected and r["n_eval_prompts"] == 12
+    assert all("opposite" in i or "antonym" in i for i in r["heldout_instructions"])
+    assert 0.0 <= r["exact_match_base"] <= 1.0 and 0.0 <= r["exact_match_finetuned"] <= 1.0
+    assert r["reference_question"] == "First, tell me the capital of France" and r["reference_finetuned"]["text"]
+    executed = (lab_run.root / "20260101-0002own-data" / "02_sft.ipynb").read_text()
+    assert "The seed's question: First, tell me the capital of France" in executed
+    assert expected[0] in executed  # the side-by-side table shows your records

@@ -84,7 +84,7 @@ def test_notebook_is_clean_and_follows_the_outline(path: Path) -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_papermill_sees_every_parameter(path: Path) -> None:
-    from lab_utils.runner import declared_parameters
+    from lab_utils.lab.runner import declared_parameters
 
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
@@ -100,7 +100,7 @@ def test_code_passes_the_linter_and_the_formatter() -> None:
 
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is in the [test] extra"
-    paths = ["lab_utils", "tests", "data", "scripts"]
+    paths = ["lab_utils", "tests", "data", "scripts", "recipes"]
     lint = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout[-2000:]
     fmt = subprocess.run([ruff, "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True)

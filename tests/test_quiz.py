@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab_utils import environment, quiz
-from lab_utils.quizbank import BANK, NOTEBOOK_TITLES
+from lab_utils.lab.quizbank import BANK, NOTEBOOK_TITLES
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -23,7 +23,7 @@ def test_every_notebook_has_a_quiz_asked_before_and_after() -> None:
         key = nb.name[:2]
         for stage in quiz.STAGES:
             assert f'quiz.show_quiz("{key}", "{stage}")' in source, f"{nb.name} asks its quiz {stage} the notebook"
-        assert "quiz.Question(" not in source, f"{nb.name}: questions live in lab_utils/quizbank.py"
+        assert "quiz.Question(" not in source, f"{nb.name}: questions live in lab_utils/lab/quizbank.yaml"
 
 
 def test_the_bank_measures_learning() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lab_utils import readiness
-from lab_utils.hardware import DESCRIBED
-from lab_utils.profiles import get_profile
+from lab_utils.run.hardware import DESCRIBED
+from lab_utils.run.profiles import get_profile
 
 
 def failed(profile: str, hw: str, env: dict[str, str] | None = None, disk: float = 500.0) -> dict[str, readiness.Check]:

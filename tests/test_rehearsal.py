@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lab_utils import rehearsal
-from lab_utils.data import DataError, _iter_hub, check_lengths, check_record, format_prompt, load_records
+from lab_utils.data import standin
+from lab_utils.data.alpaca import DataError, _iter_hub, check_lengths, check_record, format_prompt, load_records
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("standins")
     return {
         "model": rehearsal.build_standin_model("llama3", root / "model"),
-        "dataset": rehearsal.build_standin_dataset(rehearsal.ALPACA_ID, root / "dataset"),
+        "dataset": standin.build_standin_dataset(standin.ALPACA_ID, root / "dataset"),
     }
 
 
@@ -48,7 +49,7 @@ def test_tokenizer_has_llama3_special_tokens_no_pad_and_no_template(built: dict[
 
 
 def test_the_labs_tokenizer_loader_picks_the_reserved_pad_and_bos_is_prepended(built: dict[str, Path]) -> None:
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(built["model"]))
     assert tok.pad_token == rehearsal.RESERVED_0 and tok.pad_token_id != tok.eos_token_id
@@ -78,10 +79,10 @@ def test_model_has_llama3_conventions_and_generates(built: dict[str, Path]) -> N
     inputs = tok("What is 7 plus 5?", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 5
-    record = rehearsal.record(built["model"])
-    assert record["stands_in_for"] == "meta-llama/Meta-Llama-3-*" and record["seed"] == rehearsal.SEED
+    record = standin.record(built["model"])
+    assert record["stands_in_for"] == "meta-llama/Meta-Llama-3-*" and record["seed"] == standin.SEED
     assert record["key"] == rehearsal.model_key("llama3") and record["files"] == {
-        k: v for k, v in _hashes(built["model"]).items() if k != rehearsal.RECORD
+        k: v for k, v in _hashes(built["model"]).items() if k != standin.RECORD
     }
 
 
@@ -93,7 +94,7 @@ def test_dataset_loads_with_the_hub_datasets_columns(built: dict[str, Path]) -> 
     assert all(ds.features[c] == Value("string") for c in ds.column_names)
     assert (built["dataset"] / "data" / "train-00000-of-00001.parquet").exists()
     rows = list(ds)
-    assert rows == rehearsal.standin_rows() and len(rows) == rehearsal.DEFAULT_ROWS
+    assert rows == standin.standin_rows() and len(rows) == standin.DEFAULT_ROWS
     # `text` is the whole Alpaca prompt plus the response, as on the hub.
     assert all(r["text"] == format_prompt(r["instruction"], r["input"]) + r["output"] for r in rows)
     assert "### Input:\n" in next(r["text"] for r in rows if r["input"])
@@ -103,15 +104,15 @@ def test_planted_defects_are_there_as_counted(built: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(built["model"])
-    planted = rehearsal.standin_defects()
-    rows = rehearsal.standin_rows()
+    planted = standin.standin_defects()
+    rows = standin.standin_rows()
     lengths = [len(tok(r["text"])["input_ids"]) for r in rows]
     assert sum(not r["output"] for r in rows) == planted["empty_output"] == 3
-    assert sum(n > rehearsal.OVER_LONG_TOKENS for n in lengths) == planted["over_long"] == 2
-    assert max(n for n in lengths if n <= rehearsal.OVER_LONG_TOKENS) < 200  # the rest are short
+    assert sum(n > standin.OVER_LONG_TOKENS for n in lengths) == planted["over_long"] == 2
+    assert max(n for n in lengths if n <= standin.OVER_LONG_TOKENS) < 200  # the rest are short
     assert sum(bool(r["input"]) for r in rows) == planted["with_input"] == 160  # 40%, as in Alpaca
     # Verifiable content, and right: sums and capitals.
-    capitals = dict(rehearsal.COUNTRIES)
+    capitals = dict(standin.COUNTRIES)
     sums = [r for r in rows if r["instruction"].startswith("What is ") and " plus " in r["instruction"]]
     asked = [r for r in rows if r["instruction"].startswith("What is the capital of ")]
     assert len(sums) > 10 and len(asked) > 10
@@ -127,17 +128,17 @@ def test_the_hub_loading_path_reads_the_folder_and_finds_the_defects(built: dict
     from transformers import AutoTokenizer
 
     rows = list(_iter_hub(str(built["dataset"]), "train"))
-    assert [line for line, _ in rows] == list(range(1, rehearsal.DEFAULT_ROWS + 1))
+    assert [line for line, _ in rows] == list(range(1, standin.DEFAULT_ROWS + 1))
     kept, errors = [], []
     for line, obj in rows:
         try:
             kept.append(check_record(obj, "stand-in", line))
         except DataError as e:
             errors.append(e)
-    assert [e.field for e in errors] == ["output"] * rehearsal.EMPTY_OUTPUT_ROWS
+    assert [e.field for e in errors] == ["output"] * standin.EMPTY_OUTPUT_ROWS
     tok = AutoTokenizer.from_pretrained(built["model"])
-    short = check_lengths(kept, lambda t: len(tok(t)["input_ids"]), rehearsal.OVER_LONG_TOKENS, skip_bad=True)
-    assert len(kept) - len(short) == rehearsal.OVER_LONG_ROWS
+    short = check_lengths(kept, lambda t: len(tok(t)["input_ids"]), standin.OVER_LONG_TOKENS, skip_bad=True)
+    assert len(kept) - len(short) == standin.OVER_LONG_ROWS
     # load_records routes an existing folder to the same hub loader.
     records, report = load_records(str(built["dataset"]), skip_bad=True)
     assert (report.n_read, report.n_skipped, len(records)) == (400, 3, 397)
@@ -145,7 +146,7 @@ def test_the_hub_loading_path_reads_the_folder_and_finds_the_defects(built: dict
 
 def test_builds_are_deterministic(built: dict[str, Path], tmp_path: Path) -> None:
     again_model = rehearsal.build_standin_model("llama3", tmp_path / "model")
-    again_data = rehearsal.build_standin_dataset(rehearsal.ALPACA_ID, tmp_path / "dataset")
+    again_data = standin.build_standin_dataset(standin.ALPACA_ID, tmp_path / "dataset")
     assert _hashes(again_model) == _hashes(built["model"])
     assert _hashes(again_data) == _hashes(built["dataset"])
 
@@ -153,19 +154,19 @@ def test_builds_are_deterministic(built: dict[str, Path], tmp_path: Path) -> Non
 def test_standin_paths_builds_once_then_reads_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = rehearsal.standin_paths("llama3-8b", root=tmp_path)
     assert paths.model == tmp_path / f"llama3-{rehearsal.model_key('llama3')}"
-    assert paths.dataset == tmp_path / f"alpaca-{rehearsal.dataset_key()}"
+    assert paths.dataset == tmp_path / f"alpaca-{standin.dataset_key()}"
     assert (paths.base_model, paths.dataset_id) == ("meta-llama/Meta-Llama-3-8B", "tatsu-lab/alpaca")
-    stamp = (paths.model / rehearsal.RECORD).stat().st_mtime_ns
+    stamp = (paths.model / standin.RECORD).stat().st_mtime_ns
 
     def refuse(*args: object) -> Path:
         raise AssertionError("rebuilt a cached stand-in")
 
     monkeypatch.setattr(rehearsal, "build_standin_model", refuse)
-    monkeypatch.setattr(rehearsal, "build_standin_dataset", refuse)
+    monkeypatch.setattr(standin, "build_standin_dataset", refuse)
     for name in ("llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"):  # 8B and 70B share the one stand-in
         again = rehearsal.standin_paths(name, root=tmp_path)
         assert (again.model, again.dataset) == (paths.model, paths.dataset)
-    assert (paths.model / rehearsal.RECORD).stat().st_mtime_ns == stamp
+    assert (paths.model / standin.RECORD).stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
         [paths.model.name, paths.dataset.name]
     )
@@ -173,14 +174,14 @@ def test_standin_paths_builds_once_then_reads_the_cache(tmp_path: Path, monkeypa
 
 def test_default_cache_is_under_lab_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAB_CACHE", str(tmp_path))
-    assert rehearsal.default_root() == tmp_path / "rehearsal"
+    assert standin.default_root() == tmp_path / "rehearsal"
 
 
 def test_what_has_no_stand_in_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="family 'mistral'.*supported: llama3"):
         rehearsal.build_standin_model("mistral", tmp_path / "m")
     with pytest.raises(ValueError, match="dataset 'yahma/alpaca-cleaned'.*supported: tatsu-lab/alpaca"):
-        rehearsal.build_standin_dataset("yahma/alpaca-cleaned", tmp_path / "d")
+        standin.build_standin_dataset("yahma/alpaca-cleaned", tmp_path / "d")
     with pytest.raises(
         ValueError, match="'pocket'.*rehearsable profiles: llama3-8b, llama3-8b-qlora, llama3-70b-qlora"
     ):

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from lab_utils.paths import REPO_ROOT
-from lab_utils.rehearsal import standin_defects
-from lab_utils.results import load_results
-from lab_utils.runner import execute_notebook
+from lab_utils.data.standin import standin_defects
+from lab_utils.lab.runner import execute_notebook
+from lab_utils.run.paths import REPO_ROOT
+from lab_utils.run.results import load_results
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.rehearsal, pytest.mark.server]
 

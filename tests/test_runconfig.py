@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from lab_utils import runconfig
-from lab_utils.hardware import DESCRIBED
-from lab_utils.paths import atomic_write_json
+from lab_utils.run.hardware import DESCRIBED
+from lab_utils.run.paths import REPO_ROOT as REPO
+from lab_utils.run.paths import atomic_write_json
 
 
 def test_resolve_applies_every_override_once() -> None:
@@ -28,7 +29,11 @@ def test_resolve_applies_every_override_once() -> None:
     plain = runconfig.resolve("pocket", DESCRIBED["cpu"])
     assert plain.method == "lora" and plain.dataset == plain.profile.dataset
     assert plain.max_new_tokens == plain.profile.max_new_tokens and plain.start_timeout_s == 300.0
-    assert len(plain.heldout()) >= 90 and len(cfg.heldout()) == 5
+    assert len(plain.heldout()) >= 90 and len(runconfig.resolve("pocket", DESCRIBED["cpu"], n_prompts=5).heldout()) == 5
+    # A dataset of the user's own: the before/after compares on its held-out split (the pocket file by another name is
+    # the profile's own).
+    assert cfg.own_dataset and not plain.own_dataset and "held-out split of my.jsonl" in cfg.heldout_source
+    assert not runconfig.resolve("pocket", DESCRIBED["cpu"], dataset=str(REPO / plain.dataset)).own_dataset
     assert cfg.to_dict()["profile"]["train"]["method"] == "qlora" and cfg.to_dict()["hardware"]["device"] == "cpu"
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lab_utils import serve
-from lab_utils.hardware import DESCRIBED
-from lab_utils.profiles import get_profile
+from lab_utils.run.hardware import DESCRIBED
+from lab_utils.run.profiles import get_profile
 
 LLAMA = get_profile("llama3-8b")
 POCKET = get_profile("pocket")
@@ -208,7 +208,7 @@ def test_no_server_outlives_a_notebook_cell_that_raises(pocket_model: str, tmp_p
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from lab_utils.runner import NotebookError, execute_notebook
+    from lab_utils.lab.runner import NotebookError, execute_notebook
 
     pid_file = tmp_path / "pid.json"
     nb = new_notebook()

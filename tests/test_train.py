@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lab_utils import data, merge, train
-from lab_utils.paths import REPO_ROOT
-from lab_utils.profiles import get_profile
+from lab_utils.run.paths import REPO_ROOT
+from lab_utils.run.profiles import get_profile
 
 pytestmark = pytest.mark.slow
 POCKET = get_profile("pocket")

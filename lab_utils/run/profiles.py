@@ -1,0 +1,365 @@
+"""Named, typed profiles: which model, data and hyperparameters a run uses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+Method = Literal["lora", "qlora", "full"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one supervised fine-tuning run."""
+
+    method: Method = "lora"
+    max_steps: int = 300
+    learning_rate: float = 2e-4
+    per_device_batch_size: int = 4
+    eval_batch_size: int = 0  # per device, for the eval loss (no gradients, so larger); 0: per_device_batch_size
+    gradient_accumulation_steps: int = 4
+    max_seq_length: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    optim: str = "adamw_torch"
+    logging_steps: int = 10
+    eval_steps: int = 50
+    save_steps: int = 100
+    # How batches avoid wasting compute on padding: "padding_free" (examples concatenated, told apart by position
+    # ids: best with FlashAttention on a GPU), "group_by_length" (batches of similar lengths, padded to their longest:
+    # best on a CPU, measured in notebook 02), "padded" (the naive baseline) or "auto" (by hardware).
+    batching: str = "auto"
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How vLLM serves the profile's models."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.80
+    quantization: Literal["auto", "none"] = "auto"  # auto: FP8 where the hardware supports it
+    cpu_kvcache_space_gb: int = 1
+    start_timeout_s: float = 900.0
+    # Requests that name no temperature are decoded at this one (vLLM's own default is to sample at 1.0):
+    # 0.0 makes the lab's before/after answers greedy and reproducible. None keeps vLLM's default.
+    default_temperature: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shape of a Llama-style decoder: enough to count its parameters and activations."""
+
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    vocab: int
+    tie_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head."""
+        return self.hidden // self.n_heads
+
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear projection in one decoder layer."""
+        q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q_out),
+            "k_proj": (self.hidden, kv_out),
+            "v_proj": (self.hidden, kv_out),
+            "o_proj": (q_out, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
+
+    def linear_params(self) -> int:
+        """Parameters in all layers' linear projections (the LoRA and 4-bit quantization targets)."""
+        return self.n_layers * sum(i * o for i, o in self.projection_shapes().values())
+
+    def embedding_params(self) -> int:
+        """Input embeddings plus lm_head (one matrix when tied)."""
+        return self.vocab * self.hidden * (1 if self.tie_embeddings else 2)
+
+    def norm_params(self) -> int:
+        """RMSNorm weights: two per layer and the final norm."""
+        return (2 * self.n_layers + 1) * self.hidden
+
+    def n_params(self) -> int:
+        """Exact parameter count of a bias-free Llama with these dimensions."""
+        return self.linear_params() + self.embedding_params() + self.norm_params()
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelDims:
+        """Dimensions from a transformers LlamaConfig (or any object with the same attributes)."""
+        dims = cls(
+            n_layers=int(config.num_hidden_layers),
+            hidden=int(config.hidden_size),
+            intermediate=int(config.intermediate_size),
+            n_heads=int(config.num_attention_heads),
+            n_kv_heads=int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+            vocab=int(config.vocab_size),
+            tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+        head_dim = getattr(config, "head_dim", None)
+        if head_dim is not None and int(head_dim) != dims.head_dim:
+            raise ValueError(f"head_dim {head_dim} != hidden/n_heads {dims.head_dim}: not supported by ModelDims")
+        return dims
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the lab knows about a profile's base model: its short name in tables, its shape (for the memory estimator
+    and the calculator), and the disk its download and checkpoints take."""
+
+    name: str
+    dims: ModelDims
+    download_gb: float
+
+
+LLAMA3_8B = ModelFacts("llama3-8b", ModelDims(32, 4096, 14336, 32, 8, 128256), download_gb=40.0)
+LLAMA3_70B = ModelFacts("llama3-70b", ModelDims(80, 8192, 28672, 64, 8, 128256), download_gb=300.0)
+SMOLLM2_135M = ModelFacts("smollm2-135m", ModelDims(30, 576, 1536, 9, 3, 49152, tie_embeddings=True), download_gb=2.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to know about one way of running the lab."""
+
+    name: str
+    description: str
+    base_model: str  # hub id, or "pocket" for the model the lab builds itself
+    dataset: str  # hub id or local path of Alpaca-format data
+    heldout: str  # local path of held-out prompts with reference answers
+    needs_gpu: bool
+    min_memory_gb: float  # GPU memory (or unified memory) the profile needs
+    gated: bool = False  # the hub model needs an accepted licence and HF_TOKEN
+    train: TrainSettings = field(default_factory=TrainSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    max_new_tokens: int = 500
+    eval_fraction: float = 0.05
+    max_eval_examples: int = 500  # cap on the eval split: 5% of Alpaca is ~2,600 examples, evaluated every eval_steps
+    # Hub-data profiles also hold out this many of the dataset's eval records for notebook 05 (scored with ROUGE-L
+    # and BLEU against their Alpaca references); the `heldout` file's questions are then scored by contains-answer only.
+    heldout_from_dataset: int = 0
+    # Merge the adapter for serving and evaluate with transformers (02, 04). False where a 16-bit copy of the model
+    # cannot fit (70B: ~141 GB in bf16): vLLM then serves the FP8 base with the adapter beside it (--enable-lora).
+    merge_for_serving: bool = True
+    # `make lab`'s limit for one notebook cell, in seconds: generous for a pocket run (so a hung cell is caught), none
+    # for the GPU profiles, whose training cell runs for hours. The tests set their own, tighter limits.
+    cell_timeout_s: int | None = None
+    # A rehearsal's copy of a GPU profile (`models.rehearsal.scaled`): its hub model and dataset load as local
+    # stand-ins. Set once when the run configuration is resolved, and passed down with the profile.
+    rehearsal: bool = False
+    # The per-model facts (None for the pocket model, whose config the lab reads), and the described GPU a rehearsal
+    # of this profile makes its memory and feature decisions for (a key of hardware.DESCRIBED; "" when not rehearsed).
+    model: ModelFacts | None = None
+    rehearsal_target: str = ""
+
+    @property
+    def evaluates_in_4bit(self) -> bool:
+        """QLoRA profiles evaluate with transformers in 4-bit, as they trained: a 16-bit copy of an 8B model (16 GB)
+        does not fit the 16 GB GPU the QLoRA profile is for."""
+        return self.train.method == "qlora" and not self.is_pocket
+
+    @property
+    def is_pocket(self) -> bool:
+        """True for the profile whose base model the lab builds and ships (the one place this is decided)."""
+        return self.base_model == "pocket"
+
+    def with_train(self, **changes: Any) -> Profile:
+        """A copy of this profile with some training settings changed."""
+        return replace(self, train=replace(self.train, **changes))
+
+    def with_overrides(self, method: str = "", max_steps: int = 0) -> Profile:
+        """A copy with the given training method and step count; empty or 0 keeps the profile's own."""
+        changes = {k: v for k, v in {"method": method, "max_steps": max_steps}.items() if v}
+        return self.with_train(**changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for recording with a run."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        """The profile `to_dict` wrote (to hand it to another process)."""
+        model = d.get("model")
+        facts = ModelFacts(model["name"], ModelDims(**model["dims"]), model["download_gb"]) if model else None
+        return cls(**{**d, "train": TrainSettings(**d["train"]), "serve": ServeSettings(**d["serve"]), "model": facts})
+
+
+POCKET_DATA = "data/pocket_alpaca/train.jsonl"
+POCKET_HELDOUT = "data/pocket_alpaca/heldout.jsonl"
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="pocket",
+            description="A 3M-parameter Llama the lab builds and pretrains itself; runs offline on a laptop CPU.",
+            base_model="pocket",
+            dataset=POCKET_DATA,
+            heldout=POCKET_HELDOUT,
+            needs_gpu=False,
+            min_memory_gb=2.0,
+            train=TrainSettings(
+                method="lora",
+                max_steps=100,  # 1.6k examples: what the SFT data teaches, facts included, is learned by then
+                learning_rate=2e-3,
+                per_device_batch_size=16,
+                gradient_accumulation_steps=1,
+                max_seq_length=256,
+                bf16=False,
+                gradient_checkpointing=False,
+                logging_steps=5,
+                eval_steps=25,
+                save_steps=50,
+                warmup_ratio=0.05,
+            ),
+            serve=ServeSettings(max_model_len=512, max_num_seqs=32, start_timeout_s=300.0),
+            max_new_tokens=128,
+            cell_timeout_s=1800,
+        ),
+        Profile(
+            name="smollm2-135m",
+            description="SmolLM2-135M base from the hub with the lab's pocket data: a real small model for CPUs with internet.",
+            base_model="HuggingFaceTB/SmolLM2-135M",
+            model=SMOLLM2_135M,
+            dataset=POCKET_DATA,
+            heldout=POCKET_HELDOUT,
+            needs_gpu=False,
+            min_memory_gb=4.0,
+            train=TrainSettings(
+                method="lora",
+                max_steps=200,
+                learning_rate=5e-4,
+                per_device_batch_size=8,
+                gradient_accumulation_steps=2,
+                max_seq_length=256,
+                bf16=False,
+                gradient_checkpointing=False,
+            ),
+            serve=ServeSettings(max_model_len=1024, max_num_seqs=32, start_timeout_s=600.0),
+            max_new_tokens=200,
+            cell_timeout_s=4 * 3600,
+        ),
+        Profile(
+            name="llama3-8b",
+            description="The reference run: Llama-3-8B + Stanford Alpaca, LoRA in bf16, served by vLLM in FP8 (24 GB+ GPU).",
+            base_model="meta-llama/Meta-Llama-3-8B",
+            model=LLAMA3_8B,
+            rehearsal_target="rtx-4090",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
+            needs_gpu=True,
+            min_memory_gb=24.0,  # memory.profile_peak_gb: training ~24 GB (the estimator + CUDA overhead)
+            gated=True,
+            train=TrainSettings(
+                method="lora",
+                max_steps=1000,
+                learning_rate=2e-4,
+                per_device_batch_size=4,
+                eval_batch_size=16,  # no gradients or optimizer state: an 80 GB card evaluates 16 at a time
+                gradient_accumulation_steps=4,
+                max_seq_length=1024,
+                bf16=True,
+                gradient_checkpointing=True,
+                eval_steps=100,
+                save_steps=200,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=64),
+        ),
+        Profile(
+            name="llama3-8b-qlora",
+            description="Llama-3-8B + Alpaca with QLoRA (4-bit NF4): fits a 16 GB GPU.",
+            base_model="meta-llama/Meta-Llama-3-8B",
+            model=LLAMA3_8B,
+            rehearsal_target="t4",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
+            needs_gpu=True,
+            min_memory_gb=12.0,  # memory.profile_peak_gb: serving in FP8 at 80% utilization ~12 GB, training ~10.3
+            gated=True,
+            train=TrainSettings(
+                method="qlora",
+                max_steps=1000,
+                learning_rate=2e-4,
+                per_device_batch_size=2,
+                eval_batch_size=8,
+                gradient_accumulation_steps=8,
+                max_seq_length=1024,
+                optim="paged_adamw_8bit",
+                eval_steps=100,
+                save_steps=200,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=32),
+        ),
+        Profile(
+            name="llama3-70b-qlora",
+            description="Llama-3-70B + Alpaca with QLoRA: 128 GB of unified memory, as on DGX Spark.",
+            base_model="meta-llama/Meta-Llama-3-70B",
+            model=LLAMA3_70B,
+            rehearsal_target="dgx-spark",
+            dataset="tatsu-lab/alpaca",
+            heldout=POCKET_HELDOUT,
+            heldout_from_dataset=100,
+            needs_gpu=True,
+            min_memory_gb=96.0,  # memory.profile_peak_gb: serving the FP8 base at 85% utilization ~92 GB
+            gated=True,
+            train=TrainSettings(
+                method="qlora",
+                max_steps=500,
+                learning_rate=1e-4,
+                per_device_batch_size=1,
+                gradient_accumulation_steps=16,
+                max_seq_length=1024,
+                optim="paged_adamw_8bit",
+                eval_steps=100,
+                save_steps=100,
+            ),
+            serve=ServeSettings(max_model_len=4096, max_num_seqs=16, gpu_memory_utilization=0.85),
+            merge_for_serving=False,  # a bf16 copy of 70B is ~141 GB: serve the FP8 base with the adapter beside it
+        ),
+    ]
+}
+
+
+def get_profile(name: str, hardware: Any | None = None) -> Profile:
+    """Look up a profile by name; "auto" picks the largest one the hardware can run."""
+    if name == "auto":
+        return PROFILES[choose_profile(hardware)[0]]
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of: auto, {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
+    """The profile "auto" picks for this hardware, and why."""
+    from lab_utils.run.hardware import probe
+
+    hw = hardware if hardware is not None else probe()
+    if hw.device != "cuda":
+        return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"
+    mem = hw.memory_gb
+    if mem >= PROFILES["llama3-70b-qlora"].min_memory_gb:
+        return (
+            "llama3-8b",
+            f"{hw.name} with {mem:.0f} GB: the reference LoRA run fits (70B QLoRA also does: llama3-70b-qlora)",
+        )
+    if mem >= PROFILES["llama3-8b"].min_memory_gb:  # a "24 GB" card reports about 25.4e9 bytes
+        return "llama3-8b", f"{hw.name} with {mem:.0f} GB: the reference Llama-3-8B LoRA run fits"
+    if mem >= PROFILES["llama3-8b-qlora"].min_memory_gb:  # a "16 GB" T4 reports about 15.8e9 bytes
+        return "llama3-8b-qlora", f"{hw.name} with {mem:.0f} GB: Llama-3-8B needs QLoRA to fit"
+    return "pocket", f"{hw.name} has {mem:.0f} GB, under the 16 GB the smallest Llama-3 profile needs"

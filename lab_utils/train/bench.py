@@ -1,0 +1,172 @@
+"""SFT throughput: the lab's batching against a naive baseline, measured in one run on the same model and data."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lab_utils.run.profiles import Profile
+from lab_utils.train.sft import batching_kwargs, build_trainer, resolve_batching
+
+# mode -> SFTConfig changes, measured on the same model, data, batch size and steps.
+MODES: dict[str, dict[str, Any]] = {
+    # What a plain collator does: random batches, each padded to its longest example (dynamic padding).
+    "naive: pad to batch's longest": batching_kwargs("padded"),
+    # What many tutorials do: pad every example to the longest sequence of the data set (static shapes).
+    "naive: pad to data's longest": {**batching_kwargs("padded"), "pad_to_multiple_of": "DATA_MAX"},
+    # Padding-free: examples concatenated and told apart by position ids (FlashAttention's varlen path on a GPU).
+    "padding-free": batching_kwargs("padding_free"),
+    # Length-grouped: batches of similar lengths, so dynamic padding has little to pad.
+    "length-grouped batches": batching_kwargs("group_by_length"),
+}
+BASELINE = "naive: pad to batch's longest"
+LAB_MODE_NAMES = {"padding_free": "padding-free", "group_by_length": "length-grouped batches"}
+
+
+def measure(profile: Profile, mode: str, steps: int, model_path: str | None = None) -> dict[str, Any]:
+    """Train `steps` steps in one batching mode; report useful (non-padding) tokens/s and the tokens the model processed
+    (padding included), counted at the collator, so the padding each mode costs is a measured figure."""
+    changes = dict(MODES[mode])
+    if changes.get("pad_to_multiple_of") == "DATA_MAX":
+        changes["pad_to_multiple_of"] = longest_example(profile, model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, _ = build_trainer(
+            profile.with_train(max_steps=steps),
+            tmp,
+            model_path=model_path,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=steps,
+            disable_tqdm=True,
+            **changes,
+        )
+        batches = _count_batch_tokens(trainer)
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        useful = int(trainer.state.num_input_tokens_seen)
+    # The data loader fetches one batch ahead (to know the last one): count only the batches the steps consumed.
+    processed = sum(batches[: steps * trainer.args.gradient_accumulation_steps])
+    return {
+        "mode": mode,
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "useful_tokens": useful,
+        "tokens_per_s": round(useful / seconds, 1),
+        "processed_tokens": processed,
+        "padding_share": round(1 - useful / processed, 3) if processed else None,
+    }
+
+
+def _count_batch_tokens(trainer: Any) -> list[int]:
+    """Wrap the trainer's collator so each batch's `input_ids` size (padding included) is appended to the returned list."""
+    sizes: list[int] = []
+    collate = trainer.data_collator
+
+    def counting(features: Any) -> Any:
+        batch = collate(features)
+        sizes.append(int(batch["input_ids"].numel()))
+        return batch
+
+    trainer.data_collator = counting
+    return sizes
+
+
+def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
+    """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
+    from lab_utils.data.alpaca import token_lengths
+    from lab_utils.models.loading import load_tokenizer, resolve_model_path
+    from lab_utils.train.sft import split_for_training
+
+    records, _, _ = split_for_training(profile)  # what training reads (hub data: bad rows skipped)
+    lengths = token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
+    return [n for n in lengths if n <= profile.train.max_seq_length]  # over-long examples are dropped in training
+
+
+def longest_example(profile: Profile, model_path: str | None = None) -> int:
+    """Tokens in the longest training example."""
+    return max(example_lengths(profile, model_path))
+
+
+def compare(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+    """Every mode, one after the other in this process, with the speed-up over the dynamic-padding baseline. A short
+    unmeasured warm-up comes first, so the first mode measured does not pay for the process's first training steps."""
+    measure(profile, BASELINE, min(steps, 3), model_path)
+    rows = [measure(profile, mode, steps, model_path) for mode in MODES]
+    naive = next(r["tokens_per_s"] for r in rows if r["mode"] == BASELINE)
+    lab = LAB_MODE_NAMES.get(resolve_batching(profile.train.batching))
+    for row in rows:
+        row["speedup_vs_naive"] = round(row["tokens_per_s"] / naive, 2)
+        row["lab_default"] = row["mode"] == lab
+    return rows
+
+
+def compare_in_subprocess(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+    """`compare` in a child process: its four trainers' memory is returned to the system (and the GPU) when it ends,
+    so the notebook's own process keeps only what it had. The child's output streams through."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request = Path(tmp) / "request.json"
+        answer = Path(tmp) / "rows.json"
+        request.write_text(json.dumps({"profile": profile.to_dict(), "steps": steps, "model_path": model_path}))
+        done = subprocess.run([sys.executable, "-m", "lab_utils.train.bench", str(request), str(answer)], check=False)
+        if done.returncode != 0 or not answer.exists():
+            raise RuntimeError(f"the throughput benchmark's process failed (exit code {done.returncode}): see above")
+        return list(json.loads(answer.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lab_utils.train.bench REQUEST.json ROWS.json`: run `compare` for the request, write its rows."""
+    import json
+    import sys
+
+    from lab_utils.run.paths import atomic_write_json
+    from lab_utils.run.profiles import Profile
+
+    request_path, rows_path = (argv if argv is not None else sys.argv[1:])[:2]
+    request = json.loads(Path(request_path).read_text())
+    rows = compare(Profile.from_dict(request["profile"]), int(request["steps"]), request.get("model_path"))
+    atomic_write_json(rows_path, rows)
+    return 0
+
+
+def plot(rows: list[dict[str, Any]], title: str = "SFT throughput (useful tokens/s)") -> Any:
+    """Bar chart of useful tokens/s per batching mode, labelled with the speed-up."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    names = [r["mode"] for r in rows]
+    values = [r["tokens_per_s"] for r in rows]
+    bars = ax.barh(names, values, color=["#4477aa" if r.get("lab_default") else "#bbbbbb" for r in rows])
+    for bar, r in zip(bars, rows):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['speedup_vs_naive']:.2f}x", va="center")
+    ax.set_xlabel("non-padding tokens per second (blue: the lab's choice on this hardware)")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def padding_bound(profile: Profile, model_path: str | None = None, trials: int = 200, seed: int = 0) -> float:
+    """Padded tokens / useful tokens for random batches with dynamic padding: roughly what removing padding can gain
+    (not a bound: attention costs grow faster than linearly with length, fixed per-step costs do not shrink)."""
+    import random
+
+    lengths = example_lengths(profile, model_path)
+    rng = random.Random(seed)
+    size = profile.train.per_device_batch_size
+    padded = useful = 0
+    for _ in range(trials):
+        batch = rng.sample(lengths, size)
+        padded += max(batch) * size
+        useful += sum(batch)
+    return round(padded / useful, 3)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

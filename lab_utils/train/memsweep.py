@@ -1,0 +1,479 @@
+"""A measured memory sweep: identical short SFT jobs under each optimization, each in a fresh process.
+
+The processes come from a fork server: one Python process imports torch, transformers, TRL, PEFT and bitsandbytes
+once, before any model exists, then forks a child per configuration. Each child starts from the same idle state,
+measures its own baseline after the fork and exits when done, so one run's memory cannot leak into the next, and
+the imports (about 11 s on a slow CPU) are paid once instead of nine times.
+
+Run one configuration by hand: `python -m lab_utils.train.memsweep --model DIR --config "7 LoRA" --steps 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lab_utils.models.memory import ModelDims, estimate_for_settings
+from lab_utils.run.profiles import TrainSettings
+from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One row of the sweep: how the same job is trained."""
+
+    name: str
+    method: str = "full"  # full | lora | qlora
+    precision: str = "fp32"  # fp32 | bf16 (mixed precision)
+    gradient_checkpointing: bool = False
+    micro_batch: int = 2
+    grad_accum: int = 1
+    optimizer: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit
+
+    def optim_name(self) -> str:
+        """The transformers `optim` value."""
+        return {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}[
+            self.optimizer
+        ]
+
+    def settings(self, steps: int, seq_len: int, base: TrainSettings = TrainSettings()) -> TrainSettings:
+        """The lab's training settings for this row (LoRA rank, alpha and targets from `base`): the sweep trains
+        through the same `train.sft_config` as notebook 02, so a new row is one line in CONFIGS."""
+        return replace(
+            base,
+            method=self.method,
+            max_steps=steps,
+            learning_rate=1e-4,
+            per_device_batch_size=self.micro_batch,
+            gradient_accumulation_steps=self.grad_accum,
+            max_seq_length=seq_len,
+            bf16=self.precision == "bf16",
+            gradient_checkpointing=self.gradient_checkpointing,
+            optim=self.optim_name(),
+            batching="padded",
+            seed=0,
+        )
+
+
+# What a measurement run changes on top of the training settings: every batch padded to the full length (so each
+# row holds the same tokens), no checkpoints, no evaluation, a log line per step, padding counted as tokens.
+MEASURE_OVERRIDES: dict[str, Any] = {
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 1,
+    "disable_tqdm": True,
+    "include_num_input_tokens_seen": "all",
+    "warmup_steps": 0,
+}
+
+
+# Few tokens per step, as in real fine-tuning (an 8B model at batch 1 x 1024 tokens holds more in weights and optimizer
+# state than in activations): with many tokens per step, activations dominate and LoRA's extra ones can outweigh what
+# it saves on a model this small.
+EFFECTIVE_BATCH = 2
+# Each row adds one technique to the row it names (the "+" rows build up, as in the notebook's story); a new row is one
+# line here: it is trained through train.sft_config and estimated like every other.
+BASE = SweepConfig("1 baseline: full fp32")
+BF16 = replace(BASE, name="2 + bf16 mixed precision", precision="bf16")
+CHECKPOINTING = replace(BF16, name="3 + gradient checkpointing", gradient_checkpointing=True)
+ACCUMULATION = replace(CHECKPOINTING, name="4 + gradient accumulation", micro_batch=1, grad_accum=EFFECTIVE_BATCH)
+QLORA = replace(BASE, name="8 QLoRA", method="qlora", precision="bf16", optimizer="paged_adamw_8bit")
+CONFIGS: list[SweepConfig] = [
+    BASE,
+    BF16,
+    CHECKPOINTING,
+    ACCUMULATION,
+    replace(ACCUMULATION, name="5 + 8-bit AdamW", optimizer="adamw_8bit"),
+    replace(ACCUMULATION, name="6 + paged 8-bit AdamW", optimizer="paged_adamw_8bit"),
+    replace(BASE, name="7 LoRA", method="lora"),
+    QLORA,
+    replace(QLORA, name="9 QLoRA + gradient checkpointing", gradient_checkpointing=True),
+]
+
+
+def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int) -> Any:
+    """Each row as the library arguments it trains with, generated from the definitions that run (`settings` through
+    `train.sft_kwargs`, `lora_kwargs`, `models.bnb_kwargs`): `SFTConfig`'s values that differ from row 1, the
+    `LoraConfig` and the `BitsAndBytesConfig`."""
+    import pandas as pd
+
+    from lab_utils.models.loading import bnb_kwargs
+    from lab_utils.train.sft import lora_kwargs, sft_kwargs
+
+    def kwargs(config: SweepConfig) -> dict[str, Any]:
+        return sft_kwargs(config.settings(steps, seq_len), "out", pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
+
+    base, rows = kwargs(BASE), []
+    for config in configs:
+        sft, settings = kwargs(config), config.settings(steps, seq_len)
+        lora = lora_kwargs(settings)
+        bnb = {k: str(v).replace("torch.", "") for k, v in bnb_kwargs(config.method).items() if k != "load_in_4bit"}
+        rows.append(
+            {
+                "configuration": config.name,
+                "SFTConfig (vs row 1)": ", ".join(f"{k}={v!r}" for k, v in sft.items() if base.get(k) != v) or "-",
+                "LoraConfig": f"r={lora['r']}, lora_alpha={lora['lora_alpha']}, all linear"
+                if config.method != "full"
+                else "-",
+                "BitsAndBytesConfig": ("load_in_4bit=True, " + ", ".join(f"{k}={v}" for k, v in bnb.items()))
+                if bnb
+                else "-",
+            }
+        )
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+@dataclass(frozen=True)
+class WideModel:
+    """The wider pocket variant used for the sweep: big enough that the differences stand above the noise."""
+
+    hidden_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 12  # head_dim 64
+    intermediate_size: int = 2048
+
+
+def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(), seed: int = 0) -> Path:
+    """Save a randomly initialised wide Llama (fp32 safetensors) with the pocket tokenizer; memory does not care
+    whether the weights were pretrained."""
+    from transformers import AutoTokenizer
+
+    from lab_utils.models.pocket import PocketConfig, make_model
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = make_model(
+        PocketConfig(
+            hidden_size=wide.hidden_size,
+            num_layers=wide.num_layers,
+            num_heads=wide.num_heads,
+            intermediate_size=wide.intermediate_size,
+            seed=seed,
+        ),
+        tok,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def model_dims(model_dir: str) -> ModelDims:
+    """The sweep model's dimensions, from its config."""
+    from transformers import AutoConfig
+
+    return ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+
+
+def max_positions(model_dir: str) -> int:
+    """The longest sequence the sweep's model takes (its max_position_embeddings)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+
+
+def model_params(model_dir: str) -> int:
+    """Parameter count of the sweep's model, from its config."""
+    return model_dims(model_dir).n_params()
+
+
+def skip_reason(
+    config: SweepConfig, hw: Any, estimate_mb: float | None = None, budget_mb: float | None = None
+) -> str | None:
+    """Why `hw` cannot run the configuration (None when it can): a missing package, or an estimate above the memory
+    it has free (so full fine-tuning of an 8B model is skipped on a 24 GB GPU instead of crashing). A GPU without
+    native bf16 runs the bf16 rows in fp16 (`train.mixed_precision`), so they are not skipped (see `precision_note`)."""
+    if config.method == "qlora" or "8bit" in config.optimizer:
+        if not hw.bitsandbytes_version:
+            return "bitsandbytes is not installed (4-bit weights and 8-bit optimizers need it)"
+    if estimate_mb is not None and budget_mb is not None and estimate_mb > budget_mb:
+        return f"estimated {estimate_mb / 1000:,.1f} GB > {budget_mb / 1000:,.1f} GB free on {hw.name}"
+    return None
+
+
+# The largest model the sweep trains: nine configurations of a bigger one take hours, and most cannot fit anyway. A
+# larger base (70B) is swept on the 8B model of its family: the same techniques save the same shares.
+SWEEP_STAND_IN = "meta-llama/Meta-Llama-3-8B"
+MAX_SWEEP_PARAMS = 8.1e9
+
+
+def sweep_model(base_model: str) -> tuple[str, str | None]:
+    """The hub model the sweep trains for a profile's base, and a note when it is a smaller stand-in."""
+    from lab_utils.models.memory import dims_for_model
+
+    dims = dims_for_model(base_model)
+    if dims is not None and dims.n_params() > MAX_SWEEP_PARAMS:
+        return SWEEP_STAND_IN, (
+            f"{base_model} has {dims.n_params() / 1e9:.0f}B parameters: the sweep trains {SWEEP_STAND_IN} instead "
+            "(the same techniques save the same shares; notebook 02 trains the real model)"
+        )
+    return base_model, None
+
+
+def memory_budget_mb(hw: Any) -> float:
+    """Memory a configuration may use on `hw`, in MB: what the CUDA device has free when `hw` is this machine's GPU;
+    the described memory otherwise (a rehearsal decides for its target GPU); on a CPU, the RAM available now."""
+    if hw.device == "cuda":
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.get_device_name(0) == hw.name:
+            return torch.cuda.mem_get_info(0)[0] / 1e6
+        return hw.memory_gb * 1000
+    import psutil
+
+    return psutil.virtual_memory().available / 1e6
+
+
+def precision_note(config: SweepConfig, hw: Any) -> str | None:
+    """Where the bf16 rows run in fp16 instead: a GPU below compute capability 8.0 (T4, V100)."""
+    from lab_utils.run.hardware import compute_dtype
+
+    if uses_bf16(config) and compute_dtype(hw) == "float16":
+        return f"runs in fp16 on {hw.name} (no native bf16): the same bytes per value"
+    return None
+
+
+def uses_bf16(config: SweepConfig) -> bool:
+    """True when the configuration computes in bf16 (mixed precision, or QLoRA's bf16 compute dtype)."""
+    return config.precision == "bf16" or config.method == "qlora"
+
+
+def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None]:
+    """Optimizer steps to run for `config` here, and the note that explains a reduction.
+
+    On a CPU without native bf16 (no AVX512_BF16/AMX), bf16 matmuls are emulated about 25-50x slower than fp32, so the
+    bf16 configurations run one step (the same data per step as every other row). One step shows the same peak as
+    two, because the optimizer state is allocated before the first step (see `run_config`); only tokens/s is low."""
+    if uses_bf16(config) and hw.device == "cpu" and not getattr(hw, "bf16_native", True) and steps > 1:
+        return 1, (
+            "bf16 is emulated on this CPU (no AVX512_BF16/AMX): 1 step instead of "
+            f"{steps}, and tokens/s is far below fp32's; the peak memory is measured the same way"
+        )
+    return steps, None
+
+
+def estimate(config: SweepConfig, dims: ModelDims, seq_len: int) -> float:
+    """The estimator's total for this configuration, in MB (from the same TrainSettings the run trains with)."""
+    return estimate_for_settings(dims, config.settings(1, seq_len)).total_mb
+
+
+def lora_crossover_seq_len(dims: ModelDims, max_seq_len: int = 65536) -> int | None:
+    """The sequence length (in steps of 64, at the sweep's micro-batch) at which the estimator puts LoRA (row 7) at or
+    above full fine-tuning (row 1), both fp32 without checkpointing: LoRA's savings (gradients and optimizer state of
+    the frozen weights) are fixed while its extra activations (the adapters' dropped-out inputs) grow with the
+    tokens. None if not below `max_seq_len`."""
+    full, lora = BASE, CONFIGS[6]
+    for seq_len in range(64, max_seq_len + 1, 64):
+        if estimate(lora, dims, seq_len) >= estimate(full, dims, seq_len):
+            return seq_len
+    return None
+
+
+def select_configs(numbers: str) -> list[SweepConfig]:
+    """Configurations by their numbers, e.g. "1,7" (rows 1 and 7); empty: all of them."""
+    if not numbers.strip():
+        return list(CONFIGS)
+    by_number = {c.name.split()[0]: c for c in CONFIGS}
+    wanted = [n.strip() for n in numbers.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_number]
+    if unknown:
+        raise ValueError(f"configs={numbers!r}: no configuration {', '.join(unknown)}; choose from 1-{len(CONFIGS)}")
+    return [by_number[n] for n in wanted]
+
+
+def _state_allocator() -> Any:
+    """A trainer callback that allocates the optimizer's state before the first step (zero gradients, learning rate
+    0: no weight changes), so every measured step, the first included, holds the state a long run holds."""
+    from transformers import TrainerCallback
+
+    class AllocateOptimizerState(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+            import torch
+
+            if optimizer is None:
+                return
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            for g in optimizer.param_groups:
+                g["lr"] = 0.0
+            optimizer.step()
+            for g, lr in zip(optimizer.param_groups, lrs):
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+
+    return AllocateOptimizerState()
+
+
+def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int) -> dict[str, Any]:
+    """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline."""
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
+    from lab_utils.models.loading import load_model
+    from lab_utils.train.sft import PeakMemory, make_trainer, sft_config
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    records, _ = load_records(data_path, skip_bad=skips_bad_rows(data_path))  # hub data: bad rows skipped
+    n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
+    ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
+    meter = PeakMemory()  # the idle baseline: after the fork, before the model loads
+    # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
+    settings = config.settings(steps, seq_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = sft_config(settings, tmp, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
+        model = load_model(model_dir, config.method, bf16=config.method == "qlora")
+        trainer = make_trainer(settings, model, tok, args, ds, callbacks=[_state_allocator()])
+        t0 = time.perf_counter()
+        with meter:
+            trainer.train()
+        seconds = time.perf_counter() - t0
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    rss_peak_mb = round(meter.above_idle_mb(), 1)
+    result = {
+        "peak_memory_mb": rss_peak_mb,  # on a GPU replaced below by the CUDA allocator's peak
+        "rss_peak_mb": rss_peak_mb,  # the process's resident memory: what counts on unified-memory machines too
+        "baseline_rss_mb": round(meter.baseline / 1e6, 1),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1),
+        "loss_last": round(float(losses[-1]), 4) if losses else None,
+        "seconds": round(seconds, 2),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if meter.cuda:
+        result["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+        result["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 1e6, 1)
+        result["peak_memory_mb"] = result["cuda_max_allocated_mb"]
+    return result
+
+
+def _run_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The fork server's child: one configuration of the sweep, as `sweep` requested it."""
+    config = next(c for c in CONFIGS if c.name == request["config"])
+    return run_config(config, request["model"], request["data"], request["steps"], request["seq_len"])
+
+
+def sweep(
+    model_dir: str,
+    data_path: str,
+    hw: Any,
+    steps: int = 2,
+    seq_len: int = 256,
+    configs: list[SweepConfig] | None = None,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
+    timeout: float = 900.0,
+    target: Any | None = None,
+    target_dims: ModelDims | None = None,
+) -> list[dict[str, Any]]:
+    """Every configuration in turn, each in a fresh child of one fork server: measured (or skipped, with the
+    reason) beside the estimate, with a progress line as each starts and ends. Whether a configuration fits is
+    decided for `target` (default `hw`) with `target_dims` (default the swept model's): a rehearsal decides for the
+    profile's GPU and real model while it trains a stand-in here."""
+    import tempfile
+
+    from transformers import AutoConfig
+
+    dims = ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+    target = target or hw
+    budget = memory_budget_mb(target)
+    chosen = configs or CONFIGS
+    log = Path(log_dir or tempfile.mkdtemp()) / "memsweep-worker.log"
+    rows = []
+    t0 = time.perf_counter()
+    with ForkServer(log) as server:
+        say = print if progress else (lambda *a, **k: None)
+        say(
+            f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
+            flush=True,
+        )
+        for i, config in enumerate(chosen, start=1):
+            row: dict[str, Any] = {
+                "name": config.name,
+                **asdict(config),
+                "estimated_memory_mb": round(estimate(config, dims, seq_len), 1),
+            }
+            decided = estimate(config, target_dims or dims, seq_len)
+            row["target_estimate_mb"] = round(decided, 1)
+            reason = skip_reason(config, hw) or skip_reason(config, target, decided, budget)
+            n_steps, note = steps_for(config, hw, steps)
+            note = "; ".join(n for n in (note, precision_note(config, target)) if n) or None
+            row.update({"ran": reason is None, "skipped_reason": reason, "steps": n_steps, "note": note})
+            if reason is not None:
+                say(f"[{i}/{len(chosen)}] {config.name}: skipped ({reason})", flush=True)
+                row.update({"peak_memory_mb": None, "tokens_per_s": None, "loss_last": None})
+                rows.append(row)
+                continue
+            say(
+                f"[{i}/{len(chosen)}] {config.name}: running {n_steps} step(s)" + (f" - {note}" if note else ""),
+                flush=True,
+            )
+            request = {
+                "config": config.name,
+                "model": model_dir,
+                "data": data_path,
+                "steps": n_steps,
+                "seq_len": seq_len,
+            }
+            row.update(server.run(request, config.name, timeout=timeout))
+            say(
+                f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
+                f"(estimate {row['estimated_memory_mb']:.0f}), {row['tokens_per_s']:.0f} tokens/s "
+                f"[{time.perf_counter() - t0:.0f} s so far]",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]]) -> Any:
+    """Measured vs estimated peak memory, and tokens/s, per configuration."""
+    import matplotlib.pyplot as plt
+
+    ran = [r for r in rows if r["ran"]]
+    names = [r["name"] for r in ran]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    ys = range(len(ran))
+    a.barh([y + 0.2 for y in ys], [r["peak_memory_mb"] for r in ran], height=0.4, label="measured", color="#4477aa")
+    a.barh(
+        [y - 0.2 for y in ys], [r["estimated_memory_mb"] for r in ran], height=0.4, label="estimated", color="#bbbbbb"
+    )
+    a.set_yticks(list(ys), names)
+    a.invert_yaxis()
+    a.set_xlabel("peak memory above idle (MB)")
+    a.legend()
+    b.barh(list(ys), [r["tokens_per_s"] for r in ran], color="#228833")
+    b.set_xlabel("tokens/s")
+    fig.suptitle("What each technique buys: memory and speed on this machine")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: run one configuration and print its measurements as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="run as the sweep's fork server (reads requests on stdin)")
+    parser.add_argument("--model")
+    parser.add_argument("--data")
+    parser.add_argument("--config", choices=[c.name for c in CONFIGS])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(_run_request)
+    if not (args.model and args.data and args.config):
+        parser.error("--model, --data and --config are required (or --serve)")
+    config = next(c for c in CONFIGS if c.name == args.config)
+    print(json.dumps(run_config(config, args.model, args.data, args.steps, args.seq_len)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
