@@ -43,10 +43,13 @@ def installed() -> bool:
 
 def build_command(spec: LlamaCppSpec, port: int, api_key: str) -> tuple[list[str], dict[str, str]]:
     """The command line (and extra environment) that starts llama-cpp-python's OpenAI-compatible server."""
+    # On a CPU with AMX, llama.cpp's AMX weight buffers crash at the first matmul (llama.cpp#20824; seen here with
+    # q8_0 and llama.cpp's own quantizer): the lab's entry point runs the same server with them off.
+    module = __name__ if amx_cpu() else "llama_cpp.server"
     cmd = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        module,
         "--model",
         spec.model,
         "--model_alias",
@@ -90,3 +93,33 @@ class LlamaCppServer(ServerProcess):
 def no_stop_fields(eos_token_id: int) -> dict[str, Any]:
     """Request fields that make llama.cpp's server write max_tokens tokens (its stand-in for vLLM's ignore_eos)."""
     return {"logit_bias": {str(eos_token_id): NO_STOP_BIAS}}
+
+
+def amx_cpu() -> bool:
+    """True on a CPU with AMX (Intel Sapphire Rapids and later), whose llama.cpp AMX kernels are unsafe here."""
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _without_extra_buffers() -> None:
+    """Make every model llama-cpp-python loads use plain CPU buffers (`use_extra_bufts = False`: no AMX or repacked
+    weights); the same arithmetic, without the kernels that crash."""
+    import llama_cpp.llama as llama_module
+
+    default = llama_module.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_module.llama_cpp.llama_model_default_params = params
+
+
+if __name__ == "__main__":  # `python -m lab_utils.serve.llamacpp ARGS`: llama-cpp-python's server, AMX buffers off
+    _without_extra_buffers()
+    from llama_cpp.server.__main__ import main
+
+    main()
