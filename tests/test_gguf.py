@@ -107,7 +107,7 @@ def test_the_llamacpp_command_binds_localhost_with_a_key_and_queues_requests() -
     spec = llamacpp.LlamaCppSpec(model="/m.gguf", served_model_name="ft", n_ctx=512)
     cmd, env = llamacpp.build_command(spec, 8123, "secret")
     value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
-    assert cmd[1:3] == ["-m", "llama_cpp.server"] and env == {}
+    assert cmd[1:3] == ["-m", "lab_utils.serve.llamacpp" if llamacpp.amx_cpu() else "llama_cpp.server"] and env == {}
     assert value("--host") == "127.0.0.1" and value("--port") == "8123" and value("--api_key") == "secret"
     assert value("--n_ctx") == "512" and value("--model_alias") == "ft" and value("--interrupt_requests") == "False"
 

@@ -127,4 +127,6 @@ def recipe_command(cfg: Any, base_path: str, output_dir: str | Path) -> str:
     parts += ["--output-dir", str(output_dir), "--max-steps", str(s.max_steps), "--learning-rate", str(s.learning_rate)]
     parts += ["--batch-size", str(s.per_device_batch_size), "--grad-accum", str(s.gradient_accumulation_steps)]
     parts += ["--max-length", str(s.max_seq_length), "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha)]
-    return shlex.join([*parts, "--bf16" if s.bf16 else "--no-bf16", "--seed", str(s.seed)])
+    parts += ["--warmup-ratio", str(s.warmup_ratio), "--bf16" if s.bf16 else "--no-bf16"]
+    parts += ["--gradient-checkpointing" if s.gradient_checkpointing else "--no-gradient-checkpointing"]
+    return shlex.join([*parts, "--seed", str(s.seed)])

