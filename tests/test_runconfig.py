@@ -84,3 +84,14 @@ def test_02_trains_on_the_data_01_loaded_in_this_run(tmp_path: Path, monkeypatch
     _record_02(tmp_path / "run", "lora", tmp_path)
     assert runconfig.dataset_from_01() == "custom.jsonl"
     assert runconfig.resolve("pocket", DESCRIBED["cpu"], dataset=runconfig.dataset_from_01()).dataset == "custom.jsonl"
+
+
+def test_the_engine_travels_with_the_run_configuration() -> None:
+    from lab_utils.serve import engines
+
+    cfg = runconfig.resolve("pocket", DESCRIBED["cpu"], engine="llamacpp")
+    assert cfg.engine_choice == "llamacpp" and cfg.to_dict()["engine_choice"] == "llamacpp"
+    if engines.llamacpp_installed():
+        assert cfg.engine is engines.ENGINES["llamacpp"]
+    with pytest.raises(engines.EngineError, match="engine 'tgi'"):
+        _ = runconfig.resolve("pocket", DESCRIBED["cpu"], engine="tgi").engine

@@ -30,6 +30,15 @@ class RunConfig:
     rehearsal: bool = False
     target: Hardware | None = None
     own_dataset: bool = False  # the training data is not the profile's own (DATASET= or a `dataset` parameter)
+    engine_choice: str = "auto"  # the serving engine asked for: auto | vllm | llamacpp (decided by `engine`)
+
+    @property
+    def engine(self) -> Any:
+        """The serving engine (`engines.VLLM` or `engines.LlamaCpp`) for `engine_choice`: "auto" is vLLM where it
+        is installed, else llama.cpp. Decided when a notebook first asks (00-03 serve nothing and need neither)."""
+        from lab_utils.serve.engines import resolve as resolve_engine
+
+        return resolve_engine(self.engine_choice)
 
     @property
     def decision_hardware(self) -> Hardware:
@@ -130,6 +139,7 @@ def resolve(
     max_new_tokens: int = 0,
     n_prompts: int = 0,
     start_timeout_s: float = 0,
+    engine: str = "auto",
 ) -> RunConfig:
     """Probe the hardware once, pick the profile ("auto" by hardware) and apply every override; empty or 0 keeps the
     profile's own value."""
@@ -163,6 +173,7 @@ def resolve(
         rehearsal=rehearsing,
         target=rehearsal.target_hardware(prof) if rehearsing else None,
         own_dataset=own,
+        engine_choice=engine,
     )
 
 

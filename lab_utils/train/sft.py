@@ -385,12 +385,13 @@ def summarize(
     eval_before: float | None,
     resume_from: str | None,
     info: dict[str, Any],
+    tokens_before: int = 0,
 ) -> TrainResult:
     """What a finished run measured (the eval loss after training is measured here), written beside the adapter."""
     eval_loss = trainer.evaluate().get("eval_loss")
     output_dir = Path(trainer.args.output_dir)
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - _tokens_seen_at(resume_from)
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
     trainable, total = count_params(trainer.model)
     result = TrainResult(
         output_dir=str(output_dir),
@@ -436,18 +437,19 @@ def train(
     record_config(trainer, profile, info)
     # The eval loss before any training: the reference the final eval loss is judged against.
     eval_before = None if resume_from else trainer.evaluate().get("eval_loss")
+    tokens_before = tokens_seen_at(resume_from)  # read now: training may rotate that checkpoint away
     t0 = time.perf_counter()
     with meter:
         trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
-    result = summarize(trainer, profile, meter, seconds, eval_before, resume_from, info)
+    result = summarize(trainer, profile, meter, seconds, eval_before, resume_from, info, tokens_before)
     save_atomically(trainer, Path(output_dir) / "adapter")
     del trainer
     free()  # TRL keeps a reference to the model through its rebound forward: collect it now
     return result
 
 
-def _tokens_seen_at(checkpoint: str | None) -> int:
+def tokens_seen_at(checkpoint: str | None) -> int:
     """Tokens the trainer had seen at a checkpoint (0 for a fresh start): this run's count starts there."""
     if not checkpoint:
         return 0
