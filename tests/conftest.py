@@ -19,12 +19,13 @@ TEST_PARAMETERS: dict[str, dict[str, Any]] = {
     "04_vllm_serving": {"profile": "pocket"},
     "05_before_after": {"profile": "pocket"},
     "06_export": {"profile": "pocket", "n_prompts": 24, "requests_per_level": 8},
+    "07_preference_tuning": {"profile": "pocket"},
 }
 # Tight limits for the test size (make lab takes its limit from the profile): a hung cell fails the test quickly.
 CELL_TIMEOUT_S = 600
 # Notebooks that run alone in a run folder of their own, after the full run that holds 02's artifacts: the way an
 # instructor re-runs one chapter (`make lab NOTEBOOKS="04"`), so each such dependency is tested on every run.
-SUBSET_RUNS = ("03_memory_optimizations", "04_vllm_serving", "05_before_after")
+SUBSET_RUNS = ("03_memory_optimizations", "04_vllm_serving", "05_before_after", "07_preference_tuning")
 
 
 class LabRun:

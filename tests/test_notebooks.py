@@ -286,3 +286,34 @@ def test_02_compares_the_models_on_your_own_datasets_heldout_split(lab_run, tmp_
     executed = (lab_run.root / "20260101-0002own-data" / "02_sft.ipynb").read_text()
     assert "The seed's question: First, tell me the capital of France" in executed
     assert expected[0] in executed  # the side-by-side table shows your records
+
+
+@pytest.mark.server
+def test_07_preference_tuning(lab_run) -> None:
+    r = lab_run.run("07_preference_tuning")
+    assert f"in the earlier run {lab_run.folder}" in lab_run.output_text("07_preference_tuning")
+    base, sft, tuned, served = r["scores"]["base"], r["scores"]["SFT"], r["scores"]["DPO"], r["served"]
+    # The pairs: from the lab's data and the SFT model's own answers; held-out countries kept apart.
+    assert r["pairs_by_kind"] == {"invented": 90 - r["n_pairs_skipped"], "real": 146} and r["n_heldout_pairs"] > 0
+    # The behaviour SFT gets wrong, fixed: abstention on held-out invented names rises by >= 0.3 and reaches >= 0.8.
+    assert sft["abstain_invented"] <= 0.2 and base["abstain_invented"] <= 0.2
+    assert tuned["abstain_invented"] >= 0.8 and tuned["abstain_invented"] >= sft["abstain_invented"] + 0.3
+    # ... without over-refusal or lost knowledge: no abstention on real countries, facts kept within 0.05 of SFT's.
+    assert tuned["abstain_real"] <= 0.1
+    assert tuned["contains_seen_fact"] >= sft["contains_seen_fact"] - 0.05
+    assert tuned["contains_unseen_fact"] >= sft["contains_unseen_fact"] - 0.1
+    # The story survives: Paris and a stop, in transformers and through the API.
+    for scores in (sft, tuned, served):
+        assert scores["seed_paris"] and scores["seed_stopped"] and scores["seed_tokens"] < 20
+    # Served like 04 and 05: the same behaviour through the OpenAI API (greedy; engines may flip a near-tie).
+    assert abs(served["abstain_invented"] - tuned["abstain_invented"]) <= 0.1 and served["abstain_real"] <= 0.1
+    assert "do not know" in r["one_request"]["text"] and r["one_request"]["finish_reason"] == "stop"
+    # TRL's logged rewards: the chosen answers end ahead on the training batches, and on held-out pairs.
+    assert r["reward_margin_final"] > 1.0 and r["reward_accuracy_final"] >= 0.9
+    assert r["heldout_rewards_after"]["accuracies"] >= r["heldout_rewards_before"]["accuracies"] + 0.3
+    margins = [v for _, v in r["curves"]["rewards/margins"]]
+    assert margins[-1] > margins[0]
+    assert f"{tuned['abstain_invented']:.0%}" in r["reading"] and f"{sft['abstain_invented']:.0%}" in r["reading"]
+    folder = lab_run.folder_of("07_preference_tuning")
+    assert (folder / "figures" / "07_dpo_rewards.png").exists() and (folder / "figures" / "07_behaviour.png").exists()
+    assert r["dpo_settings"]["loss_type"] == ["sigmoid", "sft"] and r["peak_memory_mb"] > 0

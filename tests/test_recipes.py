@@ -32,7 +32,7 @@ def load_serve() -> ModuleType:
 
 
 def test_the_recipes_exist() -> None:
-    assert {p.name for p in RECIPES} >= {"sft.py", "serve.py"}
+    assert {p.name for p in RECIPES} >= {"sft.py", "serve.py", "dpo.py"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -143,3 +143,27 @@ def test_sft_recipe_teaches_the_pocket_model_to_answer_and_stop(tmp_path: Path) 
     )
     assert "Paris" in answer, answer
     assert new[-1] == tok.eos_token_id and len(new) < 64, f"did not stop at EOS: {answer!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_dpo_recipe_teaches_the_sft_model_to_abstain(lab_run) -> None:
+    """The command notebook 07 prints for its run (its SFT model, its pairs file, its settings), run as is."""
+    import shlex
+
+    r = lab_run.run("07_preference_tuning")
+    printed = lab_run.output_text("07_preference_tuning")
+    line = next(x for x in printed.splitlines() if x.startswith("python recipes/dpo.py"))
+    cmd = [sys.executable, *shlex.split(line)[1:]]
+    cmd[1] = str(ROOT / cmd[1])
+    assert cmd[cmd.index("--pairs") + 1] == r["pairs_file"] and cmd[cmd.index("--model") + 1] == r["sft_dir"]
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.strip().splitlines()
+    print(f"\nrecipes/dpo.py ran {time.monotonic() - start:.0f} s; it printed:\n" + "\n".join(out[-4:]))
+    assert out[0].startswith(f"{r['n_pairs']} usable pairs of {r['n_pairs']}")
+    seed = next(x for x in out if x.startswith("'First, tell me the capital of France' ->"))
+    assert "Paris" in seed and "stopped: True" in seed
+    invented = next(x for x in out if x.startswith("'Can you tell me the capital of Zanorvia?' ->"))
+    assert "do not know" in invented and "stopped: True" in invented

@@ -13,6 +13,7 @@ import pytest
 from lab_utils.data.standin import standin_defects
 from lab_utils.lab.runner import execute_notebook
 from lab_utils.run.paths import REPO_ROOT
+from lab_utils.run.profiles import PREFERENCE_DATASET
 from lab_utils.run.results import load_results
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.rehearsal, pytest.mark.server]
@@ -22,10 +23,18 @@ SMALL = {  # test size: the flow and the decisions, not the figures
     "03_memory_optimizations": {"steps": 1},
     "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16},
     "05_before_after": {"workers": 4, "n_prompts": 8},
+    "07_preference_tuning": {"n_invented": 8, "n_real": 4, "max_new_tokens": 16},
 }
 FLOWS = {
-    "llama3-8b": ["01_alpaca_data", "02_sft", "03_memory_optimizations", "04_vllm_serving", "05_before_after"],
-    "llama3-8b-qlora": ["02_sft", "03_memory_optimizations"],
+    "llama3-8b": [
+        "01_alpaca_data",
+        "02_sft",
+        "03_memory_optimizations",
+        "04_vllm_serving",
+        "05_before_after",
+        "07_preference_tuning",
+    ],
+    "llama3-8b-qlora": ["02_sft", "03_memory_optimizations", "07_preference_tuning"],
     "llama3-70b-qlora": ["02_sft", "03_memory_optimizations", "04_vllm_serving", "05_before_after"],
 }
 
@@ -65,12 +74,24 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert serving["openai_client_finish_reason"] in ("stop", "length")
     tuned = r["05_before_after"]["finetuned"]
     assert math.isnan(tuned["exact_match"]) and 0 <= tuned["rouge_l"] <= 1 and 0 <= tuned["contains_answer"] <= 1
+    assert_preference_flow(r["07_preference_tuning"], sft)
+
+
+def assert_preference_flow(pref: dict[str, Any], sft: dict[str, Any]) -> None:
+    """07 on a GPU profile: the hub preference data (its stand-in) mixed in with its defective rows skipped and
+    counted, DPO trained from 02's merged model, merged and served; the figures are a random stand-in's."""
+    assert pref["sft_dir"] == sft["merged_dir"] and Path(pref["dpo_dir"], "config.json").exists()
+    assert pref["hub_dataset"] == PREFERENCE_DATASET and pref["n_hub_pairs"] == 24
+    assert pref["dpo_settings"]["max_steps"] == 4 and len(pref["curves"]["rewards/margins"]) >= 1
+    assert pref["engine"] == "vllm" and 0 <= pref["served"]["abstain_invented"] <= 1
 
 
 def test_rehearsal_llama3_8b_qlora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = rehearse("llama3-8b-qlora", tmp_path / "run", monkeypatch)
     sft = r["02_sft"]
     assert sft["method"] == "qlora" and sft["merge_check"]["dtype"] == "nf4"  # evaluated in 4-bit, as trained
+    assert_preference_flow(r["07_preference_tuning"], sft)
+    assert r["07_preference_tuning"]["dpo_settings"]["per_device_batch_size"] == 2
     rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}
     # Decided for a T4 (16 GB, no native bf16): what does not fit is skipped, the QLoRA rows run, in fp16 there.
     assert "GB free on Tesla T4" in rows["2 + bf16 mixed precision"]["skipped_reason"]

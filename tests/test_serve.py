@@ -71,12 +71,14 @@ def test_cpu_gets_no_fp8_and_says_why() -> None:
     assert "--no-enable-prefix-caching" in cmd
 
 
-def test_eager_mode_is_a_flag() -> None:
-    spec = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", enforce_eager=True)
-    assert "--enforce-eager" in serve.build_command(spec, 8000, "k")[0]
-    assert (
-        "--enforce-eager" not in serve.build_command(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m"), 8000, "k")[0]
-    )
+def test_eager_mode_is_decided_by_hardware_and_can_be_asked_for() -> None:
+    """Eager on a CPU (compiling doubles a start and pays back only on a GPU), compiled with CUDA graphs on a GPU."""
+    command = lambda spec: serve.build_command(spec, 8000, "k")[0]  # noqa: E731
+    cpu = serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m")
+    assert "--enforce-eager" in command(cpu) and any("--enforce-eager on a CPU" in n for n in cpu.notes)
+    assert "--enforce-eager" not in command(serve.spec_for(LLAMA, DESCRIBED["h100"], "/m", "m"))
+    assert "--enforce-eager" in command(serve.spec_for(LLAMA, DESCRIBED["h100"], "/m", "m", enforce_eager=True))
+    assert "--enforce-eager" not in command(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m", enforce_eager=False))
 
 
 def test_a_cpu_without_native_bf16_serves_in_float32() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lab_utils.data import pocket_data
 from lab_utils.run.paths import atomic_write_json, cache_dir, staged
+from lab_utils.run.profiles import PREFERENCE_DATASET
 
 RECIPE_VERSION = "2"  # bump when a builder below changes what it writes, so cached stand-ins are rebuilt
 
@@ -277,3 +278,61 @@ def hub_source(dataset_id: str, standin: bool = False) -> str:
     """What `datasets.load_dataset` loads for a hub id: the id itself, or in a rehearsal (`standin`, from the resolved
     run configuration) the local stand-in folder in the hub's own layout."""
     return str(dataset_standin(dataset_id)) if standin else dataset_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# The preference dataset's stand-in (notebook 07 on the GPU profiles): trl-lib/ultrafeedback_binarized's schema
+# ---------------------------------------------------------------------------------------------------
+
+PREFERENCE_ID = PREFERENCE_DATASET
+PREFERENCE_ROWS = 120
+PREFERENCE_DEFECTS = {"no_assistant_turn": 2, "same_answers": 2}  # rows a lenient loader must skip and name
+
+
+def preference_rows(n_rows: int = PREFERENCE_ROWS, seed: int = SEED) -> list[dict[str, Any]]:
+    """Rows in the hub dataset's schema (`chosen` and `rejected`: user + assistant messages, with the two scores):
+    the chosen answer a full sentence, the rejected one a bare word or a wrong capital; the defects at fixed rows."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_rows):
+        country, capital = COUNTRIES[i % len(COUNTRIES)]
+        other = COUNTRIES[(i * 7 + 3) % len(COUNTRIES)][1]
+        question = f"What is the capital of {pocket_data.country_phrase(country)}?"
+        good = pocket_data.capital_fact(country, capital)
+        bad = capital if rng.random() < 0.5 else pocket_data.capital_fact(country, other)
+        rows.append(
+            {
+                "prompt": question,
+                "chosen": [{"role": "user", "content": question}, {"role": "assistant", "content": good}],
+                "rejected": [{"role": "user", "content": question}, {"role": "assistant", "content": bad}],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            }
+        )
+    for i in range(PREFERENCE_DEFECTS["no_assistant_turn"]):
+        rows[5 + i]["chosen"] = rows[5 + i]["chosen"][:1]
+    for i in range(PREFERENCE_DEFECTS["same_answers"]):
+        rows[20 + i]["rejected"] = rows[20 + i]["chosen"]
+    return rows
+
+
+def build_preference_standin(out_dir: Path, n_rows: int = PREFERENCE_ROWS) -> Path:
+    """Write the preference stand-in in the hub repo's layout (one parquet shard under data/), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with staged(out_dir) as folder:
+        (folder / ALPACA_PARQUET).parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(preference_rows(n_rows)), folder / ALPACA_PARQUET)
+        atomic_write_json(folder / RECORD, {"dataset": PREFERENCE_ID, "rows": n_rows, "planted": PREFERENCE_DEFECTS})
+    return out_dir
+
+
+def preference_source(dataset_id: str, standin: bool = False) -> str:
+    """What `datasets.load_dataset` loads for a preference dataset id: the id, or in a rehearsal the local stand-in."""
+    if not standin:
+        return dataset_id
+    if dataset_id != PREFERENCE_ID:
+        raise ValueError(f"no stand-in for preference dataset {dataset_id!r}: supported: {PREFERENCE_ID}")
+    key = digest({"version": RECIPE_VERSION, "rows": preference_rows()})
+    return str(ensure_built(default_root() / f"preference-{key}", build_preference_standin))

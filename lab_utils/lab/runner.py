@@ -29,6 +29,7 @@ TIMEOUT_HINTS = {
     "04_vllm_serving": "start_timeout_s, bench_max_tokens, the load-test levels",
     "05_before_after": "n_prompts, max_tokens",
     "06_export": "n_prompts, requests_per_level, compare_vllm=False",
+    "07_preference_tuning": "max_steps, max_new_tokens",
 }
 
 
@@ -231,6 +232,14 @@ QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
 }
 
 
+def skip_reason(book: Path, profile: Any) -> str:
+    """Why a notebook does not apply to a profile ("" when it does): 07 tunes 02's merged model, which a profile that
+    merges nothing (70B: the adapter is served beside the base) does not have."""
+    if book.name.startswith("07") and not profile.tunes_preferences:
+        return f"profile {profile.name!r} merges no model in 02 (too large for a 16-bit copy), so there is none to DPO"
+    return ""
+
+
 def notebook_parameters(book: Path, profile: str, quick: bool = False, dataset: str = "") -> dict[str, Any]:
     """What `run_lab` passes to one notebook: the profile, class mode's changes, and your dataset where it is taken."""
     params: dict[str, Any] = {"profile": profile, **(QUICK_PARAMETERS.get(book.name[:2], {}) if quick else {})}
@@ -272,6 +281,9 @@ def run_lab(
     if quick:
         print(f"lab: class mode (QUICK=1): {QUICK_PARAMETERS}", flush=True)
     for i, book in enumerate(books, start=1):
+        if reason := skip_reason(book, cfg.profile):
+            print(f"[{i}/{len(books)}] {book.stem}: skipped: {reason}", flush=True)
+            continue
         params = notebook_parameters(book, cfg.name, quick, dataset)
         print(f"[{i}/{len(books)}] {book.stem}: running", flush=True)
         try:

@@ -256,6 +256,25 @@ def reference_table() -> list[dict[str, Any]]:
 CUDA_OVERHEAD_GB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack on top of the tensors
 
 
+def estimate_for_preference(dims: ModelDims, train: Any, pref: Any, attention: str = "sdpa") -> MemoryEstimate:
+    """DPO in notebook 07: a LoRA adapter on the merged SFT model (in 4-bit NF4 where the profile trains QLoRA), so
+    weights, gradients and optimizer state are LoRA's; each step runs the chosen and the rejected answers together
+    (twice the micro-batch) at `max_length`. The reference is the same model with the adapter switched off: no second
+    copy of the weights, and its forward pass runs without gradients, so it saves no activations. A full-model DPO
+    would hold a second full copy as the reference (2 B/param more in bf16)."""
+    return estimate_training_memory(
+        dims,
+        "qlora" if train.method == "qlora" else "lora",
+        "bf16" if train.bf16 else "fp32",
+        "paged_adamw_8bit" if train.method == "qlora" else OPTIM_NAMES.get(train.optim, "adamw"),
+        2 * pref.per_device_batch_size,
+        pref.max_length,
+        train.gradient_checkpointing,
+        pref.lora_r,
+        attention=attention,
+    )
+
+
 def profile_peak_gb(profile: Any) -> dict[str, float]:
     """A GPU profile's estimated peak device memory per phase, in GB: training (the estimator, with the profile's
     settings) and serving (vLLM's weights: FP8 where the profile quantizes, else 16-bit, plus 10% for activations and
@@ -271,8 +290,10 @@ def profile_peak_gb(profile: Any) -> dict[str, float]:
     eval_bytes = NF4_BYTES + NF4_CONSTANT_BITS / 8 if profile.evaluates_in_4bit else 2.0
     evaluate = eval_bytes * dims.linear_params() / GB + 2.0 * (dims.n_params() - dims.linear_params()) / GB
     evaluate = evaluate if profile.merge_for_serving else 0.0
+    preference = estimate_for_preference(dims, profile.train, profile.preference).total_mb / 1000
     return {
         "training": round(train + CUDA_OVERHEAD_GB, 1),
+        "preference_tuning": round(preference + CUDA_OVERHEAD_GB, 1) if profile.tunes_preferences else 0.0,
         "serving": round(serve + CUDA_OVERHEAD_GB, 1),
         "transformers_eval": round(evaluate + CUDA_OVERHEAD_GB, 1) if evaluate else 0.0,
     }

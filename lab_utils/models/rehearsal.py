@@ -251,6 +251,15 @@ def scaled(profile: Any) -> Any:
         heldout_from_dataset=8,
         max_new_tokens=24,
         rehearsal=True,
+        preference=replace(
+            profile.preference,
+            max_steps=4,
+            per_device_batch_size=2,
+            gradient_accumulation_steps=1,
+            dataset_rows=24,
+            logging_steps=1,
+            save_steps=4,
+        ),
         cell_timeout_s=PROFILES["pocket"].cell_timeout_s,  # minutes of work: a limit that catches a hung cell
         serve=replace(profile.serve, max_model_len=2048, max_num_seqs=16, start_timeout_s=300.0),
     )

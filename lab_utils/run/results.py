@@ -89,7 +89,11 @@ def record(notebook: str, show: bool = True, **values: Any) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars, paths and the like into JSON values."""
+    """Convert numpy scalars, dataclasses, paths and the like into JSON values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     if hasattr(value, "item"):
         return value.item()
     if hasattr(value, "tolist"):

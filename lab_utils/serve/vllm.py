@@ -132,6 +132,9 @@ def spec_for(
     notes = [why] + ([dtype_note] if dtype_note else [])
     if hw.unified_memory:
         notes.append("unified memory: --gpu-memory-utilization leaves room for the OS and the notebook's own process")
+    eager = cpu if s.enforce_eager is None else s.enforce_eager
+    if eager and cpu and s.enforce_eager is None:
+        notes.append("--enforce-eager on a CPU: starts in about half the time; compiling pays back only on a GPU")
     spec = ServerSpec(
         model=model,
         served_model_name=served_model_name,
@@ -148,6 +151,7 @@ def spec_for(
         cpu_kvcache_space_gb=s.cpu_kvcache_space_gb,
         default_temperature=s.default_temperature,
         start_timeout_s=s.start_timeout_s,
+        enforce_eager=eager,
         notes=tuple(notes),
     )
     spec = replace(spec, **changes)
