@@ -145,3 +145,8 @@ def recipe_command(
     parts += ["--batch-size", str(pref.per_device_batch_size), "--grad-accum", str(pref.gradient_accumulation_steps)]
     parts += ["--max-length", str(pref.max_length), "--lora-r", str(pref.lora_r)]
     return shlex.join([*parts, "--bf16" if train.bf16 else "--no-bf16", "--seed", str(train.seed)])
+
+
+def train_runtime(log_history: list[dict[str, Any]]) -> float | None:
+    """The seconds `trainer.train()` reported (its last train_runtime entry; evaluations log after it)."""
+    return next((round(float(e["train_runtime"]), 1) for e in reversed(log_history) if "train_runtime" in e), None)
