@@ -9,8 +9,12 @@ from lab_utils.run.hardware import DESCRIBED
 from lab_utils.run.profiles import get_profile
 
 
+def reachable(env: object) -> tuple[bool, str]:
+    return True, "described as reachable"
+
+
 def failed(profile: str, hw: str, env: dict[str, str] | None = None, disk: float = 500.0) -> dict[str, readiness.Check]:
-    results = readiness.checks(get_profile(profile), DESCRIBED[hw], env or {}, free_disk_gb=disk)
+    results = readiness.checks(get_profile(profile), DESCRIBED[hw], env or {}, free_disk_gb=disk, reach=reachable)
     return {c.name: c for c in results if not c.ok}
 
 
@@ -56,3 +60,20 @@ def test_cache_report_does_not_download(monkeypatch: pytest.MonkeyPatch, tmp_pat
     rows = readiness.cache_report(get_profile("llama3-8b"))
     assert [r["cached"] for r in rows] == [False, False]
     assert rows[0]["item"] == "meta-llama/Meta-Llama-3-8B" and rows[1]["item"] == "tatsu-lab/alpaca"
+
+
+def test_an_unreachable_hub_is_said_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    """Behind a firewall (the hub address points nowhere), with nothing cached: `make ready` says so, in seconds."""
+    import time
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    env = {"HF_TOKEN": "x", "HF_ENDPOINT": "http://127.0.0.1:9"}  # the discard port: nothing listens there
+    start = time.monotonic()
+    results = readiness.checks(get_profile("llama3-8b"), DESCRIBED["h100"], env, free_disk_gb=500.0)
+    hub = next(c for c in results if c.name == "hub")
+    assert time.monotonic() - start < 3 * readiness.HUB_TIMEOUT_S
+    assert not hub.ok and "cannot reach the hub" in hub.detail and "not cached" in hub.detail
+    assert "make prefetch PROFILE=llama3-8b" in hub.fix and "HF_HOME" in hub.fix
+    ok, detail = readiness.hub_reachable(env, timeout=1.0)
+    assert not ok and "127.0.0.1:9" in detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,45 @@ def test_the_engine_travels_with_the_run_configuration() -> None:
         assert cfg.engine is engines.ENGINES["llamacpp"]
     with pytest.raises(engines.EngineError, match="engine 'tgi'"):
         _ = runconfig.resolve("pocket", DESCRIBED["cpu"], engine="tgi").engine
+
+
+def test_a_subset_run_takes_02_from_a_run_of_its_own_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pocket subset run right after a llama3-8b rehearsal run takes the pocket run's model, and says which run."""
+    import json
+    import os
+    import time
+
+    from lab_utils.models.rehearsal import scaled
+    from lab_utils.run.profiles import PROFILES
+
+    def recorded_02(name: str, profile: Any) -> Path:
+        folder = tmp_path / name
+        (folder / "sft" / "adapter").mkdir(parents=True)
+        (folder / "sft" / "merged").mkdir()
+        train = {"method": "lora", "lora_r": 16}
+        section = {
+            "adapter_dir": str(folder / "sft" / "adapter"),
+            "merged_dir": str(folder / "sft" / "merged"),
+            "base_model": profile.base_model,
+            "run_config": {"profile": {**profile.to_dict(), "train": train}},
+        }
+        (folder / "results.json").write_text(json.dumps({"02_sft": section}))
+        return folder
+
+    pocket_run = recorded_02("20260101-000000", PROFILES["pocket"])
+    rehearsal_run = recorded_02("20260101-010000", scaled(PROFILES["llama3-8b"]))
+    later = time.time() + 10
+    os.utime(rehearsal_run / "results.json", (later, later))  # the rehearsal is the newest run
+    monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "20260101-020000"))
+    monkeypatch.setattr("lab_utils.run.results.REPO_ROOT", tmp_path)  # no runs of this checkout's runs/ folder
+    assert runconfig.trained().merged_dir == str(rehearsal_run / "sft" / "merged"), "no profile: the newest run"
+    run = runconfig.trained(profile=PROFILES["pocket"])
+    assert run.merged_dir == str(pocket_run / "sft" / "merged") and run.base_model == "pocket"
+    assert f"in the earlier run {pocket_run} (profile pocket)" in capsys.readouterr().out
+    again = runconfig.trained(profile=scaled(PROFILES["llama3-8b"]))
+    assert again.merged_dir == str(rehearsal_run / "sft" / "merged")
+    assert "(profile llama3-8b, rehearsal)" in capsys.readouterr().out
+    with pytest.raises(LookupError, match="for profile 'llama3-8b'"):
+        runconfig.trained(profile=PROFILES["llama3-8b"])  # the real profile: only a rehearsal ran

@@ -27,16 +27,37 @@ class NotReadyError(RuntimeError):
     """The machine cannot run the profile; the message lists each failed check and its fix."""
 
 
+HUB_TIMEOUT_S = 5.0  # a classroom behind a firewall learns it here, in seconds, not in 02 after a long wait
+
+
+def hub_reachable(env: Mapping[str, str], timeout: float = HUB_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether the hub answers within `timeout` seconds (any HTTP answer counts: a gated model's 401 is the hub
+    answering), and what was found."""
+    import requests
+
+    endpoint = env.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        status = requests.head(f"{endpoint}/api/models", timeout=timeout, allow_redirects=True).status_code
+    except requests.RequestException as e:
+        return False, f"{endpoint} did not answer within {timeout:.0f} s ({type(e).__name__})"
+    return True, f"{endpoint} answered (HTTP {status})"
+
+
 def checks(
-    profile: Profile, hw: Hardware, env: Mapping[str, str] | None = None, free_disk_gb: float | None = None
+    profile: Profile,
+    hw: Hardware,
+    env: Mapping[str, str] | None = None,
+    free_disk_gb: float | None = None,
+    reach: Any = None,
 ) -> list[Check]:
-    """Every readiness check for `profile` on `hw` (env and disk are parameters so tests can describe them)."""
+    """Every readiness check for `profile` on `hw` (env, disk and how the hub is reached are parameters so tests can
+    describe them; `reach(env)` returns (reachable, detail), by default `hub_reachable`)."""
     env = os.environ if env is None else env
     out = [_gpu_check(profile, hw), _memory_check(profile, hw), _vllm_check(hw)]
     if profile.gated:
         out.append(_token_check(profile, env))
     if not profile.is_pocket:
-        out.append(_offline_check(profile, env))
+        out.append(_hub_check(profile, env, reach or hub_reachable))
     out.append(_disk_check(profile, free_disk_gb if free_disk_gb is not None else _free_disk_gb()))
     return out
 
@@ -99,16 +120,26 @@ def _token_check(profile: Profile, env: Mapping[str, str]) -> Check:
     )
 
 
-def _offline_check(profile: Profile, env: Mapping[str, str]) -> Check:
-    """Offline mode only works for files fetched earlier."""
-    if env.get("HF_HUB_OFFLINE") == "1" and not is_cached(profile.base_model):
+def _hub_check(profile: Profile, env: Mapping[str, str], reach: Any) -> Check:
+    """The model must be in the cache, or the hub must answer: offline mode only works for files fetched earlier, and
+    a model that is not cached is tried on the hub with a short timeout (not assumed reachable)."""
+    fix = (
+        f"on a machine with internet, `make prefetch PROFILE={profile.name}` and copy its HF_HOME here, or point "
+        "HF_HOME at a shared cache that holds the model (a classroom's file share)"
+    )
+    if is_cached(profile.base_model):
+        return Check("hub", True, f"{profile.base_model} is in the cache")
+    if env.get("HF_HUB_OFFLINE") == "1":
         return Check(
             "hub",
             False,
             f"HF_HUB_OFFLINE=1 and {profile.base_model} is not in the cache",
-            f"run `make prefetch PROFILE={profile.name}` while online, or unset HF_HUB_OFFLINE",
+            f"run `make prefetch PROFILE={profile.name}` while online, or unset HF_HUB_OFFLINE; or {fix}",
         )
-    return Check("hub", True, "online, or the model is cached")
+    ok, detail = reach(env)
+    if ok:
+        return Check("hub", True, f"{profile.base_model} is not cached; the hub is reachable: {detail}")
+    return Check("hub", False, f"cannot reach the hub and {profile.base_model} is not cached: {detail}", fix)
 
 
 def _disk_check(profile: Profile, free_gb: float) -> Check:

@@ -46,6 +46,10 @@ class RunConfig:
         machine."""
         return self.target or self.hardware
 
+    def trained(self, merged_dir: str = "", adapter_dir: str = "") -> TrainedRun:
+        """What 02 trained for this run's profile and rehearsal flag (see `trained`)."""
+        return trained(merged_dir, adapter_dir, profile=self.profile)
+
     def require_ready(self) -> None:
         """Stop with the fixes when this machine cannot run the profile (`readiness.require`). A rehearsal runs a GPU
         profile on this machine on purpose, with local stand-ins: it checks nothing that only the real run needs."""
@@ -231,12 +235,15 @@ class TrainedRun:
         )
 
 
-def trained(merged_dir: str = "", adapter_dir: str = "") -> TrainedRun:
-    """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder); explicit
-    folders win."""
+def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None = None) -> TrainedRun:
+    """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder; with `profile`,
+    only a run of that profile and rehearsal flag); explicit folders win."""
     from lab_utils.run.results import find_section
 
-    recorded = find_section("02_sft", "adapter_dir")
+    if profile is not None:
+        recorded = find_section("02_sft", "adapter_dir", profile=profile.name, rehearsal=profile.rehearsal)
+    else:
+        recorded = find_section("02_sft", "adapter_dir")
     train = recorded["run_config"]["profile"]["train"]
     return TrainedRun(
         method=train["method"],
