@@ -160,3 +160,33 @@ def test_other_methods_train_and_merge(method: str, pocket_model: str, tmp_path:
     assert facts["has_quantization_config"] is False and facts["safetensors_only"] and facts["has_chat_template"]
     if method == "qlora":
         assert train.merge_dtype(prof.train) == "bfloat16", "QLoRA merges into a bf16 base, never a 4-bit one"
+
+
+@pytest.mark.parametrize("storage", ["uint8", "bfloat16"])
+def test_a_4bit_models_parameter_count_is_the_configured_one(storage: str, tmp_path: Path) -> None:
+    """QLoRA's total: every weight once, whatever `bnb_4bit_quant_storage` packs them in (W1: a 16-bit storage holds
+    four 4-bit weights per element, not two)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
+
+    from lab_utils.train.sft import count_params
+
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=256,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    expected = model.num_parameters()
+    model.save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=getattr(torch, storage),
+    )
+    four_bit = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.bfloat16)
+    assert any(p.__class__.__name__ == "Params4bit" for p in four_bit.parameters())
+    assert count_params(four_bit)[1] == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -274,10 +275,14 @@ def build_trainer(
 
 
 def count_params(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count as stored elements x 2."""
+    """(trainable, total) parameter counts. A 4-bit weight is counted by the shape it quantized (its quant_state), or
+    else by its storage: two 4-bit weights per byte, so four per element when `bnb_4bit_quant_storage` is 16-bit."""
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            state = getattr(p, "quant_state", None)
+            n = math.prod(state.shape) if state is not None else p.numel() * p.element_size() * 2
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
