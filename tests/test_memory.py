@@ -227,3 +227,58 @@ def test_the_estimator_takes_the_labs_train_settings() -> None:
     assert qlora.optimizer_mb < direct.optimizer_mb, "QLoRA trains with paged 8-bit AdamW, as train.sft_config sets"
     with pytest.raises(ValueError, match="optimizers"):
         estimate_for_settings(dims, replace(settings, optim="adafactor"))
+
+
+def test_the_fork_server_imports_nothing_that_initializes_cuda_before_it_forks() -> None:
+    """C1: with a GPU, bitsandbytes (and peft and TRL, which import it) load in each child, after the fork; on a CPU
+    everything loads once. Checked in a fresh interpreter: after the preloads, CUDA is not initialized."""
+    from lab_utils.train import forkserver
+
+    assert set(forkserver.preload_modules(cuda=False)) == set(forkserver.HEAVY_MODULES)
+    gpu = forkserver.preload_modules(cuda=True)
+    assert "bitsandbytes" not in gpu and "peft" not in gpu and "torch" in gpu and "transformers" in gpu
+    code = (
+        "import sys; from lab_utils.train import forkserver as f; cuda = f._gpu_present()\n"
+        "[__import__(m) for m in f.preload_modules(cuda)]; import torch, transformers.trainer\n"
+        "assert not torch.cuda.is_initialized(); print('ok', cuda)"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
+    monkeypatch: pytest.MonkeyPatch, pocket_model: str
+) -> None:
+    from lab_utils import memsweep
+    from lab_utils.run.hardware import probe
+
+    class FailingFirst:
+        calls = 0
+
+        def __init__(self, *a: object, **k: object) -> None:
+            self.import_seconds = 0.0
+
+        def __enter__(self) -> FailingFirst:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def run(self, request: dict, label: str, timeout: float = 0) -> dict:
+            FailingFirst.calls += 1
+            if FailingFirst.calls == 1:
+                raise memsweep.SweepWorkerError(
+                    f"memory sweep run {label!r} failed: OutOfMemoryError: CUDA out of memory"
+                )
+            return {"seconds": 1.0, "peak_memory_mb": 10.0, "tokens_per_s": 5.0, "loss_last": 1.0}
+
+    monkeypatch.setattr(memsweep, "ForkServer", FailingFirst)
+    configs = [c for c in memsweep.CONFIGS if c.name in ("1 baseline: full fp32", "7 LoRA")]
+    rows = memsweep.sweep(
+        pocket_model, "data/pocket_alpaca/train.jsonl", probe(), steps=1, configs=configs, progress=False
+    )
+    assert [r["ran"] for r in rows] == [False, True]
+    assert "failed" in rows[0]["skipped_reason"] and "out of memory" in rows[0]["skipped_reason"]

@@ -16,6 +16,25 @@ from pathlib import Path
 from typing import Any
 
 HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "psutil")
+# Importing bitsandbytes asks torch for the GPU's compute capability, which initializes CUDA, and peft imports
+# bitsandbytes: a child forked after that fails with "Cannot re-initialize CUDA in forked subprocess". With a GPU the
+# server imports the rest only; each child imports these itself, after the fork.
+CUDA_UNSAFE_BEFORE_FORK = ("bitsandbytes", "peft", "trl")
+
+
+def preload_modules(cuda: bool) -> tuple[str, ...]:
+    """What the server imports before it forks: everything heavy on a CPU; nothing that initializes CUDA with a GPU."""
+    return tuple(m for m in HEAVY_MODULES if not (cuda and m in CUDA_UNSAFE_BEFORE_FORK))
+
+
+def _gpu_present() -> bool:
+    """A CUDA GPU is visible, asked through NVML so that the question itself does not initialize CUDA."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.is_available()
+
+
 _TAG = "@@lab-memsweep "
 
 
@@ -109,13 +128,19 @@ class ForkServer:
 def serve(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """The fork server's loop: import once, then for each request line fork a child that runs `handler` on it."""
     t0 = time.perf_counter()
-    for name in HEAVY_MODULES:
+    cuda = _gpu_present()
+    for name in preload_modules(cuda):
         try:
             __import__(name)
         except ImportError:
             pass
+    import torch
     import transformers.trainer  # noqa: F401
-    import trl  # noqa: F401 - the SFTTrainer's module tree
+
+    if not cuda:
+        import trl  # noqa: F401 - the SFTTrainer's module tree
+    if torch.cuda.is_initialized():  # forking now would hand every child a CUDA it cannot use
+        raise RuntimeError("CUDA was initialized before the fork server forked: the sweep cannot run its rows safely")
 
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "w")  # the protocol keeps its own copy of stdout...

@@ -422,7 +422,22 @@ def sweep(
                 "steps": n_steps,
                 "seq_len": seq_len,
             }
-            row.update(server.run(request, config.name, timeout=timeout))
+            try:
+                row.update(server.run(request, config.name, timeout=timeout))
+            except SweepWorkerError as e:  # one failed row (out of memory, a kernel missing) does not stop the sweep
+                first = str(e).splitlines()[0]
+                say(f"[{i}/{len(chosen)}] {config.name}: FAILED ({first})", flush=True)
+                row.update(
+                    {
+                        "ran": False,
+                        "skipped_reason": f"failed: {first}",
+                        "peak_memory_mb": None,
+                        "tokens_per_s": None,
+                        "loss_last": None,
+                    }
+                )
+                rows.append(row)
+                continue
             say(
                 f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
                 f"(estimate {row['estimated_memory_mb']:.0f}), {row['tokens_per_s']:.0f} tokens/s "
