@@ -163,9 +163,8 @@ model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cud
 sim, rows = fp8.simulate(model)
 texts = ["The capital of France is Paris.", "Q: What is the capital of Peru? A: Lima.", "Water boils at 100 degrees."]
 summary = fp8.summary(rows)
-def tok_cuda(text, **kw):  # the tokenizer, with its tensors on the GPU beside the models
-    return {k: v.to("cuda") for k, v in tok(text, **kw).items()}
-agreement = fp8.next_token_agreement(model, sim, tok_cuda, texts)
+# The tokenizer itself: next_token_agreement moves its tensors to the models' device (a dict has no .to: issue 19, C8).
+agreement = fp8.next_token_agreement(model, sim, tok, texts)
 out = {"summary": summary, "next_token_agreement": agreement, "layers": len(rows)}
 json.dump(out, open(os.path.join(os.environ["OUT"], "fp8_sim.json"), "w"), indent=2)
 print(json.dumps(out, indent=2))

@@ -4,6 +4,7 @@ GPU, one model at a time, the 70B serving plan, precision rules. Each test fails
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from lab_utils import data, memory, memsweep, profiles, rehearsal
 from lab_utils.data import standin
 from lab_utils.run.hardware import DESCRIBED
+from lab_utils.run.paths import REPO_ROOT as REPO
 from lab_utils.run.profiles import PROFILES
 
 GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
@@ -148,3 +150,27 @@ def test_a_rehearsal_gets_a_cell_limit_the_real_gpu_run_does_not(monkeypatch: py
     assert profile_cell_timeout("llama3-8b") is None  # a real training cell runs for hours
     monkeypatch.setenv("LAB_REHEARSAL", "1")
     assert profile_cell_timeout("llama3-8b") == PROFILES["pocket"].cell_timeout_s
+
+
+def test_the_smoke_scripts_fp8_step_runs(tmp_path: Path) -> None:
+    """C8: the GPU smoke script's FP8 step, cut out of scripts/gpu_smoke.sh and run on this CPU as written (only the
+    device changed): it passed a dict-returning function as the tokenizer, which failed at its only GPU step."""
+    import re
+    import subprocess
+    import sys
+
+    script = (REPO / "scripts" / "gpu_smoke.sh").read_text()
+    step = re.search(r'step fp8_sim \d+ "\$PY" - <<\'EOF\'\n(.*?)\nEOF\n', script, re.S)
+    assert step, "the fp8_sim step is in the smoke script"
+    code = step.group(1).replace('.to("cuda")', '.to("cpu")')
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "OUT": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads((tmp_path / "fp8_sim.json").read_text())
+    assert out["next_token_agreement"] > 0.5 and 0.45 < out["summary"]["memory_ratio"] < 0.55
