@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab_utils.models.loading import free
 from lab_utils.run.profiles import Profile
 from lab_utils.train.sft import batching_kwargs, build_trainer, resolve_batching
 
@@ -49,6 +50,8 @@ def measure(profile: Profile, mode: str, steps: int, model_path: str | None = No
         useful = int(trainer.state.num_input_tokens_seen)
     # The data loader fetches one batch ahead (to know the last one): count only the batches the steps consumed.
     processed = sum(batches[: steps * trainer.args.gradient_accumulation_steps])
+    del trainer  # collect the mode's model before the next mode loads (five loads of one model in one process)
+    free()
     return {
         "mode": mode,
         "steps": steps,
