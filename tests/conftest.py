@@ -21,6 +21,8 @@ TEST_PARAMETERS: dict[str, dict[str, Any]] = {
     "06_export": {"profile": "pocket", "n_prompts": 24, "requests_per_level": 8},
     "07_preference_tuning": {"profile": "pocket"},
 }
+# Where a notebook records under another key than its file name.
+RESULT_KEYS = {"07_preference_tuning": "07_preference"}
 # Tight limits for the test size (make lab takes its limit from the profile): a hung cell fails the test quickly.
 CELL_TIMEOUT_S = 600
 # Notebooks that run alone in a run folder of their own, after the full run that holds 02's artifacts: the way an
@@ -51,7 +53,7 @@ class LabRun:
             self.done[name] = execute_notebook(
                 NOTEBOOK_DIR / f"{name}.ipynb", self.folder_of(name), params, cell_timeout=CELL_TIMEOUT_S
             )
-        return load_results(self.folder_of(name))[name]
+        return load_results(self.folder_of(name))[RESULT_KEYS.get(name, name)]
 
     def run_variant(self, name: str, label: str, **params: Any) -> dict[str, Any]:
         """Execute notebook `name` again with other parameters (e.g. engine="llamacpp"), alone in a run folder of its
@@ -61,7 +63,7 @@ class LabRun:
         if not (folder / "results.json").exists():
             merged = {**TEST_PARAMETERS.get(name, {}), **params}
             execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", folder, merged, cell_timeout=CELL_TIMEOUT_S)
-        return load_results(folder)[name]
+        return load_results(folder)[RESULT_KEYS.get(name, name)]
 
     def output_text(self, name: str) -> str:
         """Everything notebook `name` printed (stream outputs of its executed copy)."""
