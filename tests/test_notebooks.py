@@ -120,7 +120,8 @@ def test_04_vllm_serving(lab_run) -> None:
     )
     # Overhead-bound on a tiny model (the notebook says so): batching must still show at some level, and requests queue.
     assert max(lv["tokens_per_s"] for lv in levels.values()) > 1.2 * levels[1]["tokens_per_s"]
-    assert levels[32]["ttft_p95_ms"] > levels[1]["ttft_p95_ms"]
+    # Medians: p95 of 8 requests at concurrency 1 is their slowest one, which one hiccup of a shared machine decides.
+    assert levels[32]["ttft_p50_ms"] > levels[1]["ttft_p50_ms"]
     assert r["chat_finetuned"]["content"] == r["openai_client_answer"], (
         "greedy by default: the same request, the same answer"
     )

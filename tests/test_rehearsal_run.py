@@ -74,7 +74,7 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert serving["openai_client_finish_reason"] in ("stop", "length")
     tuned = r["05_before_after"]["finetuned"]
     assert math.isnan(tuned["exact_match"]) and 0 <= tuned["rouge_l"] <= 1 and 0 <= tuned["contains_answer"] <= 1
-    assert_preference_flow(r["07_preference_tuning"], sft)
+    assert_preference_flow(r["07_preference"], sft)
 
 
 def assert_preference_flow(pref: dict[str, Any], sft: dict[str, Any]) -> None:
@@ -90,8 +90,8 @@ def test_rehearsal_llama3_8b_qlora(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     r = rehearse("llama3-8b-qlora", tmp_path / "run", monkeypatch)
     sft = r["02_sft"]
     assert sft["method"] == "qlora" and sft["merge_check"]["dtype"] == "nf4"  # evaluated in 4-bit, as trained
-    assert_preference_flow(r["07_preference_tuning"], sft)
-    assert r["07_preference_tuning"]["dpo_settings"]["per_device_batch_size"] == 2
+    assert_preference_flow(r["07_preference"], sft)
+    assert r["07_preference"]["dpo_settings"]["per_device_batch_size"] == 2
     rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}
     # Decided for a T4 (16 GB, no native bf16): what does not fit is skipped, the QLoRA rows run, in fp16 there.
     assert "GB free on Tesla T4" in rows["2 + bf16 mixed precision"]["skipped_reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,10 @@ def test_a_subset_run_takes_02_from_a_run_of_its_own_profile(
     assert "(profile llama3-8b, rehearsal)" in capsys.readouterr().out
     with pytest.raises(LookupError, match="for profile 'llama3-8b'"):
         runconfig.trained(profile=PROFILES["llama3-8b"])  # the real profile: only a rehearsal ran
+    # A run on your own file (DATASET=...) is newer still: the pocket run's data keeps the pocket run's model.
+    own = replace(PROFILES["pocket"], dataset=str(tmp_path / "antonyms.jsonl"))
+    own_run = recorded_02("20260101-0002own-data", own)
+    later += 10
+    os.utime(own_run / "results.json", (later, later))
+    assert runconfig.trained(profile=PROFILES["pocket"]).merged_dir == str(pocket_run / "sft" / "merged")
+    assert runconfig.trained(profile=own).merged_dir == str(own_run / "sft" / "merged")

@@ -237,11 +237,13 @@ class TrainedRun:
 
 def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None = None) -> TrainedRun:
     """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder; with `profile`,
-    only a run of that profile and rehearsal flag); explicit folders win."""
+    only a run of that profile, rehearsal flag and training data); explicit folders win."""
     from lab_utils.run.results import find_section
 
     if profile is not None:
-        recorded = find_section("02_sft", "adapter_dir", profile=profile.name, rehearsal=profile.rehearsal)
+        recorded = find_section(
+            "02_sft", "adapter_dir", profile=profile.name, rehearsal=profile.rehearsal, dataset=profile.dataset
+        )
     else:
         recorded = find_section("02_sft", "adapter_dir")
     train = recorded["run_config"]["profile"]["train"]

@@ -133,11 +133,13 @@ def earlier_runs(current: Path | None = None) -> list[Path]:
     return sorted(found, key=lambda p: (p / "results.json").stat().st_mtime, reverse=True)
 
 
-def find_section(notebook: str, key: str, profile: str = "", rehearsal: bool | None = None) -> dict[str, Any]:
+def find_section(
+    notebook: str, key: str, profile: str = "", rehearsal: bool | None = None, dataset: str = ""
+) -> dict[str, Any]:
     """Everything an earlier notebook recorded, from the run that has `key`: this run's folder first, else the newest
-    earlier run (a recorded folder must still exist); says which run it came from. With `profile` (and `rehearsal`),
-    only a run of that profile (and rehearsal flag) counts, as the notebook recorded them in its `run_config`: a pocket
-    run never takes a rehearsal's model."""
+    earlier run (a recorded folder must still exist); says which run it came from. With `profile` (and `rehearsal`,
+    `dataset`), only a run of that profile (rehearsal flag, training data) counts, as the notebook recorded them in its
+    `run_config`: a pocket run never takes a rehearsal's model, nor one trained on your own file."""
     current = run_dir()
     for folder in [current, *earlier_runs(current)]:
         section = load_results(folder).get(notebook, {})
@@ -149,11 +151,14 @@ def find_section(notebook: str, key: str, profile: str = "", rehearsal: bool | N
             continue
         if rehearsal is not None and bool(recorded.get("rehearsal")) != rehearsal:
             continue
+        if dataset and recorded.get("dataset") != dataset:
+            continue
         if folder.resolve() != current.resolve():
             which = f" (profile {profile}{', rehearsal' if rehearsal else ''})" if profile else ""
             print(f"{key} from {notebook} in the earlier run {folder}{which}")
         return section
     of = f" for profile {profile!r}{' (rehearsal)' if rehearsal else ''}" if profile else ""
+    of += f" trained on {dataset}" if dataset else ""
     raise LookupError(
         f"no {key!r} recorded by {notebook}{of} in {current} or any earlier run beside it: run notebook {notebook} first "
         f"(or pass the path as a parameter)"
