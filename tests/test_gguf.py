@@ -60,7 +60,7 @@ def test_a_tokenizer_of_another_form_is_refused_with_the_reason(served_folder: P
     tok["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
     (other / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(
-        gguf_export.GGUFExportError, match="tokenizer.json: cannot declare the GPT-2 pre-tokenizer.*Metaspace"
+        gguf_export.GGUFExportError, match="tokenizer.json: cannot declare a llama.cpp pre-tokenizer.*Metaspace"
     ):
         gguf_export.export(other, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
@@ -92,6 +92,54 @@ def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tm
         cpp_logits = llm.scores[llm.n_tokens - 1]
         assert int(cpp_logits.argmax()) == int(hf_logits.argmax()), text
         assert abs(cpp_logits - hf_logits).max() < 1e-2, f"{text}: the f32 file computes what transformers computes"
+
+
+@pytest.fixture(scope="module")
+def llama3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The llama3-8b rehearsal's stand-in (Llama 3's pre-tokenizer, special tokens and GQA) with the lab's template."""
+    from lab_utils.models import rehearsal
+
+    folder = tmp_path_factory.mktemp("model") / "llama3-standin"
+    shutil.copytree(rehearsal.model_standin("meta-llama/Meta-Llama-3-8B"), folder)
+    (folder / "chat_template.jinja").write_text(data.ALPACA_CHAT_TEMPLATE)
+    return folder
+
+
+def test_llama3s_tokenizer_exports_as_llama_bpe_and_llamacpp_splits_it_as_transformers(
+    llama3_folder: Path, tmp_path: Path
+) -> None:
+    """Llama 3's pre-tokenizer is not GPT-2's (issue 19, R1: 06 refused it): its GGUF declares llama.cpp's "llama-bpe",
+    and llama.cpp's tokens and greedy next token are transformers' (digits split in threes, as only llama-bpe does)."""
+    tok = json.loads((llama3_folder / "tokenizer.json").read_text())
+    assert gguf_export.pre_tokenizer_name(tok["pre_tokenizer"]) == "llama-bpe"
+    path = gguf_export.export(llama3_folder, tmp_path / "l3-f32.gguf", "f32")
+    d = gguf_export.describe(path)
+    assert d["pre_tokenizer"] == "llama-bpe" and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+    _need_llamacpp()
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False, logits_all=True)
+    hf_tok = AutoTokenizer.from_pretrained(llama3_folder)
+    texts = ["The capital of France is", "Numbers 1234567 and café", "  two spaces,\tand\nnew lines", "it's ALL CAPS!?"]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == hf_tok(text)["input_ids"], text
+    model = AutoModelForCausalLM.from_pretrained(llama3_folder, dtype=torch.float32)
+    ids = hf_tok(data.format_prompt("Name a primary color."))["input_ids"]
+    with torch.no_grad():
+        hf_logits = model(torch.tensor([ids])).logits[0, -1].numpy()
+    llm.eval(ids)
+    assert int(llm.scores[llm.n_tokens - 1].argmax()) == int(hf_logits.argmax())
+
+
+def test_a_split_other_than_llama3s_is_refused(llama3_folder: Path, tmp_path: Path) -> None:
+    """A Sequence pre-tokenizer with another regex would be tokenized wrongly under "llama-bpe": refused, named."""
+    tok = json.loads((llama3_folder / "tokenizer.json").read_text())
+    pre = tok["pre_tokenizer"]
+    pre["pretokenizers"][0]["pattern"]["Regex"] = pre["pretokenizers"][0]["pattern"]["Regex"].replace("{1,3}", "")
+    assert gguf_export.pre_tokenizer_name(pre) is None
+    assert gguf_export.pre_tokenizer_name({"type": "ByteLevel", "add_prefix_space": True}) is None
 
 
 def test_q4_0_comes_from_llamacpps_quantizer(served_folder: Path, tmp_path: Path) -> None:

@@ -23,15 +23,18 @@ SMALL = {  # test size: the flow and the decisions, not the figures
     "03_memory_optimizations": {"steps": 1},
     "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16},
     "05_before_after": {"workers": 4, "n_prompts": 8},
+    "06_export": {"n_prompts": 4, "requests_per_level": 2, "compare_vllm": False},
     "07_preference_tuning": {"n_invented": 8, "n_real": 4, "max_new_tokens": 16},
 }
 FLOWS = {
-    "llama3-8b": [
+    "llama3-8b": [  # make lab's whole flow (issue 19, R1: 06 had been left out, and refused Llama 3's tokenizer)
+        "00_setup",
         "01_alpaca_data",
         "02_sft",
         "03_memory_optimizations",
         "04_vllm_serving",
         "05_before_after",
+        "06_export",
         "07_preference_tuning",
     ],
     "llama3-8b-qlora": ["02_sft", "03_memory_optimizations", "07_preference_tuning"],
@@ -74,6 +77,11 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert serving["openai_client_finish_reason"] in ("stop", "length")
     tuned = r["05_before_after"]["finetuned"]
     assert math.isnan(tuned["exact_match"]) and 0 <= tuned["rouge_l"] <= 1 and 0 <= tuned["contains_answer"] <= 1
+    # 06: Llama 3's tokenizer exported as llama.cpp's "llama-bpe", every file served by llama.cpp with the template.
+    export = r["06_export"]
+    assert {f["pre_tokenizer"] for f in export["gguf_files"].values()} == {"llama-bpe"}
+    assert set(export["gguf_files"]) == {"f16", "q8_0", "q4_0"} and export["gguf_template_matches_training"] is True
+    assert all(a["status"] == 200 for a in export["seed_answers"].values())
     assert_preference_flow(r["07_preference"], sft)
 
 

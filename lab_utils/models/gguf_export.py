@@ -3,8 +3,9 @@
 Route: a small writer on the `gguf` package (the library llama.cpp's own converter is built on), not llama.cpp's
 `convert_hf_to_gguf.py`. That converter ships only inside the llama-cpp-python source distribution, and it refuses the
 lab's byte-level BPE tokenizer ("BPE pre-tokenizer was not recognized": its hash check knows hub tokenizers only). The
-lab's tokenizer splits text with the same ByteLevel regex as GPT-2, so its GGUF declares the "gpt-2" pre-tokenizer; the
-writer checks that form first and refuses any other tokenizer with the reason. The tensors are those the official
+pocket tokenizer splits text with the same ByteLevel regex as GPT-2, so its GGUF declares the "gpt-2" pre-tokenizer;
+Llama 3's (and its rehearsal stand-in's) splits with its own regex first, which llama.cpp calls "llama-bpe". The
+writer checks which of the two forms a tokenizer has and refuses any other with the reason. The tensors are those the official
 converter writes (the same names, the same Q/K row order, Q8_0 from the same quantizer), and the chat template and the
 special tokens come from the folder (gguf's SpecialVocab). Tensors are read one at a time through torch (numpy has no
 bfloat16, the dtype GPU merges are saved in).
@@ -66,9 +67,41 @@ def permute_qk(weights: Any, n_head: int) -> Any:
     )
 
 
-def check_tokenizer(model_dir: Path) -> dict[str, Any]:
-    """The tokenizer.json, if it is the form the export supports (byte-level BPE with GPT-2's regex, no prefix space);
-    otherwise GGUFExportError naming what differs."""
+# Llama 3's pre-tokenizer: a Split on tiktoken's cl100k-style pattern (digits in groups of at most three), then byte-level
+# mapping without GPT-2's own regex. llama.cpp knows it as "llama-bpe" (src/llama-vocab.cpp).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS = {
+    "gpt-2": "ByteLevel with GPT-2's regex and no prefix space (the pocket model's)",
+    "llama-bpe": "Llama 3's: Split on its regex, then ByteLevel without a regex",
+}
+
+
+def pre_tokenizer_name(pre: dict[str, Any]) -> str | None:
+    """llama.cpp's name for a tokenizer.json `pre_tokenizer` of a form the export supports, else None."""
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "gpt-2"
+    steps = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(steps) == 2:
+        split, byte_level = steps
+        if (
+            split.get("type") == "Split"
+            and (split.get("pattern") or {}).get("Regex") == LLAMA3_SPLIT
+            and str(split.get("behavior", "")).lower() == "isolated"
+            and not split.get("invert")
+            and byte_level.get("type") == "ByteLevel"
+            and not byte_level.get("use_regex", True)
+            and not byte_level.get("add_prefix_space")
+        ):
+            return "llama-bpe"
+    return None
+
+
+def check_tokenizer(model_dir: Path) -> tuple[dict[str, Any], str]:
+    """The tokenizer.json and llama.cpp's name for its pre-tokenizer, if it is a form the export supports (byte-level
+    BPE split as GPT-2 or as Llama 3); otherwise GGUFExportError naming what differs."""
     path = model_dir / "tokenizer.json"
     if not path.exists():
         raise GGUFExportError(f"{path}: no tokenizer.json (a fast tokenizer is needed to export the vocabulary)")
@@ -79,13 +112,15 @@ def check_tokenizer(model_dir: Path) -> dict[str, Any]:
         problems.append(f"model type {model.get('type')!r} (BPE needed)")
     if model.get("byte_fallback"):
         problems.append("byte_fallback BPE (a Llama-2-form tokenizer: use llama.cpp's convert_hf_to_gguf.py)")
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
-        problems.append(f"pre-tokenizer {pre} (ByteLevel with GPT-2's regex and no prefix space needed)")
+    name = pre_tokenizer_name(pre)
+    if name is None:
+        forms = "; ".join(f"{k}: {v}" for k, v in PRE_TOKENIZERS.items())
+        problems.append(f"pre-tokenizer {json.dumps(pre)[:300]} is none of the forms the export declares ({forms})")
     if problems:
         raise GGUFExportError(
-            f"{path}: cannot declare the GPT-2 pre-tokenizer for this tokenizer: " + "; ".join(problems)
+            f"{path}: cannot declare a llama.cpp pre-tokenizer for this tokenizer: " + "; ".join(problems)
         )
-    return tok
+    return tok, str(name)
 
 
 def _vocab(tok: dict[str, Any]) -> tuple[list[str], list[int], list[str]]:
@@ -142,7 +177,7 @@ def add_metadata(writer: Any, model_dir: str | Path, file_type: str) -> None:
 
     model_dir = Path(model_dir)
     cfg = _config(model_dir, file_type)
-    tok = check_tokenizer(model_dir)
+    tok, pre_name = check_tokenizer(model_dir)
     n_head, n_kv = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     ftype = {
@@ -165,7 +200,7 @@ def add_metadata(writer: Any, model_dir: str | Path, file_type: str) -> None:
     writer.add_file_type(ftype[file_type])
     tokens, types, merges = _vocab(tok)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")  # llama.cpp's name for GPT-2's ByteLevel regex
+    writer.add_tokenizer_pre(pre_name)  # llama.cpp's name for the split: "gpt-2" (pocket) or "llama-bpe" (Llama 3)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

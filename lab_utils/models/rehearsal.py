@@ -27,6 +27,7 @@ from lab_utils.data.standin import (
     file_hashes,
     standin_rows,
 )
+from lab_utils.models import gguf_export
 from lab_utils.run.paths import atomic_write_json, staged
 from lab_utils.run.profiles import PROFILES
 
@@ -43,11 +44,8 @@ SPECIAL_TOKENS = (
     "<|eot_id|>",
     *(f"<|reserved_special_token_{i}|>" for i in range(5, 10)),
 )
-# Llama 3's pre-tokenizer split (tiktoken's cl100k-style pattern: digits in groups of at most three).
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-    r"|\s+(?!\S)|\s+"
-)
+# Llama 3's pre-tokenizer split (tiktoken's cl100k-style pattern), one definition with the GGUF export's check.
+LLAMA3_SPLIT = gguf_export.LLAMA3_SPLIT
 VOCAB_SIZE = 1536  # the BPE trainer's target, byte alphabet included; the special tokens come on top
 
 # What each family's stand-in looks like: Llama 3's architecture choices at a tiny size.
