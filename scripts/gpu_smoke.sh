@@ -160,11 +160,12 @@ from lab_utils import fp8
 path = "models/pocket-base"
 tok = AutoTokenizer.from_pretrained(path)
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda").eval()
-sim, rows = fp8.simulate(model)
 texts = ["The capital of France is Paris.", "Q: What is the capital of Peru? A: Lima.", "Water boils at 100 degrees."]
+# The tokenizer itself: greedy_tokens moves its tensors to the model's device (a dict has no .to: issue 19, C8).
+reference = fp8.greedy_tokens(model, tok, texts)
+with fp8.fp8_weights(model) as rows:  # rounded in place, restored after (issue 19, C5: no second copy on the GPU)
+    agreement = fp8.agreement(reference, fp8.greedy_tokens(model, tok, texts))
 summary = fp8.summary(rows)
-# The tokenizer itself: next_token_agreement moves its tensors to the models' device (a dict has no .to: issue 19, C8).
-agreement = fp8.next_token_agreement(model, sim, tok, texts)
 out = {"summary": summary, "next_token_agreement": agreement, "layers": len(rows)}
 json.dump(out, open(os.path.join(os.environ["OUT"], "fp8_sim.json"), "w"), indent=2)
 print(json.dumps(out, indent=2))

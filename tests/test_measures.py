@@ -46,13 +46,18 @@ def test_fp8_rounding_halves_bf16_weights_with_a_small_error() -> None:
     back = fp8.dequantize(q, scale, torch.float32)
     assert float((back - w).norm() / w.norm()) < 0.05
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
-    original = model[0].weight.detach().clone()
-    sim, rows = fp8.simulate(model)
-    assert len(rows) == 2 and sim is not model
+    original = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    params_before = [p.data_ptr() for p in model.parameters()]
+    with fp8.fp8_weights(model) as rows:
+        assert len(rows) == 2
+        assert not torch.equal(model[0].weight, original[0]), "the FP8-rounded weights, in the block"
+        assert [p.data_ptr() for p in model.parameters()] == params_before, "rounded in place: no second copy"
     summary = fp8.summary(rows)
     assert 0.49 < summary["memory_ratio"] < 0.52 and 0 < summary["rel_error_mean"] < 0.05
-    assert torch.equal(model[0].weight, original), "the original model is left untouched"
-    assert not torch.equal(sim[0].weight, original), "the copy carries the FP8-rounded weights"
+    assert torch.equal(model[0].weight, original[0]) and torch.equal(model[2].weight, original[1]), "restored after"
+    with pytest.raises(RuntimeError, match="boom"), fp8.fp8_weights(model):
+        raise RuntimeError("boom")
+    assert torch.equal(model[0].weight, original[0]), "restored after an error too"
 
 
 def test_percentiles_interpolate_and_say_nan_when_empty() -> None:

@@ -78,7 +78,7 @@ def generate(
 
 def generation_agreement(a: list[Answer], b: list[Answer]) -> float:
     """Share of prompts on which two models generated identical greedy completions (e.g. merged vs base+adapter).
-    Not `fp8.next_token_agreement`, which compares argmax tokens position by position under teacher forcing."""
+    Not `fp8.agreement`, which compares argmax tokens position by position under teacher forcing."""
     if len(a) != len(b) or not a:
         raise ValueError(f"need two equally long, non-empty lists of generations, got {len(a)} and {len(b)}")
     return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(a)
