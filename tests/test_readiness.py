@@ -41,6 +41,19 @@ def test_memory_too_small_suggests_qlora_then_pocket() -> None:
     assert "memory" not in failed("llama3-70b-qlora", "dgx-spark", {"HF_TOKEN": "x"})
 
 
+def test_host_ram_for_the_merge_is_checked_beside_the_gpu() -> None:
+    """Issue 19, C6: 02 reloads the 8B base in 16 bits on the host to merge (about 16 GB); Colab's T4 has 12.7 GB."""
+    assert 17 < readiness.merge_host_memory_gb(get_profile("llama3-8b-qlora")) < 19
+    bad = failed("llama3-8b-qlora", "t4", {"HF_TOKEN": "x"})
+    assert set(bad) == {"host memory"} and "12.7 GB of host RAM" in bad["host memory"].detail
+    assert "High-RAM" in bad["host memory"].fix
+    assert failed("llama3-8b", "h100", {"HF_TOKEN": "x"}) == {}  # 250 GB of host RAM
+    assert readiness.merge_host_memory_gb(get_profile("llama3-70b-qlora")) == 0  # 70B merges nothing
+    assert "host memory" not in failed("llama3-70b-qlora", "dgx-spark", {"HF_TOKEN": "x"})
+    names = [c.name for c in readiness.checks(get_profile("pocket"), DESCRIBED["cpu"], {}, 500.0, reachable)]
+    assert "host memory" not in names  # a CPU's memory check is the same RAM
+
+
 def test_offline_without_cache_and_small_disk() -> None:
     bad = failed("smollm2-135m", "cpu", {"HF_HUB_OFFLINE": "1"}, disk=1.0)
     assert "make prefetch PROFILE=smollm2-135m" in bad["hub"].fix

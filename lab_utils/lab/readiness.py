@@ -54,6 +54,9 @@ def checks(
     describe them; `reach(env)` returns (reachable, detail), by default `hub_reachable`)."""
     env = os.environ if env is None else env
     out = [_gpu_check(profile, hw), _memory_check(profile, hw), _vllm_check(hw)]
+    host = _host_memory_check(profile, hw)
+    if host is not None:
+        out.append(host)
     if profile.gated:
         out.append(_token_check(profile, env))
     if not profile.is_pocket:
@@ -88,6 +91,36 @@ def _memory_check(profile: Profile, hw: Hardware) -> Check:
         f"{have:.0f} GB available, {profile.min_memory_gb:.0f} GB needed",
         f"choose a smaller profile ({smaller}); or lower per_device_batch_size and max_seq_length, turn on "
         "gradient checkpointing, then switch LoRA to QLoRA (notebook 03 measures each step)",
+    )
+
+
+MERGE_HOST_OVERHEAD_GB = 2.0  # the notebook's own process beside the 16-bit weights: Python, torch, tokenizer, data
+
+
+def merge_host_memory_gb(profile: Profile) -> float:
+    """Host RAM 02's merge needs on a GPU machine: it reloads the base model in 16 bits on the host (two bytes a
+    parameter) to fold the adapter in, and 07 loads that merged copy again. 0 where nothing is merged."""
+    if not profile.merge_for_serving or profile.model is None:
+        return 0.0
+    return round(profile.model.dims.n_params() * 2 / 1e9 + MERGE_HOST_OVERHEAD_GB, 1)
+
+
+def _host_memory_check(profile: Profile, hw: Hardware) -> Check | None:
+    """Enough host RAM beside the GPU for 02's merge (issue 19, C6: Colab's 12.7 GB against an 8B model's 16 GB in
+    16 bits). None where the GPU's memory is the host's (unified) or on a CPU, which `_memory_check` covers."""
+    need = merge_host_memory_gb(profile)
+    if hw.device != "cuda" or hw.unified_memory or not need:
+        return None
+    have = hw.system_memory_gb
+    detail = f"{have:.1f} GB of host RAM, {need:.1f} GB needed to merge the adapter into the 16-bit base (notebook 02)"
+    if have + 0.5 >= need:
+        return Check("host memory", True, detail)
+    return Check(
+        "host memory",
+        False,
+        detail,
+        f"run on a machine (or runtime: Colab's High-RAM) with at least {need:.0f} GB of RAM; on this one, train and "
+        "serve the adapter beside the base without merging, as the 70B profile does (vLLM --enable-lora)",
     )
 
 
