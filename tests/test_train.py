@@ -162,6 +162,25 @@ def test_other_methods_train_and_merge(method: str, pocket_model: str, tmp_path:
         assert train.merge_dtype(prof.train) == "bfloat16", "QLoRA merges into a bf16 base, never a 4-bit one"
 
 
+def test_qlora_adapters_are_fp32_under_fp16(pocket_model: str, tmp_path: Path) -> None:
+    """Issue 19, C3: TRL casts a 4-bit model's adapters to bf16 (seen here, on the CPU's 4-bit path); under fp16 mixed
+    precision (a T4) they go back to fp32, which fp16's loss scaler needs; under bf16 or fp32 nothing changes."""
+    import types
+
+    import torch
+
+    prof = POCKET.with_train(method="qlora", max_steps=1)
+    trainer, _ = train.build_trainer(prof, tmp_path, model_path=pocket_model, save_strategy="no", eval_strategy="no")
+    adapters = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert adapters and {p.dtype for p in adapters} == {torch.bfloat16}, "TRL's cast, which the fix undoes on fp16"
+    assert train.adapters_for_fp16(trainer) == 0, "not fp16 here: left as TRL made them"
+    frozen_before = [p.dtype for p in trainer.model.parameters() if not p.requires_grad]
+    as_on_a_t4 = types.SimpleNamespace(args=types.SimpleNamespace(fp16=True), model=trainer.model)
+    assert train.adapters_for_fp16(as_on_a_t4) == len(adapters)
+    assert {p.dtype for p in adapters} == {torch.float32}
+    assert [p.dtype for p in trainer.model.parameters() if not p.requires_grad] == frozen_before, "base untouched"
+
+
 @pytest.mark.parametrize("storage", ["uint8", "bfloat16"])
 def test_a_4bit_models_parameter_count_is_the_configured_one(storage: str, tmp_path: Path) -> None:
     """QLoRA's total: every weight once, whatever `bnb_4bit_quant_storage` packs them in (W1: a 16-bit storage holds

@@ -67,7 +67,9 @@ def make_dpo_trainer(
     reference is the same model with the adapter disabled, so no second copy of the weights is held."""
     from trl import DPOTrainer
 
-    return DPOTrainer(
+    from lab_utils.train.precision import adapters_for_fp16
+
+    trainer = DPOTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -75,6 +77,8 @@ def make_dpo_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    adapters_for_fp16(trainer)  # a T4: fp32 adapters for fp16's loss scaler
+    return trainer
 
 
 DPO_CURVES = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "loss")

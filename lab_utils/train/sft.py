@@ -25,6 +25,7 @@ from lab_utils.models.memory import LORA_TARGET_SETS
 from lab_utils.run.paths import atomic_write_json, staged
 from lab_utils.run.profiles import Profile, TrainSettings
 from lab_utils.run.results import versions
+from lab_utils.train.precision import adapters_for_fp16
 
 LORA_TARGETS = list(LORA_TARGET_SETS["all-linear"])  # every linear projection; the estimator counts the same set
 CONFIG_FILE = "lab_train_config.json"
@@ -154,7 +155,7 @@ def make_trainer(
     collator view and the command line."""
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -163,6 +164,8 @@ def make_trainer(
         peft_config=lora_config(settings),
         callbacks=callbacks,
     )
+    adapters_for_fp16(trainer)
+    return trainer
 
 
 def mixed_precision(settings: TrainSettings) -> dict[str, bool]:

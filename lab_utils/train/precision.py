@@ -1,0 +1,21 @@
+"""Mixed precision fixes the trainers need on GPUs without bf16."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def adapters_for_fp16(trainer: Any) -> int:
+    """Under fp16 mixed precision (a GPU without bf16, such as a T4), the trainable parameters in fp32; returns how many
+    tensors were cast. TRL 1.16's SFTTrainer and DPOTrainer cast a quantized model's LoRA adapters to bf16 (the QLoRA
+    paper's recommendation), and fp16's gradient scaler cannot unscale bf16 gradients ("..._unscale_cuda not
+    implemented for 'BFloat16'", pytorch#127176): QLoRA on a T4 crashed at its first optimizer step (issue 19, C3).
+    fp32 adapters under fp16 autocast are PEFT's own default. Call it before `train()`, which builds the optimizer."""
+    import torch
+
+    if not getattr(trainer.args, "fp16", False):
+        return 0
+    cast = [p for p in trainer.model.parameters() if p.requires_grad and p.dtype != torch.float32]
+    for param in cast:
+        param.data = param.data.float()
+    return len(cast)
