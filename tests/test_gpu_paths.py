@@ -174,3 +174,22 @@ def test_the_smoke_scripts_fp8_step_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((tmp_path / "fp8_sim.json").read_text())
     assert out["next_token_agreement"] > 0.5 and 0.45 < out["summary"]["memory_ratio"] < 0.55
+
+
+def test_adamw_on_cuda_is_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19, C2: on CUDA, torch's foreach AdamW allocates temporary fp32 copies of the state at each step (32 GB
+    more for a full 8B on an H200); the fused kernel updates in place. The CPU keeps its one-tensor-at-a-time AdamW."""
+    from lab_utils import train
+    from lab_utils.models import memory
+    from lab_utils.run.profiles import PROFILES
+
+    assert train.optimizer_for("full", "adamw_torch") == "adamw_torch"  # this CPU
+    monkeypatch.setattr("lab_utils.train.sft._cuda_available", lambda: True)
+    assert train.optimizer_for("full", "adamw_torch") == "adamw_torch_fused"
+    assert train.optimizer_for("lora", "adamw_torch") == "adamw_torch_fused"
+    assert train.optimizer_for("qlora", "adamw_torch") == "paged_adamw_8bit"
+    assert train.optimizer_for("lora", "adamw_bnb_8bit") == "adamw_bnb_8bit"
+    prof = PROFILES["llama3-8b"]
+    assert train.sft_kwargs(prof.train, "/tmp/x")["optim"] == "adamw_torch_fused"
+    fused = memory.estimate_for_settings(prof.model.dims, replace(prof.train, optim="adamw_torch_fused"))
+    assert fused == memory.estimate_for_settings(prof.model.dims, prof.train), "the same state, counted the same"

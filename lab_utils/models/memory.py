@@ -195,6 +195,7 @@ def estimate_training_memory(
 # transformers' `optim` names -> the estimator's optimizer names.
 OPTIM_NAMES = {
     "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw",  # the same state; updated in place, with no temporary copies
     "adamw_bnb_8bit": "adamw_8bit",
     "paged_adamw_8bit": "paged_adamw_8bit",
     "sgd": "sgd",

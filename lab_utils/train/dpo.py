@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.run.profiles import PreferenceSettings, Profile, TrainSettings
-from lab_utils.train.sft import LORA_TARGETS, _cuda_available, mixed_precision
+from lab_utils.train.sft import LORA_TARGETS, _cuda_available, mixed_precision, optimizer_for
 
 
 def dpo_lora_kwargs(pref: PreferenceSettings) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def dpo_kwargs(
         warmup_steps=max(1, pref.max_steps // 20),
         **mixed_precision(train),
         gradient_checkpointing=train.gradient_checkpointing,
-        optim="paged_adamw_8bit" if train.method == "qlora" and train.optim == "adamw_torch" else train.optim,
+        optim=optimizer_for(train.method, train.optim),
         logging_steps=pref.logging_steps,
         logging_first_step=True,
         save_strategy="steps",

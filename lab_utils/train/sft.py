@@ -79,12 +79,23 @@ def lora_config(settings: TrainSettings) -> Any:
     return None if settings.method == "full" else LoraConfig(**lora_kwargs(settings))
 
 
+def optimizer_for(method: str, optim: str) -> str:
+    """transformers' `optim` for a method: QLoRA's plain AdamW becomes paged 8-bit AdamW. On CUDA, `adamw_torch` becomes
+    the fused kernel: torch's default there is the foreach implementation, whose step allocates temporary fp32 copies
+    of the state (its `_foreach_sqrt` of the second moments alone is 32 GB for a full 8B), which the estimator does not
+    count and the fused kernel does not make (issue 19, C2: H200 rows 1-4 ran out of memory). The CPU's default
+    AdamW steps one tensor at a time, so it stays."""
+    if method == "qlora" and optim == "adamw_torch":
+        return "paged_adamw_8bit"
+    if optim == "adamw_torch" and _cuda_available():
+        return "adamw_torch_fused"
+    return optim
+
+
 def sft_kwargs(settings: TrainSettings, output_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     """`SFTConfig` arguments from the profile's settings, every default TRL changes set explicitly: the one source of
     02's cells, 03's sweep, the batching benchmark and 01's view of the collator."""
-    optim = settings.optim
-    if settings.method == "qlora" and optim == "adamw_torch":
-        optim = "paged_adamw_8bit"
+    optim = optimizer_for(settings.method, settings.optim)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=settings.max_steps,
