@@ -282,3 +282,20 @@ def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
     )
     assert [r["ran"] for r in rows] == [False, True]
     assert "failed" in rows[0]["skipped_reason"] and "out of memory" in rows[0]["skipped_reason"]
+
+
+def test_the_loss_counts_trls_logit_tiles_not_the_full_logits() -> None:
+    """Issue 19, W2: TRL 1.16's fused LM head scores tiles of at most 4,096 tokens x 32,768 vocabulary entries, so
+    Llama 3's (4 x 1024 tokens, 128,256 entries) is two fp32 tiles (1.07 GB), not the 4.2 GB of full fp32 logits; a
+    small vocabulary fits one tile, which is the full logits."""
+    from lab_utils.models import memory
+
+    llama = MODEL_DIMS["llama3-8b"]
+    assert memory.logits_bytes(llama, 4, 1024) == 2 * 4096 * 32768 * 4
+    assert memory.logits_bytes(llama, 4, 1024) < 0.3 * (2 * 4 * 1024 * llama.vocab * 4)
+    small = MODEL_DIMS["smollm2-135m"]
+    assert memory.logits_bytes(small, 1, 256) == 2 * 256 * min(small.vocab, 32768) * 4
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils
+
+    assert (chunked_logprob.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE) == (4096, 32768), "TRL's tiles moved"

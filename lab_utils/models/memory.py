@@ -23,8 +23,9 @@ Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 
      SDPA/FlashAttention kernels do not, pass attention="sdpa" to leave them out).
    Times micro_batch*seq_len tokens. With gradient checkpointing only each layer's input (hidden values per token) is
    kept, plus one layer's full activations while it is recomputed in the backward pass.
-   Plus the logits: micro_batch*seq_len*vocab values in fp32 for the loss, counted twice (logits and their
-   softmax/gradient). (Q)LoRA still needs the activations of the frozen base to backpropagate into the adapters, so the
+   Plus the LM head's loss buffers: TRL 1.16 never materializes the (tokens, vocab) logits; its fused LM head
+   (`fused_lm_head=True`, trl/kernels/chunked_logprob.py) scores tiles of at most 4,096 tokens x 32,768 vocabulary
+   entries, counted in fp32 twice (the forward tile and the backward one). (Q)LoRA still needs the activations of the frozen base to backpropagate into the adapters, so the
    same formula applies, plus the dropped-out copy of each adapted projection's input that PEFT keeps (6*hidden +
    intermediate values per token and layer); the adapters' own small r-sized activations are left out.
 
@@ -131,9 +132,15 @@ def layer_activation_values(dims: ModelDims, seq_len: int, attention: str = "eag
     return values + (dims.n_heads * seq_len if attention == "eager" else 0)
 
 
+LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768  # TRL 1.16's TOKEN_CHUNK_SIZE and _CHUNKED_LOGPROB_CHUNK_SIZE
+
+
 def logits_bytes(dims: ModelDims, micro_batch: int, seq_len: int) -> float:
-    """fp32 logits and their softmax/gradient: 2 * tokens * vocab * 4 B."""
-    return 2.0 * micro_batch * seq_len * dims.vocab * 4
+    """The loss's logit tiles: TRL's fused LM head computes log-probs tile by tile, never the full (tokens, vocab)
+    logits (issue 19, W2: counting those in fp32 put 4.2 GB into llama3-8b's 24 GB); two fp32 tiles of at most
+    4,096 tokens x 32,768 entries. A small vocabulary (the pocket model's) fits one tile: the full logits, as before."""
+    tokens = min(micro_batch * seq_len, LOSS_TILE_TOKENS)
+    return 2.0 * tokens * min(dims.vocab, LOSS_TILE_VOCAB) * 4
 
 
 def activation_bytes(
