@@ -80,11 +80,9 @@ def lora_config(settings: TrainSettings) -> Any:
 
 
 def optimizer_for(method: str, optim: str) -> str:
-    """transformers' `optim` for a method: QLoRA's plain AdamW becomes paged 8-bit AdamW. On CUDA, `adamw_torch` becomes
-    the fused kernel: torch's default there is the foreach implementation, whose step allocates temporary fp32 copies
-    of the state (its `_foreach_sqrt` of the second moments alone is 32 GB for a full 8B), which the estimator does not
-    count and the fused kernel does not make (issue 19, C2: H200 rows 1-4 ran out of memory). The CPU's default
-    AdamW steps one tensor at a time, so it stays."""
+    """transformers' `optim`: QLoRA's AdamW becomes paged 8-bit AdamW; on CUDA, `adamw_torch` becomes the fused kernel.
+    torch's CUDA default, foreach, allocates temporary fp32 copies of the state each step (32 GB for a full 8B), which
+    the estimator does not count (issue 19, C2: H200 rows 1-4 ran out of memory); the CPU's AdamW stays."""
     if method == "qlora" and optim == "adamw_torch":
         return "paged_adamw_8bit"
     if optim == "adamw_torch" and _cuda_available():
