@@ -215,6 +215,8 @@ def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch:
     assert not hardware._flash_attention_feature(h100, installed=False).available
     assert "does not import" in hardware._flash_attention_feature(h100, installed=False).detail
     assert not hardware._flash_attention_feature(DESCRIBED["t4"], installed=True).available
+    spark = hardware._flash_attention_feature(DESCRIBED["dgx-spark"], installed=True)  # sm_121, flash_attn imports
+    assert not spark.available and "Blackwell" in spark.detail, "issue 19: FA2 was picked on sm_121 when it imported"
     monkeypatch.setattr(hardware, "flash_attn_importable", lambda: False)
     assert hardware.flash_attention_usable(h100) is False  # installed but broken: training falls back
     monkeypatch.setattr(hardware, "flash_attn_importable", lambda: True)
