@@ -386,10 +386,8 @@ def flash_attn_importable() -> bool:
 
 
 def _flash_attention_feature(hw: Hardware, installed: bool | None = None) -> Feature:
-    """FlashAttention-2: a CUDA GPU of compute capability 8.0 to 9.x (Ampere, Ada, Hopper: what FlashAttention-2
-    supports; a Blackwell such as the DGX Spark's sm_121 uses sdpa even where a flash_attn wheel imports), and (when
-    `installed` is known) a flash_attn package that imports. The one rule the feature table and the training code
-    both use."""
+    """FlashAttention-2: compute capability 8.0-9.x (what it supports: a Blackwell such as sm_121 uses sdpa), and (when
+    `installed` is known) a flash_attn package that imports. The one rule the feature table and training use."""
     if hw.device != "cuda" or hw.compute_capability is None:
         return Feature("flash_attention", False, f"no CUDA GPU ({hw.device}): PyTorch SDPA uses its own kernels")
     if hw.compute_capability < (8, 0):
@@ -399,12 +397,8 @@ def _flash_attention_feature(hw: Hardware, installed: bool | None = None) -> Fea
             f"FlashAttention-2 needs compute capability >= 8.0; this GPU is {_cc(hw)}: use sdpa",
         )
     if hw.compute_capability >= (10, 0):
-        return Feature(
-            "flash_attention",
-            False,
-            f"FlashAttention-2 is built and documented for Ampere, Ada and Hopper (8.0-9.0); this GPU is {_cc(hw)} "
-            "(Blackwell): training uses sdpa, whose kernels PyTorch builds for it, and length-grouped batches",
-        )
+        why = f"FlashAttention-2 supports Ampere, Ada and Hopper (8.0-9.0); this GPU is {_cc(hw)} (Blackwell): "
+        return Feature("flash_attention", False, why + "training uses sdpa and length-grouped batches")
     if installed is False:
         return Feature(
             "flash_attention",
