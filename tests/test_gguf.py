@@ -68,21 +68,18 @@ def test_a_tokenizer_of_another_form_is_refused_with_the_reason(served_folder: P
         gguf_export.export(served_folder, tmp_path / "y.gguf", "q3")
 
 
-def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tmp_path: Path) -> None:
-    """The declared pre-tokenizer splits as the lab's tokenizer does, and the Q/K row order is right: the f32 file's
-    greedy next tokens equal transformers' on a few prompts."""
-    _need_llamacpp()
+def assert_llamacpp_matches_transformers(path: Path, folder: Path, texts: list[str], max_diff: float) -> None:
+    """llama.cpp's tokens for `texts` are transformers', and on two of them and a training prompt its greedy next token
+    is too, with logits within `max_diff` (the f32 file computes what transformers computes in fp32)."""
     import llama_cpp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = gguf_export.export(served_folder, tmp_path / "m-f32.gguf", "f32")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False, logits_all=True)
-    hf_tok = AutoTokenizer.from_pretrained(served_folder)
-    texts = ["The capital of France is", "  two spaces, tabs\tand\nnew lines", "Numbers 12345 and café", "ALL CAPS!?"]
+    hf_tok = AutoTokenizer.from_pretrained(folder)
     for text in texts:
         assert llm.tokenize(text.encode(), add_bos=True, special=False) == hf_tok(text)["input_ids"], text
-    model = AutoModelForCausalLM.from_pretrained(served_folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     for text in texts[:2] + [data.format_prompt("Name a primary color.")]:
         ids = hf_tok(text)["input_ids"]
         with torch.no_grad():
@@ -91,7 +88,16 @@ def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tm
         llm.eval(ids)
         cpp_logits = llm.scores[llm.n_tokens - 1]
         assert int(cpp_logits.argmax()) == int(hf_logits.argmax()), text
-        assert abs(cpp_logits - hf_logits).max() < 1e-2, f"{text}: the f32 file computes what transformers computes"
+        assert abs(cpp_logits - hf_logits).max() < max_diff, f"{text}: the f32 file computes what transformers computes"
+
+
+def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tmp_path: Path) -> None:
+    """The declared pre-tokenizer splits as the lab's tokenizer does, and the Q/K row order is right: the f32 file's
+    greedy next tokens equal transformers' on a few prompts."""
+    _need_llamacpp()
+    path = gguf_export.export(served_folder, tmp_path / "m-f32.gguf", "f32")
+    texts = ["The capital of France is", "  two spaces, tabs\tand\nnew lines", "Numbers 12345 and café", "ALL CAPS!?"]
+    assert_llamacpp_matches_transformers(path, served_folder, texts, max_diff=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +122,8 @@ def test_llama3s_tokenizer_exports_as_llama_bpe_and_llamacpp_splits_it_as_transf
     d = gguf_export.describe(path)
     assert d["pre_tokenizer"] == "llama-bpe" and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
     _need_llamacpp()
-    import llama_cpp
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False, logits_all=True)
-    hf_tok = AutoTokenizer.from_pretrained(llama3_folder)
     texts = ["The capital of France is", "Numbers 1234567 and café", "  two spaces,\tand\nnew lines", "it's ALL CAPS!?"]
-    for text in texts:
-        assert llm.tokenize(text.encode(), add_bos=True, special=False) == hf_tok(text)["input_ids"], text
-    model = AutoModelForCausalLM.from_pretrained(llama3_folder, dtype=torch.float32)
-    ids = hf_tok(data.format_prompt("Name a primary color."))["input_ids"]
-    with torch.no_grad():
-        hf_logits = model(torch.tensor([ids])).logits[0, -1].numpy()
-    llm.eval(ids)
-    assert int(llm.scores[llm.n_tokens - 1].argmax()) == int(hf_logits.argmax())
+    assert_llamacpp_matches_transformers(path, llama3_folder, texts, max_diff=1e-2)
 
 
 def test_a_split_other_than_llama3s_is_refused(llama3_folder: Path, tmp_path: Path) -> None:
