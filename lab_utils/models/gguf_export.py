@@ -5,10 +5,10 @@ Route: a small writer on the `gguf` package (the library llama.cpp's own convert
 lab's byte-level BPE tokenizer ("BPE pre-tokenizer was not recognized": its hash check knows hub tokenizers only). The
 pocket tokenizer splits text with the same ByteLevel regex as GPT-2, so its GGUF declares the "gpt-2" pre-tokenizer;
 Llama 3's (and its rehearsal stand-in's) splits with its own regex first, which llama.cpp calls "llama-bpe". The
-writer checks which of the two forms a tokenizer has and refuses any other with the reason. The tensors are those the official
-converter writes (the same names, the same Q/K row order, Q8_0 from the same quantizer), and the chat template and the
-special tokens come from the folder (gguf's SpecialVocab). Tensors are read one at a time through torch (numpy has no
-bfloat16, the dtype GPU merges are saved in).
+writer checks which of the two forms a tokenizer has and refuses any other with the reason. The tensors are those the
+official converter writes (the same names, the same Q/K row order, Q8_0 from the same quantizer), and the chat template
+and the special tokens come from the folder (gguf's SpecialVocab). Tensors are read one at a time through torch
+(numpy has no bfloat16, the dtype GPU merges are saved in).
 A 4-bit file (Q4_0) is made from the f16 one with llama.cpp's own quantizer, where llama-cpp-python is installed.
 """
 
@@ -67,8 +67,8 @@ def permute_qk(weights: Any, n_head: int) -> Any:
     )
 
 
-# Llama 3's pre-tokenizer: a Split on tiktoken's cl100k-style pattern (digits in groups of at most three), then byte-level
-# mapping without GPT-2's own regex. llama.cpp knows it as "llama-bpe" (src/llama-vocab.cpp).
+# Llama 3's pre-tokenizer: a Split on tiktoken's cl100k-style pattern (digits in groups of at most three), then
+# byte-level mapping without GPT-2's own regex. llama.cpp knows it as "llama-bpe" (src/llama-vocab.cpp).
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"

@@ -25,7 +25,8 @@ Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 
    kept, plus one layer's full activations while it is recomputed in the backward pass.
    Plus the LM head's loss buffers: TRL 1.16 never materializes the (tokens, vocab) logits; its fused LM head
    (`fused_lm_head=True`, trl/kernels/chunked_logprob.py) scores tiles of at most 4,096 tokens x 32,768 vocabulary
-   entries, counted in fp32 twice (the forward tile and the backward one). (Q)LoRA still needs the activations of the frozen base to backpropagate into the adapters, so the
+   entries, counted in fp32 twice (the forward tile and the backward one). (Q)LoRA still needs the activations of the
+   frozen base to backpropagate into the adapters, so the
    same formula applies, plus the dropped-out copy of each adapted projection's input that PEFT keeps (6*hidden +
    intermediate values per token and layer); the adapters' own small r-sized activations are left out.
 

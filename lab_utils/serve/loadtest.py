@@ -135,8 +135,9 @@ def throughput_sweep(
     timeout: float = 120.0,
     no_stop: dict[str, Any] | None = None,
 ) -> list[LevelResult]:
-    """Measure each concurrency level in turn, after one untimed warm-up request (fixed output length, so levels compare). `no_stop`: the request fields
-    that keep the engine from stopping at EOS (default vLLM's `ignore_eos`; llama.cpp's server takes a logit bias)."""
+    """Measure each concurrency level in turn, after one untimed warm-up request (fixed output length, so levels
+    compare). `no_stop`: the request fields that keep the engine from stopping at EOS (default vLLM's `ignore_eos`;
+    llama.cpp's server takes a logit bias)."""
     # One untimed request first: the engine's first request pays one-off costs (allocations, kernel selection) that
     # would otherwise land in the first level's TTFT.
     _run_sync(_run_level(base_url, api_key, model, prompts, 1, 1, max_tokens, timeout, no_stop))

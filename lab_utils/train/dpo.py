@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.run.profiles import PreferenceSettings, Profile, TrainSettings
+from lab_utils.train.precision import adapters_for_fp16
 from lab_utils.train.sft import LORA_TARGETS, _cuda_available, mixed_precision, optimizer_for
 
 
@@ -66,8 +67,6 @@ def make_dpo_trainer(
     """TRL's `DPOTrainer` as notebook 07's cell builds it. With a LoRA `peft_config` there is no `ref_model`: the
     reference is the same model with the adapter disabled, so no second copy of the weights is held."""
     from trl import DPOTrainer
-
-    from lab_utils.train.precision import adapters_for_fp16
 
     trainer = DPOTrainer(
         model=model,
