@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from lab_utils import serve
 from lab_utils.run.hardware import DESCRIBED
 from lab_utils.run.profiles import get_profile
+from lab_utils.serve.process import ServerProcess, start_together
 
 LLAMA = get_profile("llama3-8b")
 POCKET = get_profile("pocket")
@@ -254,3 +257,57 @@ def _group_alive(pgid: int, wait_s: float) -> bool:
             return False
         time.sleep(0.5)
     return True
+
+
+class _Sleeper(ServerProcess):
+    """A stand-in server: python's http.server after `delay` seconds (or a command that fails at once)."""
+
+    def __init__(self, log_dir: Path, name: str, delay: float = 1.0, fail: bool = False) -> None:
+        super().__init__(log_dir, name, timeout=30)
+        self.delay, self.fail = delay, fail
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        code = (
+            "raise SystemExit('bad model')"
+            if self.fail
+            else (
+                f"import time, http.server; time.sleep({self.delay}); "
+                f"http.server.HTTPServer(('127.0.0.1', {self.port}), http.server.SimpleHTTPRequestHandler).serve_forever()"
+            )
+        )
+        return [sys.executable, "-c", code], {}
+
+    def _ready(self) -> bool:
+        import requests
+
+        return requests.get(self.base_url, timeout=1).status_code == 200
+
+
+def test_a_cpu_starts_the_next_server_beside_the_first_and_a_gpu_waits(tmp_path: Path) -> None:
+    from lab_utils import engines
+
+    first, then = _Sleeper(tmp_path, "a", delay=2), _Sleeper(tmp_path, "b", delay=2)
+    try:
+        t0 = time.perf_counter()
+        engines.start_with_next(first, then, DESCRIBED["cpu"])
+        together = time.perf_counter() - t0
+        assert first.running and then.running and together < 2 * 2, "both started in about one start's time"
+    finally:
+        first.stop()
+        then.stop()
+    first, then = _Sleeper(tmp_path, "c", delay=0), _Sleeper(tmp_path, "d", delay=0)
+    try:
+        engines.start_with_next(first, then, DESCRIBED["h100"])
+        assert first.running and not then.running, "on a GPU the second server waits for its turn"
+        with then:
+            assert then.running
+        assert not then.running
+    finally:
+        first.stop()
+
+
+def test_when_one_of_two_starts_fails_neither_keeps_running(tmp_path: Path) -> None:
+    good, bad = _Sleeper(tmp_path, "good", delay=0.5), _Sleeper(tmp_path, "bad", fail=True)
+    with pytest.raises(serve.ServerError, match="bad model"):
+        start_together([good, bad])
+    assert not good.running and not bad.running

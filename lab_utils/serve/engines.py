@@ -14,7 +14,7 @@ from typing import Any
 
 from lab_utils.run.hardware import Hardware, vllm_build
 from lab_utils.run.profiles import Profile
-from lab_utils.serve.process import ServerProcess
+from lab_utils.serve.process import ServerProcess, start_together
 
 # The GGUF file type 04 and 05 serve on llama.cpp: f32, so answers match transformers' fp32 greedy ones token for token
 # (f16 and q8_0 can flip near-tied tokens on a small model); notebook 06 compares the smaller types.
@@ -166,6 +166,13 @@ class LlamaCpp(Engine):
 
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (VLLM(), LlamaCpp())}
+
+
+def start_with_next(first: ServerProcess, then: ServerProcess, hw: Hardware) -> None:
+    """Start `first`. On a CPU `then` starts beside it: a start is mostly one core importing Python, so on two cores
+    two starts take about the time of one. On a GPU `then` waits for its turn (`with then:` or `then.start()` starts
+    it): two vLLM servers do not share one GPU's memory."""
+    start_together([first, then] if hw.device == "cpu" else [first])
 
 
 def resolve(engine: str | Engine = "auto") -> Engine:

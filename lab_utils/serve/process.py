@@ -94,6 +94,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
         self.command: list[str] = []
+        self._launched_at = 0.0
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
         """The command line and extra environment that start this server."""
@@ -128,14 +129,18 @@ class ServerProcess:
     def start(self, timeout: float | None = None) -> ServerProcess:
         """Start the process and wait until /health answers 200, the process dies, or the deadline passes (the
         server's timeout unless one is given)."""
-        timeout = timeout or self.timeout
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to be ready (`wait_ready` waits)."""
         if self.port and port_in_use(self.port, self.host):
             raise ServerError(f"port {self.port} on {self.host} is already in use: stop that server or pass port=0")
         self.port = self.port or free_port(self.host)
         self.command, extra_env = self._command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **extra_env}
-        t0 = time.perf_counter()
+        self._launched_at = time.perf_counter()
         with open(self.log_path, "wb") as log:
             log.write(("$ " + " ".join(self.command) + "\n").encode())
             log.flush()
@@ -148,8 +153,14 @@ class ServerProcess:
                 preexec_fn=_die_with_parent,
             )
         _LIVE.add(self)
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> ServerProcess:
+        """Wait until the launched server is ready (its start time counted from the launch); stop it and raise if it
+        dies or the deadline passes."""
+        t0 = self._launched_at
         try:
-            self._wait_healthy(t0 + timeout)
+            self._wait_healthy(t0 + (timeout or self.timeout))
         except BaseException:
             self.stop()
             raise
@@ -171,7 +182,7 @@ class ServerProcess:
                     return
             except requests.RequestException:
                 pass
-            time.sleep(1.0)
+            time.sleep(0.25)  # a probe is cheap; a start is ready up to a second sooner than with 1 s polls
         raise ServerError(
             f"{self.engine_label} was not ready within the deadline; last lines of {self.log_path}:\n"
             + root_cause(self.log_text())
@@ -219,3 +230,17 @@ class ServerProcess:
         from openai import OpenAI
 
         return OpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key, max_retries=0, timeout=120)
+
+
+def start_together(servers: list[ServerProcess]) -> None:
+    """Launch every server, then wait for each to be ready. If one fails, every one launched is stopped, then the error
+    is raised."""
+    try:
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
