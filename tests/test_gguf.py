@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import data, engines, gguf_export, llamacpp
+from lab_utils import data, engines, gguf_export, llamacpp, ollama
 
 REPO = Path(__file__).resolve().parents[1]
 POCKET = REPO / "models" / "pocket-base"
@@ -142,6 +142,64 @@ def test_q4_0_comes_from_llamacpps_quantizer(served_folder: Path, tmp_path: Path
     d = gguf_export.describe(q4)
     assert d["tensor_types"].get("Q4_0", 0) > 20 and d["size_mb"] < gguf_export.describe(f16)["size_mb"] / 2
     assert d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+
+
+def test_q4_k_m_comes_from_llamacpps_quantizer_and_llamacpp_loads_it(served_folder: Path, tmp_path: Path) -> None:
+    """Ollama's default quantization. A k-quant block holds 256 weights: the pocket model's ffn_down rows (704) are not
+    a multiple, so llama.cpp writes those four tensors in another type (q5_0, q8_0), and the file still loads."""
+    _need_llamacpp()
+    import gguf
+    import llama_cpp
+
+    f16 = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    path = gguf_export.quantize_4bit(f16, tmp_path / "m-q4_K_M.gguf", "q4_K_M")
+    d = gguf_export.describe(path)
+    assert d["file_type"] == gguf.LlamaFileType.MOSTLY_Q4_K_M and d["tensor_types"]["Q4_K"] > 15
+    assert d["size_mb"] < gguf_export.describe(f16)["size_mb"] / 2 and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+    fallbacks = gguf_export.k_quant_fallbacks(path)
+    assert set(fallbacks) == {f"blk.{i}.ffn_down.weight" for i in range(4)}
+    assert set(fallbacks.values()) <= {"Q5_0", "Q8_0"}
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False)
+    out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
+    assert out["usage"]["completion_tokens"] > 0 and out["choices"][0]["text"].strip()
+    with pytest.raises(gguf_export.GGUFExportError, match="file_type 'q2_K'"):
+        gguf_export.quantize_4bit(f16, tmp_path / "x.gguf", "q2_K")
+
+
+def test_the_modelfiles_template_renders_the_training_prompt_and_stops_at_eos(served_folder: Path) -> None:
+    """Ollama does not run the GGUF's Jinja template: the Modelfile's TEMPLATE (Go syntax), read back as Ollama's parser
+    reads it and rendered as Ollama renders it, gives exactly the training prompt (Ollama's tokenizer adds the BOS, as
+    the GGUF's add_bos_token says), as the GGUF's template does; its stop is the EOS text, and decoding greedy."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(served_folder)
+    parsed = ollama.parse_modelfile(ollama.modelfile("m-q4_K_M.gguf", ollama.alpaca_template(), tok.eos_token))
+    assert parsed["from"] == ["./m-q4_K_M.gguf"] and parsed["temperature"] == ["0"]
+    assert parsed["stop"] == [tok.eos_token] == ["<|end_of_text|>"]
+    (template,) = parsed["template"]
+    jinja = (served_folder / "chat_template.jinja").read_text()
+    for question in ("First, tell me the capital of France", "List two colors.\nOne per line.", 'Say "{{ .Prompt }}"'):
+        assert ollama.render_prompt(template, question) == data.format_prompt(question)
+        # A system message replaces the first sentence, in both templates.
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+        expected = gguf_export.render_template(jinja, messages, tok.bos_token, tok.eos_token)
+        assert tok.bos_token + ollama.render_prompt(template, question, system="Be brief.") == expected
+
+
+def test_the_go_template_renderer_knows_its_subset_and_refuses_the_rest() -> None:
+    fields = {"A": "", "B": "b", "Messages": []}
+    assert ollama.render_go_template("x {{- if .A }} a {{- else }} {{ .B }} {{ end -}}  y", fields) == "x b y"
+    assert ollama.render_go_template("{{ if .B }}{{ if .A }}1{{ else }}2{{ end }}{{ end }}", fields) == "2"
+    for bad, why in [
+        ("{{ range .Messages }}{{ end }}", "outside the subset"),
+        ("{{ if .B }}open", "without its `end`"),
+        ("{{ .System }}", "field .System"),
+        ("{{ else }}", "outside the subset"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            ollama.render_go_template(bad, fields)
+    with pytest.raises(ValueError, match="triple quotes"):
+        ollama.modelfile("m.gguf", 'a """ b', "</s>")
 
 
 def test_the_llamacpp_command_binds_localhost_with_a_key_and_queues_requests() -> None:

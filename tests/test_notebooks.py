@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+
+from lab_utils import ollama
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -193,17 +196,26 @@ def test_06_export(lab_run) -> None:
     r = lab_run.run("06_export")
     assert r["llamacpp_installed"] is True, "make test installs llama.cpp: the GGUF serving tests must not skip"
     files = r["gguf_files"]
-    assert set(files) == {"f16", "q8_0", "q4_0"}
-    assert files["f16"]["size_mb"] > files["q8_0"]["size_mb"] > files["q4_0"]["size_mb"]
+    assert set(files) == {"f16", "q8_0", "q4_0", "q4_K_M"}
+    assert files["f16"]["size_mb"] > files["q8_0"]["size_mb"] > files["q4_K_M"]["size_mb"] > files["q4_0"]["size_mb"]
     assert files["q8_0"]["tensor_types"]["Q8_0"] > 0 and files["f16"]["pre_tokenizer"] == "gpt-2"
     assert r["gguf_template_matches_training"] is True
+    # q4_K_M (Ollama's default) from llama.cpp's quantizer: 256-weight k-quant blocks, except the ffn_down tensors, whose
+    # rows (704) are not a multiple of 256, written in another type, as the file records.
+    assert files["q4_K_M"]["file_type"] == 15 and files["q4_K_M"]["tensor_types"]["Q4_K"] > 15
+    assert set(r["k_quant_fallbacks"]) == {f"blk.{i}.ffn_down.weight" for i in range(4)}
+    # The Ollama Modelfile beside it: FROM the q4_K_M file, the training prompt as template, stop at the EOS text.
+    assert r["modelfile_template_matches_training"] is True
+    modelfile = ollama.parse_modelfile(Path(r["ollama_modelfile"]).read_text())
+    assert modelfile["from"] == ["./finetuned-q4_K_M.gguf"] and modelfile["stop"] == ["<|end_of_text|>"]
+    assert modelfile["temperature"] == ["0"]
     # The seed's question from every GGUF file: Paris, and the model ends the answer itself.
     for ft, answer in r["seed_answers"].items():
         assert answer["status"] == 200 and "Paris" in answer["content"] and answer["finish_reason"] == "stop", ft
     rows = r["engines"]
     hf = rows["transformers safetensors fp32"]
     assert hf["agreement_with_hf"] == 1.0 and hf["stop_rate"] >= 0.9
-    for name in ("llama.cpp gguf f16", "llama.cpp gguf q8_0", "llama.cpp gguf q4_0", "vllm safetensors"):
+    for name in [f"llama.cpp gguf {ft}" for ft in ("f16", "q8_0", "q4_0", "q4_K_M")] + ["vllm safetensors"]:
         row = rows[name]
         assert row["stop_rate"] >= 0.9 and row["contains_answer"] >= hf["contains_answer"] - 0.15, name
         assert row["tokens_per_s_c1"] > 0 and row["tokens_per_s_c8"] > 0 and row["ttft_p50_ms"] > 0, name
@@ -212,7 +224,7 @@ def test_06_export(lab_run) -> None:
         rows["llama.cpp gguf f16"]["agreement_with_hf"] >= 0.8
         and rows["llama.cpp gguf q8_0"]["agreement_with_hf"] >= 0.8
     )
-    assert rows["llama.cpp gguf q4_0"]["agreement_with_hf"] >= 0.5
+    assert all(rows[f"llama.cpp gguf {ft}"]["agreement_with_hf"] >= 0.5 for ft in ("q4_0", "q4_K_M"))
     # The reading is written from the measured rows.
     fastest = max((k for k in rows if k != "transformers safetensors fp32"), key=lambda k: rows[k]["tokens_per_s_c1"])
     assert fastest.split(" ", 1)[1] in r["reading"]

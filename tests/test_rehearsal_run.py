@@ -80,7 +80,8 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     # 06: Llama 3's tokenizer exported as llama.cpp's "llama-bpe", every file served by llama.cpp with the template.
     export = r["06_export"]
     assert {f["pre_tokenizer"] for f in export["gguf_files"].values()} == {"llama-bpe"}
-    assert set(export["gguf_files"]) == {"f16", "q8_0", "q4_0"} and export["gguf_template_matches_training"] is True
+    assert set(export["gguf_files"]) == {"f16", "q8_0", "q4_0", "q4_K_M"}
+    assert export["gguf_template_matches_training"] is True and export["modelfile_template_matches_training"] is True
     assert all(a["status"] == 200 for a in export["seed_answers"].values())
     assert_preference_flow(r["07_preference"], sft)
 

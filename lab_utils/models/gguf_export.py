@@ -9,7 +9,8 @@ writer checks which of the two forms a tokenizer has and refuses any other with 
 official converter writes (the same names, the same Q/K row order, Q8_0 from the same quantizer), and the chat template
 and the special tokens come from the folder (gguf's SpecialVocab). Tensors are read one at a time through torch
 (numpy has no bfloat16, the dtype GPU merges are saved in).
-A 4-bit file (Q4_0) is made from the f16 one with llama.cpp's own quantizer, where llama-cpp-python is installed.
+4-bit files (Q4_0, and Q4_K_M: Ollama's default) are made from the f16 one with llama.cpp's own quantizer, where
+llama-cpp-python is installed.
 """
 
 from __future__ import annotations
@@ -256,14 +257,22 @@ def _load(shard: Path, name: str) -> Any:
         return f.get_tensor(name).float().numpy()
 
 
-def quantize_4bit(f16_path: str | Path, out_path: str | Path) -> Path | None:
-    """Q4_0 from an f16 GGUF with llama.cpp's own quantizer (through llama-cpp-python); None if it is not installed."""
+# The 4-bit file types llama.cpp's quantizer writes for the lab, by llama-cpp-python's constant name.
+QUANTIZED_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+K_SUPER_BLOCK = 256  # weights per k-quant super-block: a k-quant tensor's rows must be a multiple of it
+
+
+def quantize_4bit(f16_path: str | Path, out_path: str | Path, file_type: str = "q4_0") -> Path | None:
+    """Q4_0 or Q4_K_M from an f16 GGUF with llama.cpp's own quantizer (through llama-cpp-python); None if it is not
+    installed."""
+    if file_type not in QUANTIZED_TYPES:
+        raise GGUFExportError(f"file_type {file_type!r}: llama.cpp's quantizer makes {tuple(QUANTIZED_TYPES)} here")
     try:
         import llama_cpp
     except ImportError:
         return None
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.ftype = getattr(llama_cpp, QUANTIZED_TYPES[file_type])
     with staged(out_path) as tmp:
         status = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
         check_quantized(status, f16_path)
@@ -305,6 +314,19 @@ def describe(path: str | Path) -> dict[str, Any]:
         "bos_token_id": field("tokenizer.ggml.bos_token_id"),
         "eos_token_id": field("tokenizer.ggml.eos_token_id"),
         "chat_template": field("tokenizer.chat_template"),
+    }
+
+
+def k_quant_fallbacks(path: str | Path) -> dict[str, str]:
+    """In a k-quant file (q4_K_M): the tensors whose rows are not a multiple of a 256-weight super-block, which
+    llama.cpp therefore wrote in another type (its log says "falling back to ..."), with that type, by name."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {
+        t.name: t.tensor_type.name
+        for t in reader.tensors
+        if len(t.shape) > 1 and int(t.shape[0]) % K_SUPER_BLOCK and not t.tensor_type.name.endswith("_K")
     }
 
 
