@@ -1,14 +1,34 @@
-"""The lab report of a run (HTML and Markdown) and a comparison of two runs' recorded results."""
+"""The lab report of a run (HTML and Markdown), story first, and a comparison of two runs' recorded results."""
 
 from __future__ import annotations
 
 import html
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from lab_utils.lab.headline import GGUF_RULE, finish_note, headline, seed_rows
+from lab_utils.measure.evaluate import REFERENCE_QUESTION, Answer
 from lab_utils.run.paths import atomic_write_text
 from lab_utils.run.results import load_results
+
+esc = html.escape
+STORY_INTRO = (
+    "The lab's story in one question. The seed's own figures come first (the reference tutorial: its base model loops "
+    "until max_tokens, its fine-tuned model answers and stops); then this run's answers, per notebook and engine."
+)
+HEADLINE_NOTE = (
+    "Arrows read before → after: base → fine-tuned (02, 05), SFT → DPO (07), one request in flight → 32, or the "
+    "most measured (04). Perplexity = exp(eval loss). 03: the first configuration that ran beside the one with the "
+    f"lowest peak. 06: {GGUF_RULE}."
+)
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;font-size:90%}img{max-width:100%}"
+    "code{white-space:pre-wrap}.cut{color:#a40}.stopped{color:#070}.seedref{background:#f4f4ff}.notrun{color:#888}"
+    ".note{font-size:85%;color:#555}details{margin:.3em 0}summary{cursor:pointer;font-weight:bold}"
+)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,8 +71,43 @@ def _context(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _notebook_file(folder: Path, book: str) -> Path | None:
+    """The executed notebook behind a results key (07_preference was recorded by 07_preference_tuning.ipynb)."""
+    exact = folder / f"{book}.ipynb"
+    return exact if exact.exists() else next(iter(sorted(folder.glob(f"{book[:2]}_*.ipynb"))), None)
+
+
+def _short(text: str, width: int = 160) -> str:
+    """An answer cut to `width` characters for a table cell."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _md_cell(text: str) -> str:
+    """Text safe in a Markdown table cell: no pipes, no newlines, no raw tags."""
+    return text.replace("|", "\\|").replace("\n", " ⏎ ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def story_markdown(folder: Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's opening in Markdown: the seed's answers, the headline table, the plots."""
+    lines = [f'## The seed question: "{REFERENCE_QUESTION}"', "", STORY_INTRO, ""]
+    lines += ["| answered by | base model | fine-tuned model |", "|---|---|---|"]
+    for row in seed_rows(results):
+        cells = [
+            f"{_md_cell(_short(a.text))} — {finish_note(a, limit)}" if a else "—"
+            for a, limit in ((row.base, row.base_limit), (row.tuned, row.tuned_limit))
+        ]
+        lines.append(f"| {_md_cell(row.source)} | {cells[0]} | {cells[1]} |")
+    lines += ["", "## Headline figures", "", "| notebook | about | figures |", "|---|---|---|"]
+    lines += [f"| {r.notebook} | {r.topic} | {_md_cell(r.figures)} |" for r in headline(results)]
+    lines += ["", HEADLINE_NOTE, "", "## Plots", ""]
+    figures = sorted((folder / "figures").glob("*.png"))
+    for fig in figures:
+        lines += [f"![{fig.stem}](figures/{fig.name})", ""]
+    return lines if figures else [*lines, "(no plots)", ""]
+
+
 def report_markdown(folder: Path) -> str:
-    """The report as Markdown: context, every notebook's figures, plots and links."""
+    """The report as Markdown: the story (seed answers, headline figures, plots), then every notebook's records."""
     results = load_results(folder)
     ctx = _context(results)
     lines = [
@@ -60,47 +115,79 @@ def report_markdown(folder: Path) -> str:
         "",
         f"Profile **{ctx['profile']}** on **{ctx['device']}** ({ctx['device_name']}).",
         "",
+        *story_markdown(folder, results),
+        "## Raw records",
+        "",
     ]
     for book, values in results.items():
-        notebook_file = folder / f"{book}.ipynb"
-        link = f" ([executed notebook]({notebook_file.name}))" if notebook_file.exists() else ""
-        lines += [f"## {book}{link}", "", "| key | value |", "|---|---|"]
+        notebook_file = _notebook_file(folder, book)
+        link = f" ([executed notebook]({notebook_file.name}))" if notebook_file else ""
+        lines += [f"### {book}{link}", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v).replace('|', '/')} |" for k, v in flatten(values).items()]
-        for fig in sorted((folder / "figures").glob(f"{book[:2]}_*.png")):
-            lines += ["", f"![{fig.stem}](figures/{fig.name})"]
         lines.append("")
-    lines += ["## Versions", "", "| package | version |", "|---|---|"]
+    lines += ["### Versions", "", "| package | version |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(ctx["versions"].items())]
     return "\n".join(lines) + "\n"
 
 
+def _answer_html(answer: Answer | None, limit: int | None) -> str:
+    """One answer in a table cell: its text, then its tokens and finish_reason."""
+    if answer is None:
+        return "<td class='none'>—</td>"
+    ended = "stopped" if answer.stopped else "cut"
+    note = f"<span class='{ended}'>{esc(finish_note(answer, limit))}</span>"
+    return f"<td><code>{esc(_short(answer.text))}</code><br>{note}</td>"
+
+
+def story_html(folder: Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's opening in HTML: the seed's answers, the headline table, the plots."""
+    parts = [
+        f"<h2 id='seed'>The seed question: &ldquo;{esc(REFERENCE_QUESTION)}&rdquo;</h2><p>{esc(STORY_INTRO)}</p>",
+        "<table><tr><th>answered by (notebook · engine)</th><th>base model</th><th>fine-tuned model</th></tr>",
+    ]
+    for i, row in enumerate(seed_rows(results)):
+        cls = " class='seedref'" if i == 0 else ""
+        cells = _answer_html(row.base, row.base_limit) + _answer_html(row.tuned, row.tuned_limit)
+        parts.append(f"<tr{cls}><td>{esc(row.source)}</td>{cells}</tr>")
+    parts += [
+        "</table>",
+        "<h2 id='headline'>Headline figures</h2><table><tr><th>notebook</th><th>about</th><th>figures</th></tr>",
+    ]
+    for r in headline(results):
+        cls = "" if r.ran else " class='notrun'"
+        parts.append(f"<tr{cls}><td>{esc(r.notebook)}</td><td>{esc(r.topic)}</td><td>{esc(r.figures)}</td></tr>")
+    parts += ["</table>", f"<p class='note'>{esc(HEADLINE_NOTE)}</p>", "<h2 id='plots'>Plots</h2>"]
+    parts += [
+        f"<figure><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'><figcaption>{esc(f.stem)}</figcaption></figure>"
+        for f in sorted((folder / "figures").glob("*.png"))
+    ] or ["<p>(no plots)</p>"]
+    return parts
+
+
 def report_html(folder: Path) -> str:
-    """The same report as a self-contained HTML page (figures referenced relative to the run folder)."""
+    """The same report as a self-contained HTML page (figures referenced relative to the run folder), records folded."""
     results = load_results(folder)
     ctx = _context(results)
-    esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Lab report {esc(folder.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}img{max-width:100%}</style>",
+        f"<style>{STYLE}</style>",
         "</head><body>",
         f"<h1>Lab report: {esc(folder.name)}</h1>",
-        f"<p>Profile <b>{esc(str(ctx['profile']))}</b> on <b>{esc(str(ctx['device']))}</b> ({esc(str(ctx['device_name']))}).</p>",
+        f"<p>Profile <b>{esc(str(ctx['profile']))}</b> on <b>{esc(str(ctx['device']))}</b> "
+        f"({esc(str(ctx['device_name']))}).</p>",
+        *story_html(folder, results),
+        "<h2 id='records'>Raw records</h2>",
     ]
     for book, values in results.items():
-        notebook_file = folder / f"{book}.ipynb"
-        link = f" <a href='{esc(notebook_file.name)}'>executed notebook</a>" if notebook_file.exists() else ""
-        parts.append(f"<h2>{esc(book)}{link}</h2><table><tr><th>key</th><th>value</th></tr>")
+        notebook_file = _notebook_file(folder, book)
+        link = f" · <a href='{esc(notebook_file.name)}'>executed notebook</a>" if notebook_file else ""
+        parts.append(f"<details><summary>{esc(book)}{link}</summary><table><tr><th>key</th><th>value</th></tr>")
         parts += [f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in flatten(values).items()]
-        parts.append("</table>")
-        parts += [
-            f"<p><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'></p>"
-            for f in sorted((folder / "figures").glob(f"{book[:2]}_*.png"))
-        ]
-    parts.append("<h2>Versions</h2><table>")
+        parts.append("</table></details>")
+    parts.append("<details><summary>versions</summary><table>")
     parts += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in sorted(ctx["versions"].items())]
-    parts.append("</table></body></html>")
+    parts.append("</table></details></body></html>")
     return "\n".join(parts) + "\n"
 
 
@@ -127,11 +214,36 @@ def compare_runs(a: str | Path, b: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def compare_headline(a: str | Path, b: str | Path) -> list[dict[str, str]]:
+    """The report's headline table for two runs side by side: one row per notebook, one column per run."""
+    ha, hb = headline(load_results(a)), headline(load_results(b))
+    return [{"notebook": x.notebook, "a": x.figures, "b": y.figures} for x, y in zip(ha, hb)]
+
+
+def compare_headline_text(a: str | Path, b: str | Path, width: int = 56) -> str:
+    """compare_headline as a text table, each run's figures wrapped to `width` characters."""
+    rows = compare_headline(a, b)
+    name = max(len(r["notebook"]) for r in rows)
+    lines = [f"{'notebook':<{name}}  {'a = ' + Path(a).name:<{width}}  b = {Path(b).name}"]
+    for r in rows:
+        left, right = textwrap.wrap(r["a"], width) or [""], textwrap.wrap(r["b"], width) or [""]
+        for i in range(max(len(left), len(right))):
+            cells = (left[i] if i < len(left) else "", right[i] if i < len(right) else "")
+            lines.append(f"{r['notebook'] if i == 0 else '':<{name}}  {cells[0]:<{width}}  {cells[1]}".rstrip())
+    return "\n".join(lines)
+
+
 def compare_runs_text(a: str | Path, b: str | Path) -> str:
-    """compare_runs as an aligned text table."""
+    """The two runs' headline tables side by side, then compare_runs as an aligned text table."""
     rows = compare_runs(a, b)
     width = max((len(r["figure"]) for r in rows), default=10)
-    lines = [f"{'figure':<{width}}  {'a':>14}  {'b':>14}  {'b/a':>8}", f"a = {a}", f"b = {b}"]
+    lines = [
+        "Headline figures",
+        compare_headline_text(a, b),
+        "",
+        "Every recorded figure (None: that run did not record it)",
+    ]
+    lines += [f"{'figure':<{width}}  {'a':>14}  {'b':>14}  {'b/a':>8}", f"a = {a}", f"b = {b}"]
     for r in rows:
         ratio = "" if r["b/a"] is None else f"{r['b/a']:.3g}"
         lines.append(f"{r['figure']:<{width}}  {_fmt(r['a']):>14}  {_fmt(r['b']):>14}  {ratio:>8}")
