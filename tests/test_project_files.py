@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -105,3 +106,22 @@ def test_code_passes_the_linter_and_the_formatter() -> None:
     assert lint.returncode == 0, lint.stdout[-2000:]
     fmt = subprocess.run([ruff, "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, f"run `ruff format {' '.join(paths)}`:\n{fmt.stdout[-2000:]}"
+
+
+def test_an_offline_room_installs_from_a_wheel_folder_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    import subprocess
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert "wheelhouse:" in makefile and "LAB_WHEELHOUSE=$(WHEELHOUSE)" in makefile
+    script = (ROOT / "scripts" / "make_wheelhouse.sh").read_text()
+    assert "pip wheel" in script and "--dry-run" in script and "--no-index" in script, "the folder is checked alone"
+    missing = tmp_path / "no-wheels"
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup_env.sh")],
+        env={**os.environ, "LAB_WHEELHOUSE": str(missing), "VENV": str(tmp_path / "venv")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and f"no wheel folder at {missing}" in done.stderr
+    assert not (tmp_path / "venv").exists(), "nothing is created before the folder is found"
