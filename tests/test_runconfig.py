@@ -146,3 +146,28 @@ def test_a_subset_run_takes_02_from_a_run_of_its_own_profile(
     os.utime(own_run / "results.json", (later, later))
     assert runconfig.trained(profile=PROFILES["pocket"]).merged_dir == str(pocket_run / "sft" / "merged")
     assert runconfig.trained(profile=own).merged_dir == str(own_run / "sft" / "merged")
+
+
+def test_class_mode_is_one_switch_that_jupyter_honours_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from lab_utils.lab.runconfig import CLASS_MODE, class_mode, for_class, notebook_defaults
+
+    monkeypatch.delenv("LAB_CLASS", raising=False)
+    assert not class_mode() and for_class("04", concurrency_levels=[1, 4, 16, 32]) == ([1, 4, 16, 32],)
+    monkeypatch.setenv("LAB_CLASS", "1")
+    defaults = notebook_defaults("04")
+    # A parameter still at its parameters-cell default takes class mode's value; one you typed (or papermill injected) wins.
+    assert for_class("04", concurrency_levels=defaults["concurrency_levels"], compare_lora=True) == ([1, 8], False)
+    assert for_class("04", concurrency_levels=[2], compare_lora=True) == ([2], False)
+    assert for_class("02", max_steps=0, benchmark_steps=notebook_defaults("02")["benchmark_steps"]) == (100, 8)
+    assert for_class("00", profile="auto") == ("auto",), "a notebook class mode does not change keeps its values"
+    assert runconfig.resolve("pocket").class_mode is True
+    monkeypatch.setenv("LAB_CLASS", "0")
+    assert not class_mode()
+    # Every value class mode changes is applied in its notebook's setup cell (so Jupyter sessions honour it too).
+    for prefix, values in CLASS_MODE.items():
+        (path,) = Path(__file__).resolve().parents[1].glob(f"notebooks/{prefix}_*.ipynb")
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        call = code[code.index(f'runconfig.for_class("{prefix}"') :].split("#")[0]
+        assert all(f"{name}={name}" in call for name in values), f"{path.name} applies {sorted(values)}"

@@ -7,11 +7,51 @@ model folders.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import Profile, choose_profile, get_profile
+
+# Class mode, for a workshop: the same story in less time. Training stays a fixed number of steps (100: the pocket
+# profile's own count, and a short GPU workshop run); the benchmark, the memory sweep, the load test and the comparison
+# are trimmed. One switch, LAB_CLASS=1: `make lab QUICK=1` sets it for every notebook, and a Jupyter session started
+# with it (`LAB_CLASS=1 make jupyter`) gets the same values. Each notebook's parameters by the prefix of its name.
+CLASS_ENV = "LAB_CLASS"
+CLASS_MODE: dict[str, dict[str, Any]] = {
+    "02": {"max_steps": 100, "benchmark_steps": 8},
+    "03": {"configs": "1,3,5,7,8"},
+    "04": {"concurrency_levels": [1, 8], "compare_lora": False},
+    "05": {"n_prompts": 40},
+}
+
+
+def class_mode() -> bool:
+    """True when class mode is on: LAB_CLASS set to anything but "" or "0"."""
+    return os.environ.get(CLASS_ENV, "") not in ("", "0")
+
+
+def for_class(notebook: str, **given: Any) -> tuple[Any, ...]:
+    """The given parameters in order, each replaced by class mode's value where class mode is on and the parameter still
+    holds its parameters-cell default: a value you typed, or one papermill injected, wins."""
+    changes = CLASS_MODE.get(notebook[:2], {}) if class_mode() else {}
+    if not changes:
+        return tuple(given.values())
+    defaults = notebook_defaults(notebook[:2])
+    return tuple(changes[k] if k in changes and defaults.get(k) == v else v for k, v in given.items())
+
+
+def notebook_defaults(prefix: str) -> dict[str, Any]:
+    """The values a notebook's `parameters` cell declares, by name (from the notebook file, as papermill reads it)."""
+    import ast
+
+    import papermill as pm
+
+    from lab_utils.run.paths import repo_path
+
+    (path,) = sorted(repo_path("notebooks").glob(f"{prefix}_*.ipynb"))
+    return {name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(path)).items()}
 
 
 @dataclass(frozen=True)
@@ -31,6 +71,7 @@ class RunConfig:
     target: Hardware | None = None
     own_dataset: bool = False  # the training data is not the profile's own (DATASET= or a `dataset` parameter)
     engine_choice: str = "auto"  # the serving engine asked for: auto | vllm | llamacpp (decided by `engine`)
+    class_mode: bool = False  # LAB_CLASS=1: the workshop's shorter values (`CLASS_MODE`, applied by `for_class`)
 
     @property
     def engine(self) -> Any:
@@ -178,6 +219,7 @@ def resolve(
         target=rehearsal.target_hardware(prof) if rehearsing else None,
         own_dataset=own,
         engine_choice=engine,
+        class_mode=class_mode(),
     )
 
 

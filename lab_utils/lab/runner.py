@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, class_mode
 from lab_utils.run.paths import REPO_ROOT
 from lab_utils.run.results import RESULTS_MIME, load_results
 
@@ -221,15 +222,9 @@ def profile_cell_timeout(profile: str) -> int | None:
     return resolve(profile).profile.cell_timeout_s
 
 
-# Class mode (`make lab QUICK=1`): the same story in less time, for a workshop. Training stays a fixed number of steps
-# (100: the pocket profile's own count, and a short GPU workshop run); the benchmark, the memory sweep and the load test
-# are trimmed. Each notebook's parameters by the prefix of its name.
-QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
-    "02": {"max_steps": 100, "benchmark_steps": 8},
-    "03": {"configs": "1,3,5,7,8"},
-    "04": {"concurrency_levels": [1, 8], "compare_lora": False},
-    "05": {"n_prompts": 40},
-}
+# Class mode (`make lab QUICK=1`): runconfig.CLASS_MODE's values are passed to each notebook (so the executed copy shows
+# them), and LAB_CLASS=1 is set for the kernels (so the run configuration records it).
+QUICK_PARAMETERS = CLASS_MODE
 
 
 def skip_reason(book: Path, profile: Any) -> str:
@@ -265,6 +260,10 @@ def run_lab(
     if rehearsal:
         with _env(LAB_REHEARSAL="1"):
             return run_lab(profile, notebooks, run_root, cell_timeout, quick=quick, dataset=dataset)
+    quick = quick or class_mode()  # LAB_CLASS=1 in the environment is class mode too
+    if quick and not class_mode():
+        with _env(**{CLASS_ENV: "1"}):
+            return run_lab(profile, notebooks, run_root, cell_timeout, quick=quick, dataset=dataset)
     from lab_utils.lab.runconfig import resolve
 
     books = list_notebooks(notebooks)
@@ -279,7 +278,7 @@ def run_lab(
         flush=True,
     )
     if quick:
-        print(f"lab: class mode (QUICK=1): {QUICK_PARAMETERS}", flush=True)
+        print(f"lab: class mode (QUICK=1, {CLASS_ENV}=1): {QUICK_PARAMETERS}", flush=True)
     for i, book in enumerate(books, start=1):
         if reason := skip_reason(book, cfg.profile):
             print(f"[{i}/{len(books)}] {book.stem}: skipped: {reason}", flush=True)
