@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("answer-key", help="write the quizzes' answer key for instructors (default: docs/answer_key.md)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "answer_key.md"))
     p.set_defaults(func=_cmd_answer_key)
+    p = sub.add_parser("quiz-scores", help="gather a room's quiz scores (its run folders' quiz_scores.json) in a table")
+    p.add_argument("folders", nargs="+", type=Path, help="run folders, or folders that hold them (searched below)")
+    p.add_argument("--csv", default="", help="also write the table as CSV to this file ('-': print CSV instead)")
+    p.set_defaults(func=_cmd_quiz_scores)
     return parser
 
 
@@ -220,6 +224,24 @@ def _cmd_answer_key(args: argparse.Namespace) -> int:
     from lab_utils.run.paths import atomic_write_text
 
     print(f"answer key: {atomic_write_text(args.out, answer_key_markdown() + chr(10))}")
+    return 0
+
+
+def _cmd_quiz_scores(args: argparse.Namespace) -> int:
+    """Print one row per learner folder: each notebook's score before and after, the gain, and the predictions' hits."""
+    from lab_utils.lab.quiz import SCORES_FILE, room_csv, room_rows, room_table
+    from lab_utils.run.paths import atomic_write_text
+
+    rows = room_rows(args.folders)
+    if not rows:
+        print(f"no {SCORES_FILE} in or under {', '.join(map(str, args.folders))}", file=sys.stderr)
+        return 1
+    if args.csv == "-":
+        print(room_csv(rows), end="")
+        return 0
+    print(room_table(rows))
+    if args.csv:
+        print(f"csv: {atomic_write_text(args.csv, room_csv(rows))}")
     return 0
 
 

@@ -404,8 +404,11 @@ def _cell_errors(page: Any) -> list[str]:
     return errors
 
 
-def _quiz(page: Any, expect: Any, stage: str, questions: tuple[Any, ...], problems: list[str]) -> Any:
-    """The quiz widget of `stage`, checked to render once: each question's prompt and its choices as radio buttons."""
+def _quiz(
+    page: Any, expect: Any, stage: str, questions: tuple[Any, ...], problems: list[str], bands: tuple[str, ...] = ()
+) -> Any:
+    """The quiz widget of `stage`, checked to render once: each question's prompt and its choices as radio buttons
+    (and, with `bands`, the prediction's bands as one more group)."""
     boxes = page.locator(f".jp-Notebook .lab-quiz-{stage}")
     expect(boxes.first, f"the {stage!r} quiz widget (class lab-quiz-{stage}) did not render").to_be_visible(
         timeout=WIDGET_S * 1000
@@ -419,11 +422,13 @@ def _quiz(page: Any, expect: Any, stage: str, questions: tuple[Any, ...], proble
     box.scroll_into_view_if_needed()
     expect(box.locator("h3"), f"the {stage!r} quiz has no title").to_have_count(1)
     groups = box.locator(".widget-radio-box")
-    expect(groups, f"the {stage!r} quiz shows a radio group per question").to_have_count(len(questions))
+    expect(groups, f"the {stage!r} quiz shows a radio group per question").to_have_count(len(questions) + bool(bands))
     for i, q in enumerate(questions):
         expect(box, f"the {stage!r} quiz lacks question {i + 1}").to_contain_text(f"{i + 1}. {q.prompt}")
         expect(groups.nth(i).locator("label"), f"question {i + 1}'s choices").to_have_text(list(q.choices))
         expect(groups.nth(i).locator("input[type=radio]:checked"), "a choice is picked before").to_have_count(0)
+    if bands:
+        expect(groups.nth(len(questions)).locator("label"), "the prediction's bands").to_have_text(list(bands))
     return box
 
 
@@ -480,10 +485,10 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
     page: Any,
 ) -> None:
     from lab_utils.lab.environment import memory_table
-    from lab_utils.lab.quiz import load_scores, questions_for
+    from lab_utils.lab.quiz import load_scores, prediction_for, questions_for
 
     expect = browser_tools.expect
-    questions = questions_for("00")
+    questions, parallels = questions_for("00", "before"), questions_for("00", "after")
     n = len(questions)
     assert n >= 2, "the test answers one question right and one wrong: notebook 00's quiz needs two or more"
     solutions = _solutions(NOTEBOOK)
@@ -523,7 +528,7 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
             assert track and track["width"] > 0, f"progress bar {i + 1} is drawn without a track"
 
         # The quiz before the notebook: the first question answered right, the others left open.
-        box = _quiz(page, expect, "before", questions, problems)
+        box = _quiz(page, expect, "before", questions, problems, prediction_for("00").bands)
         _answer(box, expect, [questions[0].choices[questions[0].answer]] + [None] * (n - 1))
         expect(box, "the 'before' quiz showed no score after Score").to_contain_text(
             f"Score: 1 of {n}.", timeout=WIDGET_S * 1000
@@ -593,11 +598,11 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
             expect(contents, f"the solution {title!r} shows the wrong text").to_contain_text(text)
         shots.take(page, "solutions-revealed")
 
-        # The quiz after the notebook: all right but the last; each answer marked, beside the score before.
-        box = _quiz(page, expect, "after", questions, problems)
-        last = questions[-1]
+        # The parallel quiz after the notebook: all right but the last; each answer marked, beside the score before.
+        box = _quiz(page, expect, "after", parallels, problems)
+        last = parallels[-1]
         wrong = next(c for j, c in enumerate(last.choices) if j != last.answer)
-        _answer(box, expect, [q.choices[q.answer] for q in questions[:-1]] + [wrong])
+        _answer(box, expect, [q.choices[q.answer] for q in parallels[:-1]] + [wrong])
         expect(box, "the 'after' quiz showed no score beside the first one").to_contain_text(
             f"Score: {n - 1} of {n} (before the notebook: 1 of {n}", timeout=WIDGET_S * 1000
         )
@@ -605,9 +610,13 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
         assert feedback.count("Right.") == n - 1, f"expected {n - 1} answers marked 'Right.': {feedback}"
         assert f"Not quite: {chr(65 + last.answer)}) {last.choices[last.answer]}" in feedback, feedback
         shots.take(page, "quiz-after-scored")
-        assert load_scores(interactive_runs_kept).get("00") == {"before": 1, "after": n - 1, "of": n}, (
-            f"quiz scores saved in {interactive_runs_kept}: {load_scores(interactive_runs_kept)}"
-        )
+        saved = load_scores(interactive_runs_kept).get("00", {})
+        assert {k: saved.get(k) for k in ("before", "after", "of", "predicted")} == {
+            "before": 1,
+            "after": n - 1,
+            "of": n,
+            "predicted": None,  # the prediction was left open
+        }, f"quiz scores saved in {interactive_runs_kept}: {load_scores(interactive_runs_kept)}"
 
         _assert_widgets_render(page, shots.console)
         lap("interactions")

@@ -1,25 +1,32 @@
-"""Quizzes that measure learning, and revealable exercise solutions.
+"""Quizzes that measure learning, a room's scores in one table, and revealable exercise solutions.
 
-Each notebook asks the same questions twice (`lab_utils.lab.quizbank`): before its first section and after its summary.
-In Jupyter the learner picks answers and presses "Score": before, only the score is shown (and saved); after, each
-answer is marked with its reason, beside the score before and the gain. Under papermill (and in a plain interpreter) the
-questions print without answers, and the answers go to an answer key in the run folder (`answer_key.md`), a separate
-file for the instructor; `python -m lab_utils answer-key` writes the whole key.
+Each notebook asks its quiz twice (`lab_utils.lab.quizbank`): before its first section, and after its summary in a
+parallel form (the same ideas with other numbers or another case). Before, the learner also predicts one figure the
+notebook will record (a band); after, that prediction is scored against the figure in the run's results.json.
+
+In Jupyter the learner picks answers and presses "Score": before, only the score is shown (and saved with the
+prediction); after, each answer is marked with its reason, beside the score before, the gain, and the run's figure with
+the prediction's outcome. Under papermill (and in a plain interpreter) the questions print without answers, the quiz
+after the notebook prints the run's figure and its band, and the answers go to an answer key in the run folder
+(`answer_key.md`), a separate file for the instructor. `python -m lab_utils answer-key` writes the whole key;
+`python -m lab_utils quiz-scores` gathers the scores saved in a room's run folders into one table.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import statistics
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from lab_utils.lab.quizbank import BANK, NOTEBOOK_TITLES, Question
+from lab_utils.lab.quizbank import BANK, NOTEBOOK_TITLES, STAGES, Prediction, Question, Quiz, Stage
 
-Stage = Literal["before", "after"]
-STAGES: tuple[Stage, ...] = ("before", "after")
 SCORES_FILE = "quiz_scores.json"
 ANSWER_KEY_FILE = "answer_key.md"
+PREDICT_TITLE = "Predict your run's number"
 
 
 def is_interactive() -> bool:
@@ -34,20 +41,34 @@ def is_interactive() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def questions_for(notebook: str) -> tuple[Question, ...]:
+def quiz_for(notebook: str) -> Quiz:
     """The notebook's quiz (`notebook` is its number, "02", or its name, "02_sft")."""
-
     key = notebook[:2]
     if key not in BANK:
         raise KeyError(f"no quiz for notebook {notebook!r}; quizzes exist for {', '.join(sorted(BANK))}")
     return BANK[key]
 
 
+def questions_for(notebook: str, stage: Stage = "before") -> tuple[Question, ...]:
+    """The questions a notebook asks at a stage: before it, or their parallels after it."""
+    return quiz_for(notebook).questions(stage)
+
+
+def prediction_for(notebook: str) -> Prediction:
+    """The notebook's "predict your run's number" item."""
+    return quiz_for(notebook).predict
+
+
 def title_for(stage: Stage) -> str:
     """The quiz's heading for a stage."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
-    return "Quiz before you start" if stage == "before" else "Quiz again: what did you learn?"
+    return "Quiz before you start" if stage == "before" else "Quiz again, on the same ideas: what did you learn?"
+
+
+def letter(index: int) -> str:
+    """A choice's letter: 0 -> A."""
+    return chr(65 + index)
 
 
 def score(questions: tuple[Question, ...] | list[Question], picks: list[int | None]) -> int:
@@ -62,91 +83,168 @@ def render_text(questions: tuple[Question, ...] | list[Question], title: str = "
     lines = [title, "=" * len(title)]
     for i, q in enumerate(questions, start=1):
         lines.append(f"{i}. {q.prompt}")
-        lines.extend(f"   {chr(65 + j)}) {c}" for j, c in enumerate(q.choices))
+        lines.extend(f"   {letter(j)}) {c}" for j, c in enumerate(q.choices))
         if answers:
-            lines.append(f"   Answer: {chr(65 + q.answer)}) {q.choices[q.answer]} - {q.why}")
+            lines.append(f"   Answer: {letter(q.answer)}) {q.choices[q.answer]} - {q.why}")
         lines.append("")
     return "\n".join(lines)
 
 
-def answer_key_markdown(notebooks: list[str] | None = None) -> str:
-    """The instructor's answer key: every notebook's questions with the answer and the reason."""
+def render_prediction(p: Prediction) -> str:
+    """The prediction item as text: its prompt and its lettered bands."""
+    lines = [f"{PREDICT_TITLE}: {p.prompt}"]
+    lines.extend(f"   {letter(j)}) {band}" for j, band in enumerate(p.bands))
+    return "\n".join(lines) + "\n"
 
+
+def run_figure(notebook: str, folder: Path) -> tuple[float, int] | None:
+    """The figure the run in `folder` recorded for the notebook's prediction, and its band (None: not recorded)."""
+    from lab_utils.run.results import load_results
+
+    try:
+        value = prediction_for(notebook).value(load_results(folder))
+    except ValueError:  # an unreadable results.json: treated as not recorded
+        return None
+    return None if value is None else (value, prediction_for(notebook).band(value))
+
+
+def figure_line(p: Prediction, figure: tuple[float, int] | None) -> str:
+    """The run's figure and its band, or why there is none yet."""
+    if figure is None:
+        return (
+            f"This run has not recorded {p.where()} yet (the notebook's Record cell writes it; a subset run may "
+            "skip it): the prediction is scored once it has."
+        )
+    value, band = figure
+    return f"This run recorded {p.show(value)} ({p.where()}): {letter(band)}) {p.bands[band]}."
+
+
+def prediction_feedback(p: Prediction, figure: tuple[float, int] | None, entry: dict[str, Any]) -> str:
+    """After the notebook: the run's figure, and whether the prediction saved before it was a hit."""
+    line = figure_line(p, figure)
+    if "predicted" not in entry:
+        return f"{line} (No prediction saved: the quiz before the notebook was not scored.)"
+    picked = entry["predicted"]
+    if picked is None:
+        return f"{line} (You made no prediction before the notebook.)"
+    mine = f"Your prediction: {letter(picked)}) {p.bands[picked]}"
+    if figure is None:
+        return f"{mine}. {line}"
+    return f"{mine}: {'a hit' if picked == figure[1] else 'a miss'}. {line} {p.why}"
+
+
+def _key_items(questions: tuple[Question, ...], names: list[str]) -> list[str]:
+    """A stage's questions for the answer key: choices, the answer and the reason."""
+    lines = []
+    for i, (q, name) in enumerate(zip(questions, names), start=1):
+        lines.append(f"{i}. {q.prompt} _({name})_")
+        lines.extend(f"   - {letter(j)}) {c}" for j, c in enumerate(q.choices))
+        lines.append(f"   - **Answer: {letter(q.answer)})** {q.why}")
+    return lines
+
+
+def answer_key_markdown(notebooks: list[str] | None = None, folder: Path | None = None) -> str:
+    """The instructor's answer key: every notebook's questions before and after with the answers and reasons, and its
+    prediction's bands (with `folder`, a run folder, also the figure that run recorded and its band)."""
     parts = [
         "# Answer key",
         "",
-        "The same questions open and close each notebook; learners see their own score before and after.",
+        "Each notebook asks its quiz before it and again after it in a parallel form (the same ideas, other numbers or",
+        "cases), so the gain measures understanding; the quiz before also asks a prediction of one figure the run",
+        "records, scored after the notebook against the band that holds it.",
         "Generated by `python -m lab_utils answer-key` from `lab_utils/lab/quizbank.yaml`: edit the bank, not this file.",
         "",
     ]
     for key in notebooks or sorted(BANK):
-        parts.append(f"## {key} · {NOTEBOOK_TITLES[key]}")
-        parts.append("")
-        for i, q in enumerate(BANK[key], start=1):
-            parts.append(f"{i}. {q.prompt}")
-            parts.extend(f"   - {chr(65 + j)}) {c}" for j, c in enumerate(q.choices))
-            parts.append(f"   - **Answer: {chr(65 + q.answer)})** {q.why}")
+        quiz = BANK[key]
+        names = [c.name for c in quiz.concepts]
+        p = quiz.predict
+        parts += [f"## {key} · {NOTEBOOK_TITLES[key]}", "", "### Before the notebook", ""]
+        parts += _key_items(quiz.questions("before"), names)
+        parts += ["", f"**{PREDICT_TITLE}** (asked before, scored after): {p.prompt}"]
+        parts.extend(f"   - {letter(j)}) {band}" for j, band in enumerate(p.bands))
+        parts.append(
+            f"   - **Scored against** `{p.where()}` in the run's results.json: the band that holds it. {p.why}"
+        )
+        if folder is not None:
+            parts.append(f"   - **{figure_line(p, run_figure(key, folder))}**")
+        parts += ["", "### After the notebook", ""]
+        parts += _key_items(quiz.questions("after"), names)
         parts.append("")
     return "\n".join(parts)
 
 
 def write_answer_key(folder: Path, notebook: str) -> Path:
-    """Add a notebook's answers to the answer key in `folder` (written atomically; other notebooks' answers kept)."""
+    """Add a notebook's answers (and its run's figure) to the answer key in `folder` (written atomically; other
+    notebooks' answers kept)."""
     from lab_utils.run.paths import atomic_write_text
 
     path = folder / ANSWER_KEY_FILE
     done = {key for key in BANK if path.exists() and f"## {key} · " in path.read_text()}
-    atomic_write_text(path, answer_key_markdown(sorted(done | {notebook[:2]})))
+    atomic_write_text(path, answer_key_markdown(sorted(done | {notebook[:2]}), folder=folder))
     return path
 
 
-def load_scores(folder: Path) -> dict[str, dict[str, int]]:
-    """Scores saved in `folder`: {notebook: {"before": n, "after": n, "of": total}}."""
+def load_scores(folder: Path) -> dict[str, dict[str, Any]]:
+    """Scores saved in `folder`: {notebook: {"before": n, "after": n, "of": total, "predicted": band or None, ...}}."""
     path = folder / SCORES_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def save_score(folder: Path, notebook: str, stage: Stage, right: int, total: int) -> dict[str, int]:
-    """Save a stage's score (atomically) and return the notebook's scores so far."""
+def save_score(folder: Path, notebook: str, stage: Stage, right: int, total: int, **extra: Any) -> dict[str, Any]:
+    """Save a stage's score, with `extra` fields (the prediction), atomically; return the notebook's entry so far."""
     from lab_utils.run.paths import atomic_write_json
 
     scores = load_scores(folder)
-    entry = {**scores.get(notebook[:2], {}), stage: right, "of": total}
+    entry = {**scores.get(notebook[:2], {}), stage: right, "of": total, **extra}
     scores[notebook[:2]] = entry
     atomic_write_json(folder / SCORES_FILE, scores)
     return entry
 
 
-def feedback_html(questions: tuple[Question, ...], picks: list[int | None], stage: Stage, entry: dict[str, int]) -> str:
-    """What the learner sees after pressing "Score": the score, and after the notebook, each answer with its reason."""
+def feedback_html(
+    questions: tuple[Question, ...], picks: list[int | None], stage: Stage, entry: dict[str, Any], prediction: str = ""
+) -> str:
+    """What the learner sees after pressing "Score": the score, and after the notebook each answer with its reason,
+    the gain and the prediction's outcome."""
     right, total = score(questions, picks), len(questions)
     if stage == "before":
+        saved = ", with your prediction" if entry.get("predicted") is not None else ""
         return (
-            f"<b>Score: {right} of {total}.</b> Saved: the same questions come back after the summary, "
-            "with the answers."
+            f"<b>Score: {right} of {total}.</b> Saved{saved}: after the summary, questions on the same ideas come "
+            "back with the answers, beside the figure this run records."
         )
     lines = [f"<b>Score: {right} of {total}</b>"]
     if "before" in entry:
         gain = right - entry["before"]
         lines[0] += f" (before the notebook: {entry['before']} of {total}; {'+' if gain >= 0 else ''}{gain})"
     for i, (q, pick) in enumerate(zip(questions, picks), start=1):
-        mark = "Right." if pick == q.answer else f"Not quite: {chr(65 + q.answer)}) {q.choices[q.answer]}."
+        mark = "Right." if pick == q.answer else f"Not quite: {letter(q.answer)}) {q.choices[q.answer]}."
         lines.append(f"{i}. <b>{mark}</b> {q.why}")
+    if prediction:
+        lines.append(f"<b>{PREDICT_TITLE}.</b> {prediction}")
     return "<br>".join(lines)
 
 
 def show_quiz(notebook: str, stage: Stage, interactive: bool | None = None, folder: Path | None = None) -> None:
     """A notebook's quiz at a stage: radio buttons and a Score button in Jupyter, else the questions printed without
-    answers, which go to the run folder's answer key. Returns nothing, so Jupyter does not show the quiz twice."""
+    answers (after the notebook, with the run's figure), the answers going to the run folder's answer key. Returns
+    nothing, so Jupyter does not show the quiz twice."""
     from lab_utils.run.results import run_dir
 
     folder = folder or run_dir()
     if interactive is None:
         interactive = is_interactive()
     if not interactive:
-        questions = questions_for(notebook)
-        print(render_text(questions, title_for(stage)))
-        key = write_answer_key(folder, notebook) if stage == "after" else folder / ANSWER_KEY_FILE
+        quiz = quiz_for(notebook)
+        print(render_text(quiz.questions(stage), title_for(stage)))
+        if stage == "before":
+            print(render_prediction(quiz.predict))
+            key = folder / ANSWER_KEY_FILE
+        else:
+            figure = figure_line(quiz.predict, run_figure(notebook, folder))
+            print(f"{PREDICT_TITLE} (asked before the notebook): {figure}")
+            key = write_answer_key(folder, notebook)
         print(f"(Answers: in the instructor's answer key, {key}; in Jupyter this quiz scores itself.)")
         return
     from IPython.display import display
@@ -155,25 +253,152 @@ def show_quiz(notebook: str, stage: Stage, interactive: bool | None = None, fold
 
 
 def quiz_widget(notebook: str, stage: Stage, folder: Path) -> Any:
-    """The interactive quiz: one radio group per question, a Score button, and the feedback it writes (scores saved in
-    `folder`)."""
+    """The interactive quiz: one radio group per question (before the notebook, one more for the prediction), a Score
+    button, and the feedback it writes (scores saved in `folder`)."""
     import ipywidgets as w
 
-    questions = questions_for(notebook)
+    quiz = quiz_for(notebook)
+    questions, p = quiz.questions(stage), quiz.predict
     radios = [w.RadioButtons(options=list(q.choices), value=None, layout=w.Layout(width="auto")) for q in questions]
+    rows = [w.VBox([w.HTML(f"<b>{i}. {q.prompt}</b>"), r]) for i, (q, r) in enumerate(zip(questions, radios), 1)]
+    predict = w.RadioButtons(options=list(p.bands), value=None, layout=w.Layout(width="auto"))
+    if stage == "before":  # the prediction is made before the notebook and scored after it
+        rows.append(w.VBox([w.HTML(f"<b>{PREDICT_TITLE}:</b> {p.prompt}"), predict]))
     feedback = w.HTML()
     button = w.Button(description="Score", button_style="primary")
 
     def on_score(_: object) -> None:
         picks = [None if r.value is None else list(q.choices).index(r.value) for q, r in zip(questions, radios)]
-        entry = save_score(folder, notebook, stage, score(questions, picks), len(questions))
-        feedback.value = feedback_html(questions, picks, stage, entry)
+        right, total = score(questions, picks), len(questions)
+        if stage == "before":
+            predicted = None if predict.value is None else list(p.bands).index(predict.value)
+            entry = save_score(folder, notebook, stage, right, total, predicted=predicted)
+            feedback.value = feedback_html(questions, picks, stage, entry)
+            return
+        figure = run_figure(notebook, folder)
+        earlier = load_scores(folder).get(notebook[:2], {})
+        hit = None if figure is None or earlier.get("predicted") is None else earlier["predicted"] == figure[1]
+        outcome = {"figure": figure[0], "band": figure[1], "predict_hit": hit} if figure else {}
+        entry = save_score(folder, notebook, stage, right, total, **outcome)
+        feedback.value = feedback_html(questions, picks, stage, entry, prediction_feedback(p, figure, entry))
 
     button.on_click(on_score)
-    rows = [w.VBox([w.HTML(f"<b>{i}. {q.prompt}</b>"), r]) for i, (q, r) in enumerate(zip(questions, radios), 1)]
     box = w.VBox([w.HTML(f"<h3>{title_for(stage)}</h3>"), *rows, button, feedback])
     box.add_class(f"lab-quiz-{stage}")
     return box
+
+
+def score_folders(paths: list[Path]) -> dict[str, Path]:
+    """The run folders holding quiz scores, by label: each path that holds quiz_scores.json, and every folder under a
+    path that does (labelled by its place under that path); a folder reached twice (runs/latest) counts once."""
+    found: dict[str, Path] = {}
+    seen: set[Path] = set()
+    for root in paths:
+        root = Path(root)
+        hits = [root / SCORES_FILE] if (root / SCORES_FILE).is_file() else sorted(root.rglob(SCORES_FILE))
+        for hit in hits:
+            folder = hit.parent
+            if folder.resolve() in seen:
+                continue
+            seen.add(folder.resolve())
+            label = folder.name if folder == root else folder.relative_to(root).as_posix()
+            found[label if label not in found else f"{root.name}/{label}"] = folder
+    return found
+
+
+def learner_row(folder: Path) -> dict[str, dict[str, Any]]:
+    """A run folder's scores per notebook: before, after, gain, of, the predicted band, the run's band and the hit."""
+    row = {}
+    for key, entry in sorted(load_scores(folder).items()):
+        if key not in BANK:
+            continue
+        before, after = entry.get("before"), entry.get("after")
+        figure = run_figure(key, folder)
+        band = figure[1] if figure else entry.get("band")
+        predicted = entry.get("predicted")
+        hit = None if predicted is None or band is None else predicted == band
+        row[key] = {
+            "before": before,
+            "after": after,
+            "gain": after - before if before is not None and after is not None else None,
+            "of": entry.get("of"),
+            "predicted": predicted,
+            "band": band,
+            "hit": hit,
+        }
+    return row
+
+
+def room_rows(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every learner folder under `paths` with its scores per notebook."""
+    return {label: learner_row(folder) for label, folder in score_folders(paths).items()}
+
+
+def _cell(scores: dict[str, Any] | None) -> str:
+    """One notebook's scores as a table cell: before -> after (gain), and the prediction's hit."""
+    if not scores:
+        return ""
+    gain = "" if scores["gain"] is None else f" {scores['gain']:+g}"
+    hit = {True: " ✓", False: " ✗", None: ""}[scores["hit"]]
+    return f"{_num(scores['before'])}→{_num(scores['after'])}{gain}{hit}"
+
+
+def _num(value: float | None) -> str:
+    """A score for the table ("-" when missing)."""
+    return "-" if value is None else f"{value:g}"
+
+
+def _predictions(row: dict[str, dict[str, Any]]) -> str:
+    """A learner's predictions: hits of those scored."""
+    scored = [s["hit"] for s in row.values() if s["hit"] is not None]
+    return f"{sum(scored)} of {len(scored)}" if scored else "-"
+
+
+def room_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The room's scores as a text table: a row per learner folder, a column per notebook (before→after gain, ✓/✗
+    for the prediction), the predictions' hits, and the room's mean."""
+    notebooks = sorted({key for row in rows.values() for key in row})
+    header = ["learner", *[f"{key} (of {_of(rows, key)})" for key in notebooks], "predictions"]
+    table = [[label, *[_cell(row.get(key)) for key in notebooks], _predictions(row)] for label, row in rows.items()]
+    means = {key: {k: _mean(rows, key, k) for k in ("before", "after", "gain")} for key in notebooks}
+    table.append(["room mean", *[_cell({**means[key], "hit": None}) for key in notebooks], ""])
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *table]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _of(rows: dict[str, dict[str, dict[str, Any]]], key: str) -> str:
+    """How many questions a notebook's quiz had, as the saved scores say."""
+    counts = {row[key]["of"] for row in rows.values() if key in row and row[key]["of"] is not None}
+    return "/".join(str(n) for n in sorted(counts)) or "?"
+
+
+def _mean(rows: dict[str, dict[str, dict[str, Any]]], key: str, field: str) -> float | None:
+    """The room's mean of one notebook's field, over the learners who have it."""
+    values = [row[key][field] for row in rows.values() if key in row and row[key][field] is not None]
+    return round(statistics.fmean(values), 1) if values else None
+
+
+def room_csv(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The room's scores as CSV: per notebook before, after, gain, of, predicted, band and hit columns."""
+    notebooks = sorted({key for row in rows.values() for key in row})
+    fields = ("before", "after", "gain", "of", "predicted", "band", "hit")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["learner", *[f"{key}_{f}" for key in notebooks for f in fields], "predictions_hit", "predictions"])
+    for label, row in rows.items():
+        cells = [_csv_value(f, row.get(key, {}).get(f)) for key in notebooks for f in fields]
+        scored = [s["hit"] for s in row.values() if s["hit"] is not None]
+        writer.writerow([label, *cells, sum(scored), len(scored)])
+    return out.getvalue()
+
+
+def _csv_value(field: str, value: Any) -> Any:
+    """A CSV cell: bands as their letters, missing values empty."""
+    if value is None:
+        return ""
+    return letter(value) if field in ("predicted", "band") else value
 
 
 def show_solution(title: str, solution: str, interactive: bool | None = None) -> None:
