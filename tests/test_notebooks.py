@@ -27,6 +27,8 @@ def test_00_setup(lab_run) -> None:
     # The LoRA share depends on the model's width: several percent on the pocket model, about 0.5% on Llama-3-8B.
     share = r["lora_share_percent"]
     assert 5 < share["pocket"] < 10 and 0.4 < share["llama3-8b"] < 0.6 and share["llama3-70b"] < share["llama3-8b"]
+    # Exercise 3's answer is computed, not written: the shipped base model still runs to a 128-token limit.
+    assert r["exercise_3"] == {"max_new_tokens": 128, "n_tokens": 128, "finish_reason": "length"}
     # Answers go to the instructor's key in the run folder, not under each question of the executed notebook.
     executed = (lab_run.folder / "00_setup.ipynb").read_text()
     assert "Quiz before you start" in executed and "Answer:" not in executed
