@@ -209,3 +209,13 @@ def test_a_4bit_models_parameter_count_is_the_configured_one(storage: str, tmp_p
     four_bit = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.bfloat16)
     assert any(p.__class__.__name__ == "Params4bit" for p in four_bit.parameters())
     assert count_params(four_bit)[1] == expected
+
+
+def test_the_batching_benchmark_is_skipped_where_no_batch_holds_padding(capsys: pytest.CaptureFixture[str]) -> None:
+    from lab_utils.train import bench
+
+    seventy = get_profile("llama3-70b-qlora")
+    assert seventy.train.per_device_batch_size == 1
+    assert bench.compare_in_subprocess(seventy, 12, model_path="/no/such/model") == [], "nothing loads, nothing runs"
+    assert "no batch holds padding" in capsys.readouterr().out
+    assert bench.skip_reason(get_profile("pocket")) == bench.skip_reason(get_profile("llama3-8b")) == ""

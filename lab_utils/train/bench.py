@@ -106,13 +106,28 @@ def compare(profile: Profile, steps: int = 20, model_path: str | None = None) ->
     return rows
 
 
+def skip_reason(profile: Profile) -> str:
+    """Why the batching benchmark shows nothing for a profile ("" when it does): with one example per micro-batch
+    (70B QLoRA) no batch holds padding, so every mode trains the same batches, and the model would load five times."""
+    if profile.train.per_device_batch_size == 1:
+        return (
+            "one example per micro-batch: no batch holds padding, so the four modes would train the same batches "
+            "(and load the model five times)"
+        )
+    return ""
+
+
 def compare_in_subprocess(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
     """`compare` in a child process: its four trainers' memory is returned to the system (and the GPU) when it ends,
-    so the notebook's own process keeps only what it had. The child's output streams through."""
+    so the notebook's own process keeps only what it had. The child's output streams through. Nothing runs (and []
+    comes back, with the reason printed) where the comparison cannot show anything (`skip_reason`)."""
     import json
     import subprocess
     import sys
 
+    if reason := skip_reason(profile):
+        print(f"throughput benchmark skipped: {reason}")
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         request = Path(tmp) / "request.json"
         answer = Path(tmp) / "rows.json"
