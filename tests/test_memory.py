@@ -192,6 +192,15 @@ def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: s
     assert full["ran"] and lora["ran"] and full["steps"] == 1
     assert lora["trainable_params"] < 0.2 * full["trainable_params"]
     assert full["peak_memory_mb"] > 0 and lora["peak_memory_mb"] > 0
+    # The estimate is the estimator's terms plus this machine's fixed overhead, measured once on a tiny model; both
+    # rows' errors are recorded and stay within 50% (issue 19: the estimate without the overhead ran 40-75% low).
+    assert full["estimate_overhead_mb"] == lora["estimate_overhead_mb"] > 0
+    for row in rows:
+        assert row["estimated_memory_mb"] == pytest.approx(
+            row["analytic_estimate_mb"] + row["estimate_overhead_mb"], abs=0.2
+        )
+        assert row["estimate_error"] == pytest.approx(row["estimated_memory_mb"] / row["peak_memory_mb"] - 1, abs=1e-3)
+        assert abs(row["estimate_error"]) < 0.5, row
     # Each child starts from the server's idle state: the baselines agree (the first run left nothing behind).
     assert abs(full["baseline_rss_mb"] - lora["baseline_rss_mb"]) < 0.1 * full["baseline_rss_mb"]
     assert (tmp_path / "memsweep-worker.log").exists()
@@ -268,8 +277,8 @@ def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
             return None
 
         def run(self, request: dict, label: str, timeout: float = 0) -> dict:
-            FailingFirst.calls += 1
-            if FailingFirst.calls == 1:
+            FailingFirst.calls += 1  # call 1 measures the fixed overhead; call 2 is the first configuration
+            if FailingFirst.calls == 2:
                 raise memsweep.SweepWorkerError(
                     f"memory sweep run {label!r} failed: OutOfMemoryError: CUDA out of memory"
                 )
@@ -282,6 +291,7 @@ def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
     )
     assert [r["ran"] for r in rows] == [False, True]
     assert "failed" in rows[0]["skipped_reason"] and "out of memory" in rows[0]["skipped_reason"]
+    assert rows[1]["estimate_error"] == pytest.approx(rows[1]["estimated_memory_mb"] / 10.0 - 1, abs=1e-3)
 
 
 def test_the_loss_counts_trls_logit_tiles_not_the_full_logits() -> None:

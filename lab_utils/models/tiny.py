@@ -3,6 +3,7 @@ collator view's stand-in are all seeded, randomly initialised Llamas built here 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +18,16 @@ def tiny_llama(tokenizer: Any, seed: int = 0, **config: Any) -> Any:
     if tokenizer.pad_token_id is not None:
         ids["pad_token_id"] = tokenizer.pad_token_id
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **ids, **config))
+
+
+def save_probe_model(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """A 1-layer, 32-wide Llama with `model_dir`'s tokenizer, saved in `out_dir`: trained like any model, its memory
+    above the estimator's (tiny) total is what training costs on this machine beyond the estimated terms."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    model = tiny_llama(tok, num_key_value_heads=2, max_position_embeddings=4096, **shape)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return Path(out_dir)

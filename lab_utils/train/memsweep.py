@@ -21,6 +21,7 @@ from typing import Any
 from lab_utils.models.memory import ModelDims, estimate_for_settings
 from lab_utils.run.profiles import TrainSettings
 from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
+from lab_utils.train.optstate import state_allocator
 
 
 @dataclass(frozen=True)
@@ -284,31 +285,6 @@ def select_configs(numbers: str) -> list[SweepConfig]:
     return [by_number[n] for n in wanted]
 
 
-def _state_allocator() -> Any:
-    """A trainer callback that allocates the optimizer's state before the first step (zero gradients, learning rate
-    0: no weight changes), so every measured step, the first included, holds the state a long run holds."""
-    from transformers import TrainerCallback
-
-    class AllocateOptimizerState(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-            import torch
-
-            if optimizer is None:
-                return
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            for g in optimizer.param_groups:
-                g["lr"] = 0.0
-            optimizer.step()
-            for g, lr in zip(optimizer.param_groups, lrs):
-                g["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-
-    return AllocateOptimizerState()
-
-
 def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int) -> dict[str, Any]:
     """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline."""
     import tempfile
@@ -331,7 +307,7 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     with tempfile.TemporaryDirectory() as tmp:
         args = sft_config(settings, tmp, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
         model = load_model(model_dir, config.method, bf16=config.method == "qlora")
-        trainer = make_trainer(settings, model, tok, args, ds, callbacks=[_state_allocator()])
+        trainer = make_trainer(settings, model, tok, args, ds, callbacks=[state_allocator()])
         t0 = time.perf_counter()
         with meter:
             trainer.train()
@@ -358,6 +334,26 @@ def _run_request(request: dict[str, Any]) -> dict[str, Any]:
     """The fork server's child: one configuration of the sweep, as `sweep` requested it."""
     config = next(c for c in CONFIGS if c.name == request["config"])
     return run_config(config, request["model"], request["data"], request["steps"], request["seq_len"])
+
+
+def fixed_overhead_mb(
+    server: ForkServer, model_dir: str, data_path: str, steps: int, seq_len: int, timeout: float
+) -> float:
+    """What training costs on this machine beyond the estimator's terms (autograd, the trainer, allocator slack): the
+    baseline row trained on a 1-layer, 32-wide model with the same tokenizer and data, its peak minus its estimate
+    (0 where that run fails: the estimate is then the estimator's terms alone)."""
+    import tempfile
+
+    from lab_utils.models.tiny import save_probe_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_dir = str(save_probe_model(model_dir, tmp))
+        request = {"config": BASE.name, "model": probe_dir, "data": data_path, "steps": steps, "seq_len": seq_len}
+        try:
+            measured = server.run(request, "fixed-overhead probe", timeout=timeout)["peak_memory_mb"]
+        except SweepWorkerError:
+            return 0.0
+        return round(max(0.0, measured - estimate(BASE, model_dims(probe_dir), seq_len)), 1)
 
 
 def sweep(
@@ -394,11 +390,19 @@ def sweep(
             f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
             flush=True,
         )
+        overhead = fixed_overhead_mb(server, model_dir, data_path, steps, seq_len, timeout)
+        say(
+            f"memory sweep: this machine's fixed training overhead, measured on a tiny model: {overhead:.0f} MB",
+            flush=True,
+        )
         for i, config in enumerate(chosen, start=1):
+            analytic = estimate(config, dims, seq_len)
             row: dict[str, Any] = {
                 "name": config.name,
                 **asdict(config),
-                "estimated_memory_mb": round(estimate(config, dims, seq_len), 1),
+                "analytic_estimate_mb": round(analytic, 1),
+                "estimate_overhead_mb": overhead,
+                "estimated_memory_mb": round(analytic + overhead, 1),
             }
             decided = estimate(config, target_dims or dims, seq_len)
             row["target_estimate_mb"] = round(decided, 1)
@@ -438,6 +442,7 @@ def sweep(
                 )
                 rows.append(row)
                 continue
+            row["estimate_error"] = round(row["estimated_memory_mb"] / row["peak_memory_mb"] - 1, 3)
             say(
                 f"[{i}/{len(chosen)}] {config.name}: done in {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB "
                 f"(estimate {row['estimated_memory_mb']:.0f}), {row['tokens_per_s']:.0f} tokens/s "
