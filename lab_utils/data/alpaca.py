@@ -345,23 +345,28 @@ def supervision_table(tokenizer: Any, batch: Any, row: int = 0) -> Any:
     return pd.DataFrame(rows).set_index("position")
 
 
-def pad_as_eos_experiment(tokenizer: Any, records: list[dict[str, Any]]) -> dict[str, int]:
-    """Exercise 1 of notebook 01, as code: collate examples (prompt + response + EOS) with transformers'
-    `DataCollatorForLanguageModeling`, once with the tokenizer's own pad token and once with pad set to EOS (a common
-    shortcut when a base model has no pad token). That collator labels every pad id -100, so with pad == EOS it masks
-    the EOS labels too. Returns how many EOS tokens are in the inputs and how many stay supervised each way."""
+def lm_collated(tokenizer: Any, records: list[dict[str, Any]], pad_token: str | None = None) -> Any:
+    """Records as prompt + response + EOS texts, collated by transformers' `DataCollatorForLanguageModeling` (which
+    labels every pad id -100), with `pad_token` as the pad token (default: the tokenizer's own)."""
     import copy
 
     from transformers import DataCollatorForLanguageModeling
 
-    texts = [format_prompt(r["instruction"], r.get("input") or "") + r["output"] + tokenizer.eos_token for r in records]
-    out = {"examples": len(texts)}
-    for name, pad in (("own pad token", tokenizer.pad_token), ("pad = EOS", tokenizer.eos_token)):
-        tok = copy.deepcopy(tokenizer)
-        tok.pad_token = pad
-        batch = DataCollatorForLanguageModeling(tok, mlm=False)([tok(t) for t in texts])
-        eos = tok.eos_token_id
-        key = "own_pad" if name == "own pad token" else "pad_is_eos"
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = pad_token or tokenizer.pad_token
+    texts = [format_prompt(r["instruction"], r.get("input") or "") + r["output"] + tok.eos_token for r in records]
+    return DataCollatorForLanguageModeling(tok, mlm=False)([tok(t) for t in texts])
+
+
+def pad_as_eos_experiment(tokenizer: Any, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Exercise 2 of notebook 01, as code: collate examples (prompt + response + EOS) with `lm_collated`, once with the
+    tokenizer's own pad token and once with pad set to EOS (a common shortcut when a base model has no pad token).
+    That collator labels every pad id -100, so with pad == EOS it masks the EOS labels too. Returns how many EOS
+    tokens are in the inputs and how many stay supervised each way."""
+    out = {"examples": len(records)}
+    eos = tokenizer.eos_token_id
+    for key, pad in (("own_pad", tokenizer.pad_token), ("pad_is_eos", tokenizer.eos_token)):
+        batch = lm_collated(tokenizer, records, pad)
         out[f"{key}_eos_in_inputs"] = int((batch["input_ids"] == eos).sum())
         out[f"{key}_eos_supervised"] = int((batch["labels"] == eos).sum())
     return out
