@@ -86,6 +86,26 @@ def test_padding_bound_is_padded_over_useful_tokens(monkeypatch: pytest.MonkeyPa
     assert bench.padding_bound(prof) == 1.5  # every batch is (10, 30): 60 padded / 40 useful
 
 
+def test_the_padding_reading_is_generated_from_the_rows() -> None:
+    """02's reading of its benchmark: every figure from the rows, so it is true on every machine."""
+    row = lambda mode, processed, share, speedup, lab=False: {  # noqa: E731
+        "mode": mode, "useful_tokens": 1000, "processed_tokens": processed, "padding_share": share,
+        "speedup_vs_naive": speedup, "lab_default": lab,
+    }  # fmt: skip
+    rows = [
+        row(bench.BASELINE, 1500, 0.33, 1.0),
+        row("naive: pad to data's longest", 3000, 0.67, 0.5),
+        row("padding-free", 1000, 0.0, 1.8, lab=True),
+        row("length-grouped batches", 1050, 0.05, 1.4),
+    ]
+    text = bench.padding_reading(rows, 1.48)
+    assert "processed 1.50x the useful tokens (33% padding)" in text
+    assert "bound over many random batches is 1.48" in text
+    assert "processed 2.00x the baseline's tokens" in text and "0.50x its speed: much more work" in text
+    assert "padding-free (0% padding), ran at 1.80x" in text and "length-grouped batches (5% padding) at 1.40x" in text
+    assert bench.padding_reading([], None) == "no benchmark ran: nothing to read"
+
+
 def test_a_sweep_row_is_the_labs_training_settings() -> None:
     rows = {c.name: c for c in memsweep.CONFIGS}
     accum = rows["4 + gradient accumulation"].settings(steps=2, seq_len=128)

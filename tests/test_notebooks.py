@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,12 @@ def test_01_alpaca_data(lab_run) -> None:
     assert 0 < r["n_eval"] < r["n_train"]
     assert r["n_skipped"] == 0
     assert r["eos_supervised"] is True and r["n_checked"] >= 32
-    # Exercise 1 as code: with pad = EOS, transformers' collator masks every EOS label; with the lab's own pad, none.
+    # The exercises' solutions, run: the hand-written completion-only labels equal TRL's collator's (1); with pad = EOS,
+    # transformers' collator masks every EOS label, and giving back each row's first EOS supervises one per example
+    # (2); a number as `output` is refused, and skipped when asked (3).
+    assert r["exercise_1_ok"] is True and r["exercise_2_ok"] is True and r["exercise_3_ok"] is True
     assert r["pad_is_eos_eos_supervised"] == 0 and r["own_pad_eos_supervised"] == 8
+    assert r["eos_supervised_after_fix"] == 8
     assert r["max_tokens"] <= 256
     # Every learner starts from the shipped pocket base model: the full recipe (500 steps, no time cap), the size the
     # lab documents, and a base model that learned its facts (greedy "The capital of Peru is" -> "Lima").
@@ -90,10 +95,33 @@ def test_02_sft(lab_run) -> None:
     shares = [bench[m]["padding_share"] for m in ("naive: pad to data's longest", "naive: pad to batch's longest")]
     assert shares[0] > shares[1] > lab["padding_share"] > bench["padding-free"]["padding_share"] == 0
     assert r["padding_bound"] > 1.0
+    # The padding reading is generated from the rows (no hand-written claim): it carries their figures.
+    assert f"{data_max['speedup_vs_naive']:.2f}x its speed" in r["padding_reading"]
+    lab_reading = f"{lab['mode']} ({lab['padding_share']:.0%} padding), ran at {lab['speedup_vs_naive']:.2f}x"
+    assert lab_reading in r["padding_reading"]
+    # The loss explained with the run's own numbers: perplexity = exp(loss), and it falls.
+    assert r["eval_perplexity"] == pytest.approx(math.exp(r["eval_loss"]), rel=1e-3)
+    assert r["eval_perplexity_before"] == pytest.approx(math.exp(r["eval_loss_before"]), rel=1e-3)
+    assert 1 < r["eval_perplexity"] < r["eval_perplexity_before"]
+    # Epochs from the run (100 steps x 16 of ~2,150 examples: under one), the schedule the trainer logged.
+    assert r["epochs"] == pytest.approx(100 * r["effective_batch"] / r["data"]["n_train"], rel=1e-3) and r["epochs"] < 1
+    lrs = [lr for _, lr in r["lr_logged"]]
+    assert r["lr_schedule"] == "cosine" and r["warmup_steps"] == 5 and max(lrs) <= 2e-3 and lrs[-1] < 0.1 * max(lrs)
+    # Contamination, counted in the training split: the seed's answer is a training output (6 times in the pocket data).
+    assert r["seed_answer_in_training"] >= 1 and r["seed_answer_verbatim_in_training"] >= 1
+    # The LoRA diagram's figures, from the loaded model's q_proj (256 x 256) at the profile's rank.
+    assert r["lora_diagram"] == {**r["lora_diagram"], "d_out": 256, "d_in": 256, "r": 16, "adapter_params": 8192}
+    # The exercises' solutions, run: the same adapters on NF4 (1); twice the rank, written beside the lab's model (2);
+    # resumed from its checkpoint (3); the next-token loss by hand equals the model's (4).
+    assert all(r[f"exercise_{i}_ok"] is True for i in (1, 2, 3, 4))
+    assert r["exercise_1"]["trainable"] == r["trainable_params"] and r["exercise_1"]["footprint_ratio"] > 2
+    assert r["exercise_2"]["trainable"] == 2 * r["trainable_params"] and (lab_run.folder / "sft-exercise").is_dir()
+    assert r["exercise_3"] == {"resumed_from": "checkpoint-5", "logged_steps": [1, 5, 10]}
     # The plots are saved for the report and shown inline in the executed notebook.
-    assert {"02_loss.png", "02_sft_throughput.png"} <= {p.name for p in (lab_run.folder / "figures").iterdir()}
+    figures = {p.name for p in (lab_run.folder / "figures").iterdir()}
+    assert {"02_loss.png", "02_sft_throughput.png", "02_lr_schedule.png", "02_lora_ba.png"} <= figures
     executed = json.loads((lab_run.folder / "02_sft.ipynb").read_text())
-    assert sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", [])) >= 2
+    assert sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", [])) >= 4
 
 
 @pytest.mark.server
@@ -136,6 +164,18 @@ def test_04_vllm_serving(lab_run) -> None:
     assert 0 < r["fp8_weight_rel_error"] < 0.1 and 0.45 < r["fp8_memory_ratio"] < 0.55
     assert r["fp8_greedy_agreement"] > 0.8
     assert r["servers_running_after"] == [False, False]
+    # The KV cache's blocks, from the served model's shapes (pocket: 2 x 4 layers x 4 KV heads x 64 x 2 bytes, bf16), and
+    # the server's own allocation: its 1 GiB holds exactly the tokens that bytes-per-token predicts.
+    assert r["kv_bytes_per_token"] == 4096 and r["kv_dtype"] == "bfloat16"
+    assert r["kv_blocks"]["bytes_per_block"] == 65536
+    assert all(b == -(-n // 16) for n, b in zip(r["kv_blocks"]["lengths"], r["kv_blocks"]["blocks"]))
+    assert r["kv_tokens_predicted"] == r["kv_cache_log"]["tokens"] == kv["cache_config.kv_cache_size_tokens"]
+    assert (lab_run.folder_of("04_vllm_serving") / "figures" / "04_kv_cache_blocks.png").exists()
+    # The exercises' solutions, run: no chat template -> HTTP 400 (1); the OpenAI client's finish_reason, cut by
+    # max_tokens, then ended by EOS (2); the bytes per token by hand give the KV table's 24 GB answers (3).
+    assert r["exercise_1_ok"] is True and r["no_template_status"] == 400
+    assert r["exercise_2_ok"] is True and r["finish_reasons"] == ["length", "stop"]
+    assert r["no_template_server_running_after"] is False and r["exercise_3_ok"] is True
 
 
 @pytest.mark.server
@@ -191,6 +231,19 @@ def test_03_memory_optimizations(lab_run) -> None:
     # One progress line as each configuration starts and one as it ends.
     text = lab_run.output_text("03_memory_optimizations")
     assert all(f"[{i}/9]" in text for i in range(1, 10)) and text.count(": done in ") == 9
+    # The estimate (the estimator's terms plus this machine's fixed overhead, measured on a tiny model) is off the
+    # measured peak by under half on every row; issue 19's target is 25% at the median (measured 19-24% here on
+    # 2026-12-03): asserted with a margin for this shared machine's noise.
+    errors = sorted(abs(c["estimate_error"]) for c in cfg.values())
+    assert errors[len(errors) // 2] <= 0.3 and errors[-1] < 0.5, errors
+    assert all(c["estimate_overhead_mb"] > 0 for c in cfg.values())
+    # The reading is generated from the rows that ran: it names them and compares each row with the one it builds on.
+    assert r["reading"].startswith("Configurations that ran here: 1, 2, 3, 4, 5, 6, 7, 8, 9 (of 9).")
+    assert "- 4 -> 5 (+ 8-bit AdamW): measured peak" in r["reading"] and "cannot be made" not in r["reading"]
+    # The exercises' solutions, run: only the activations grow with the tokens (1); QLoRA's measured saving over LoRA
+    # (rows 7 and 8, which class mode runs too) against the 4-bit prediction (2); LoRA's saving shrinks with length (3).
+    assert r["exercise_1_ok"] is True and r["exercise_3_ok"] is True
+    assert r["exercise_2_measured_mb"] > 0.5 * r["exercise_2_predicted_mb"] > 0
 
 
 @pytest.mark.server
@@ -230,6 +283,13 @@ def test_06_export(lab_run) -> None:
     # The reading is written from the measured rows.
     fastest = max((k for k in rows if k != "transformers safetensors fp32"), key=lambda k: rows[k]["tokens_per_s_c1"])
     assert fastest.split(" ", 1)[1] in r["reading"]
+    # The exercises' solutions, run: q4_0's answers that differ from transformers', recounted, match the table's
+    # agreement (1); an f32 file served by llama.cpp agrees with transformers nearly everywhere (2); a Metaspace
+    # tokenizer is refused, with the reason (3).
+    q4_differ = round((1 - rows["llama.cpp gguf q4_0"]["agreement_with_hf"]) * r["n_prompts"])
+    assert r["exercise_1_ok"] is True and r["exercise_1"]["differ"] == q4_differ
+    assert r["exercise_2"]["agreement_f32"] >= 0.9 and r["exercise_2"]["size_mb_f32"] > files["f16"]["size_mb"]
+    assert r["exercise_3_refused"] is True and "Metaspace" in r["exercise_3_error"]
 
 
 @pytest.mark.server
@@ -245,6 +305,10 @@ def test_04_and_05_run_on_llamacpp(lab_run, name: str) -> None:
         assert r["chat_base_chatml"] is None and r["kv_cache_metrics"] == {}  # vLLM-only parts, said and skipped
         assert all(lv["errors"] == 0 and lv["tokens_per_s"] > 0 for lv in r["throughput"])
         assert r["servers_running_after"] == [False, False] and r["server_bound_host"] == "127.0.0.1"
+        # The exercises apply here too: without a template llama.cpp falls back to a default chat format (HTTP 200).
+        assert r["exercise_1_ok"] is True and r["no_template_status"] == 200
+        assert r["exercise_2_ok"] is True and r["exercise_3_ok"] is True
+        assert r["kv_dtype"] == "float16" and r["kv_tokens_predicted"] == r["kv_cache_log"]["tokens"]
     else:
         base, tuned = r["base"], r["finetuned"]
         assert tuned["stop_rate"] >= 0.9 and base["stop_rate"] <= 0.1

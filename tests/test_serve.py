@@ -311,3 +311,21 @@ def test_when_one_of_two_starts_fails_neither_keeps_running(tmp_path: Path) -> N
     with pytest.raises(serve.ServerError, match="bad model"):
         start_together([good, bad])
     assert not good.running and not bad.running
+
+
+def test_a_folder_without_its_chat_template_links_the_weights(tmp_path: Path) -> None:
+    """04's exercise 1 serves the merged model without its template: no second copy of the weights, no template left
+    in either place transformers keeps one."""
+    from lab_utils import merge
+
+    src = tmp_path / "merged"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"weights")
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    (src / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "chat_template": "{{ x }}"}))
+    bare = merge.without_chat_template(src, tmp_path / "bare")
+    assert sorted(p.name for p in bare.iterdir()) == ["model.safetensors", "tokenizer_config.json"]
+    assert (bare / "model.safetensors").is_symlink() and (bare / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((bare / "tokenizer_config.json").read_text()) == {"eos_token": "<eos>"}
+    assert "chat_template" in json.loads((src / "tokenizer_config.json").read_text()), "the original is untouched"
+    assert merge.without_chat_template(src, tmp_path / "bare") == bare, "made again over an earlier copy"

@@ -308,9 +308,14 @@ def profile_peak_gb(profile: Any) -> dict[str, float]:
     }
 
 
-def kv_cache_bytes_per_token(dims: ModelDims, value_bytes: float = 2.0) -> float:
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, value_bytes: float = 2.0) -> float:
     """Keys and values of one token across all layers: 2 x layers x KV heads x head_dim x bytes (bf16: 2; FP8 KV: 1)."""
-    return 2 * dims.n_layers * dims.n_kv_heads * dims.head_dim * value_bytes
+    return 2 * n_layers * n_kv_heads * head_dim * value_bytes
+
+
+def kv_cache_bytes_per_token(dims: ModelDims, value_bytes: float = 2.0) -> float:
+    """`kv_bytes_per_token` of a model's `ModelDims`."""
+    return kv_bytes_per_token(dims.n_layers, dims.n_kv_heads, dims.head_dim, value_bytes)
 
 
 def kv_cache_table(

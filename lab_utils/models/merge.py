@@ -99,3 +99,27 @@ def adapter_plan(profile: Profile, adapter_dir: str | Path) -> ServingPlan:
         "(--enable-lora), and the transformers-side evaluation is skipped (a bf16 copy of the model would not fit)"
     )
     return ServingPlan("", str(adapter_dir), str(template), note)
+
+
+def without_chat_template(model_dir: str | Path, dest: str | Path) -> Path:
+    """A copy of a model folder without its chat template (04's exercise): the files are linked, not copied (no second
+    copy of the weights; copied where links are not allowed), the template file (transformers 5's
+    `chat_template.jinja`) is left out, and `tokenizer_config.json` is written without a `chat_template` key (where
+    older versions keep it)."""
+    import shutil
+
+    src, dest = Path(model_dir).resolve(), Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.name in ("chat_template.jinja", "chat_template.json"):
+            continue
+        if path.name == "tokenizer_config.json":
+            config = {k: v for k, v in json.loads(path.read_text()).items() if k != "chat_template"}
+            atomic_write_text(dest / path.name, json.dumps(config, indent=2))
+            continue
+        try:
+            (dest / path.name).symlink_to(path)
+        except OSError:  # Windows without developer mode
+            shutil.copy2(path, dest / path.name)
+    return dest

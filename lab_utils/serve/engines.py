@@ -9,6 +9,7 @@ Both servers share one lifecycle (`process.ServerProcess`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ class Engine:
     takes_request_template = False  # accepts a chat template in the request
     greedy: dict[str, Any] = {}  # what a request adds to be decoded greedily
     fix = ""  # how to install it
+    KV_LOG_PATTERNS: tuple[tuple[str, str, float], ...] = ()  # (key, regex, scale) read from the server's log
 
     def installed(self) -> bool:
         """True when the engine can be imported here."""
@@ -77,6 +79,19 @@ class Engine:
         """The KV-cache gauges from /metrics, where the engine has them."""
         return {}
 
+    def kv_cache_dtype(self, profile: Profile, hw: Hardware) -> str:
+        """The dtype its KV cache stores keys and values in, for a model served with this profile here."""
+        raise NotImplementedError
+
+    def kv_cache_log(self, log_text: str) -> dict[str, float]:
+        """What a server's log says it allocated for the KV cache: `gib` and `tokens` (those it states)."""
+        found = {}
+        for key, pattern, scale in self.KV_LOG_PATTERNS:
+            match = re.search(pattern, log_text)
+            if match:
+                found[key] = float(next(g for g in match.groups() if g).replace(",", "")) * scale
+        return found
+
     def command_table(self, profile: Profile, model_dir: str) -> Any:
         """The server command this engine would run."""
         raise NotImplementedError
@@ -92,6 +107,10 @@ class VLLM(Engine):
     serves_adapters = takes_request_template = True
     greedy: dict[str, Any] = {}  # nothing: the lab starts vLLM with temperature 0 as the default
     fix = "vLLM has wheels for Linux only; use engine='llamacpp' here"
+    KV_LOG_PATTERNS = (
+        ("tokens", r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens", 1.0),
+        ("gib", r"Available KV cache memory: ([\d.]+) GiB|Explicitly set \(([\d.]+)/[\d.]+\) GiB for KV cache", 1.0),
+    )
 
     def installed(self) -> bool:
         return vllm_build() is not None  # the one rule: the hardware probe reports the same
@@ -111,6 +130,11 @@ class VLLM(Engine):
 
         return loadtest.kv_cache_usage(base_url)
 
+    def kv_cache_dtype(self, profile: Profile, hw: Hardware) -> str:
+        from lab_utils.serve.vllm import serve_dtype
+
+        return serve_dtype(profile.serve.dtype, hw)[0]  # the model's --dtype: the lab sets no --kv-cache-dtype
+
     def command_table(self, profile: Profile, model_dir: str) -> Any:
         from lab_utils.serve.vllm import command_table
 
@@ -123,6 +147,13 @@ class LlamaCpp(Engine):
     name, label = "llamacpp", "llama.cpp"
     greedy: dict[str, Any] = {"temperature": 0.0}  # its server samples at 0.8 unless told
     fix = "`make setup LLAMACPP=1` (builds llama.cpp, 8-11 minutes on 2 cores)"
+    KV_LOG_PATTERNS = (
+        ("gib", r"llama_kv_cache: size =\s*([\d.]+) MiB", 1 / 1024),
+        ("tokens", r"llama_kv_cache: size =\s*[\d.]+ MiB \(\s*(\d+) cells", 1.0),
+    )
+
+    def kv_cache_dtype(self, profile: Profile, hw: Hardware) -> str:
+        return "float16"  # llama.cpp's default KV type (f16), whatever the GGUF's weights are
 
     def installed(self) -> bool:
         from lab_utils.serve.llamacpp import installed

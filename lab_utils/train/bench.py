@@ -188,3 +188,26 @@ def padding_bound(profile: Profile, model_path: str | None = None, trials: int =
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def padding_reading(rows: list[dict[str, Any]], bound: float | None) -> str:
+    """What this run's benchmark rows say about padding, in words generated from them (none typed by hand)."""
+    by = {r["mode"]: r for r in rows}
+    naive, data_max = by.get(BASELINE), by.get("naive: pad to data's longest")
+    lab = next((r for r in rows if r["lab_default"]), None)
+    if not (naive and data_max and lab):
+        return "no benchmark ran: nothing to read"
+    extra = data_max["processed_tokens"] / naive["processed_tokens"]
+    others = [r for r in rows if r["mode"] not in (BASELINE, data_max["mode"], lab["mode"])]
+    lines = [
+        f"Dynamic padding (the baseline) processed {naive['processed_tokens'] / naive['useful_tokens']:.2f}x the useful "
+        f"tokens ({naive['padding_share']:.0%} padding); the padded/useful bound over many random batches is {bound}.",
+        f"Padding to the data's longest processed {extra:.2f}x the baseline's tokens for the same useful ones "
+        f"({data_max['padding_share']:.0%} padding) and ran at {data_max['speedup_vs_naive']:.2f}x its speed: "
+        f"{'a little' if extra < 1.25 else 'much'} more work on this data.",
+        f"The lab's choice here, {lab['mode']} ({lab['padding_share']:.0%} padding), ran at "
+        f"{lab['speedup_vs_naive']:.2f}x the baseline"
+        + "".join(f"; {r['mode']} ({r['padding_share']:.0%} padding) at {r['speedup_vs_naive']:.2f}x" for r in others)
+        + ".",
+    ]
+    return "\n".join(lines)

@@ -85,6 +85,23 @@ def plot_losses(
     return fig
 
 
+def plot_learning_rate(log_history: list[dict[str, Any]], warmup_steps: int, title: str = "learning rate") -> Any:
+    """The learning rate the trainer logged at each log point, with the end of the warm-up marked."""
+    import matplotlib.pyplot as plt
+
+    points = [(r["step"], r["learning_rate"]) for r in log_history if "learning_rate" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(7, 2.4))
+    if points:
+        ax.plot(*zip(*points), "o-", color="#228833", markersize=3, label="learning rate (logged)")
+    ax.axvline(warmup_steps, color="grey", linestyle="--", label=f"end of warm-up (step {warmup_steps})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: Any) -> tuple[Any, list[Any]]:
     """Run records through TRL's own SFT preprocessing and collator, configured by `sft_config` from the run's
     `TrainSettings` (as notebook 02 trains); return (batch, tokenized examples).
