@@ -28,6 +28,11 @@ def test_00_setup(lab_run) -> None:
     # The LoRA share depends on the model's width: several percent on the pocket model, about 0.5% on Llama-3-8B.
     share = r["lora_share_percent"]
     assert 5 < share["pocket"] < 10 and 0.4 < share["llama3-8b"] < 0.6 and share["llama3-70b"] < share["llama3-8b"]
+    # Exercises 1 and 2, run: doubling the sequence grows the activations (about 2x) and the total far less; of 70B's
+    # three methods only QLoRA fits 128 GB.
+    assert set(r["exercise_1_grown"]) == {"activations (GB)", "total (GB)"}
+    assert r["exercise_1_grown"]["activations (GB)"] >= 1.9 > r["exercise_1_grown"]["total (GB)"]
+    assert r["exercise_2_fits"] == ["qlora"]
     # Exercise 3's answer is computed, not written: the shipped base model still runs to a 128-token limit.
     assert r["exercise_3"] == {"max_new_tokens": 128, "n_tokens": 128, "finish_reason": "length"}
     # Answers go to the instructor's key in the run folder, not under each question of the executed notebook.
@@ -186,6 +191,11 @@ def test_05_before_after(lab_run) -> None:
     assert r["n_prompts"] >= 90
     assert tuned["stop_rate"] >= 0.9 and tuned["stop_rate"] >= base["stop_rate"] + 0.5
     assert tuned["mean_completion_tokens"] < 0.5 * base["mean_completion_tokens"]
+    # The exercises' solutions, run: stop rate does not flatter the looping base model (1); at 16 tokens the base still
+    # never stops, and the fine-tuned model's short answers keep their stop (2).
+    assert "stop_rate" not in r["exercise_1_looks_good"] and "exact_match" not in r["exercise_1_looks_good"]
+    ex2 = r["exercise_2"]
+    assert ex2["base"] == 0 and 0.5 < ex2["finetuned"] <= ex2["finetuned_at_run_limit"] == pytest.approx(tuned["stop_rate"])
     assert tuned["exact_match"] > base["exact_match"]
     assert tuned["template_adherence"] >= base["template_adherence"]
     assert tuned["repetition"] < base["repetition"]
