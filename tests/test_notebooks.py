@@ -195,7 +195,9 @@ def test_05_before_after(lab_run) -> None:
     # never stops, and the fine-tuned model's short answers keep their stop (2).
     assert "stop_rate" not in r["exercise_1_looks_good"] and "exact_match" not in r["exercise_1_looks_good"]
     ex2 = r["exercise_2"]
-    assert ex2["base"] == 0 and 0.5 < ex2["finetuned"] <= ex2["finetuned_at_run_limit"] == pytest.approx(tuned["stop_rate"])
+    assert ex2["base"] == 0 and 0.5 < ex2["finetuned"] <= ex2["finetuned_at_run_limit"] == pytest.approx(
+        tuned["stop_rate"]
+    )
     assert tuned["exact_match"] > base["exact_match"]
     assert tuned["template_adherence"] >= base["template_adherence"]
     assert tuned["repetition"] < base["repetition"]
