@@ -289,7 +289,7 @@ def test_a_cpu_starts_the_next_server_beside_the_first_and_a_gpu_waits(tmp_path:
     first, then = _Sleeper(tmp_path, "a", delay=2), _Sleeper(tmp_path, "b", delay=2)
     try:
         t0 = time.perf_counter()
-        engines.start_with_next(first, then, DESCRIBED["cpu"])
+        engines.start_with_next(first, then, hw=DESCRIBED["cpu"])
         together = time.perf_counter() - t0
         assert first.running and then.running and together < 2 * 2, "both started in about one start's time"
     finally:
@@ -297,7 +297,7 @@ def test_a_cpu_starts_the_next_server_beside_the_first_and_a_gpu_waits(tmp_path:
         then.stop()
     first, then = _Sleeper(tmp_path, "c", delay=0), _Sleeper(tmp_path, "d", delay=0)
     try:
-        engines.start_with_next(first, then, DESCRIBED["h100"])
+        engines.start_with_next(first, then, hw=DESCRIBED["h100"])
         assert first.running and not then.running, "on a GPU the second server waits for its turn"
         with then:
             assert then.running

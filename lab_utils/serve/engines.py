@@ -199,11 +199,18 @@ class LlamaCpp(Engine):
 ENGINES: dict[str, Engine] = {e.name: e for e in (VLLM(), LlamaCpp())}
 
 
-def start_with_next(first: ServerProcess, then: ServerProcess, hw: Hardware) -> None:
-    """Start `first`. On a CPU `then` starts beside it: a start is mostly one core importing Python, so on two cores
-    two starts take about the time of one. On a GPU `then` waits for its turn (`with then:` or `then.start()` starts
-    it): two vLLM servers do not share one GPU's memory."""
-    start_together([first, then] if hw.device == "cpu" else [first])
+# Servers start side by side only on a CPU with this much memory: each vLLM server on a CPU holds about 2 GB (its
+# process and its 1 GiB KV cache), and an 8 GB laptop cannot hold three beside the notebook.
+TOGETHER_MIN_MEMORY_GB = 16.0
+
+
+def start_with_next(first: ServerProcess, *later: ServerProcess | None, hw: Hardware) -> None:
+    """Start `first`. On a CPU with the memory for it the `later` servers start beside it: a start is mostly one core
+    importing Python, so on two cores several starts take little more than one. On a GPU (or a small machine) each
+    later one waits for its turn (`with server:` or `server.start()` starts it): two vLLM servers do not share one
+    GPU's memory. None entries are skipped."""
+    together = hw.device == "cpu" and hw.memory_gb >= TOGETHER_MIN_MEMORY_GB
+    start_together([first, *(s for s in later if s is not None)] if together else [first])
 
 
 def resolve(engine: str | Engine = "auto") -> Engine:
