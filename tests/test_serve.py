@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -299,6 +300,10 @@ def test_a_cpu_starts_the_next_server_beside_the_first_and_a_gpu_waits(tmp_path:
     try:
         engines.start_with_next(first, then, hw=DESCRIBED["h100"])
         assert first.running and not then.running, "on a GPU the second server waits for its turn"
+        first.stop()
+        laptop = dataclasses.replace(DESCRIBED["cpu"], memory_gb=8.0)  # no room for several vLLM servers at once
+        engines.start_with_next(first, then, None, hw=laptop)
+        assert first.running and not then.running, "an 8 GB CPU machine starts one server at a time"
         with then:
             assert then.running
         assert not then.running
