@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -167,3 +168,38 @@ def test_dpo_recipe_teaches_the_sft_model_to_abstain(lab_run) -> None:
     assert "Paris" in seed and "stopped: True" in seed
     invented = next(x for x in out if x.startswith("'Can you tell me the capital of Zanorvia?' ->"))
     assert "do not know" in invented and "stopped: True" in invented
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_dpo_exercises_plain_dpo_and_a_larger_beta_do_what_07s_solutions_say(lab_run) -> None:
+    """07's exercises 2 and 3, run as their solution prints them: plain DPO (no SFT term) wins the pairs without learning
+    to abstain; at beta 0.5 the margin reads more than twice 07's at the same step, while the policy moves less."""
+    import shlex
+
+    r = lab_run.run("07_preference_tuning")
+    at_60, commands = r["margin_at_60"], r["exercise_commands"]
+    printed = lab_run.output_text("07_preference_tuning")
+    assert all(line in printed for line in commands.values()), "the solution prints the commands it describes"
+    out = {}
+    for name, line in commands.items():
+        cmd = [sys.executable, *shlex.split(line)[1:]]
+        cmd[1] = str(ROOT / cmd[1])
+        cmd[cmd.index("--output-dir") + 1] = str(lab_run.folder / f"exercise-{name}")
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out[name] = result.stdout
+        print(f"\n{name}: " + "\n".join(result.stdout.strip().splitlines()[-3:]))
+
+    def margin(text: str) -> tuple[float, float]:
+        m = re.search(r"reward margin (-?[\d.]+), accuracy ([\d.]+)", text)
+        assert m, text
+        return float(m.group(1)), float(m.group(2))
+
+    plain_margin, plain_accuracy = margin(out["plain"])
+    invented = next(
+        x for x in out["plain"].splitlines() if x.startswith("'Can you tell me the capital of Zanorvia?' ->")
+    )
+    assert plain_margin > 1 and plain_accuracy >= 0.9 and "do not know" not in invented
+    beta_margin, _ = margin(out["beta"])
+    assert beta_margin > 2 * at_60 and beta_margin / 0.5 < at_60 / 0.1
