@@ -160,7 +160,7 @@ def test_class_mode_is_one_switch_that_jupyter_honours_too(monkeypatch: pytest.M
     # A parameter still at its parameters-cell default takes class mode's value; one you typed (or papermill injected) wins.
     assert for_class("04", concurrency_levels=defaults["concurrency_levels"], compare_lora=True) == ([1, 8], False)
     assert for_class("04", concurrency_levels=[2], compare_lora=True) == ([2], False)
-    assert for_class("02", max_steps=0, benchmark_steps=notebook_defaults("02")["benchmark_steps"]) == (100, 5)
+    assert for_class("02", max_steps=0, benchmark_steps=notebook_defaults("02")["benchmark_steps"]) == (100, 8)
     assert for_class("00", profile="auto") == ("auto",), "a notebook class mode does not change keeps its values"
     assert runconfig.resolve("pocket").class_mode is True
     monkeypatch.setenv("LAB_CLASS", "0")

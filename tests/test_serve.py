@@ -334,3 +334,26 @@ def test_a_folder_without_its_chat_template_links_the_weights(tmp_path: Path) ->
     assert json.loads((bare / "tokenizer_config.json").read_text()) == {"eos_token": "<eos>"}
     assert "chat_template" in json.loads((src / "tokenizer_config.json").read_text()), "the original is untouched"
     assert merge.without_chat_template(src, tmp_path / "bare") == bare, "made again over an earlier copy"
+
+
+def test_vllm_logs_at_info_even_after_trl_set_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing TRL sets VLLM_LOGGING_LEVEL=ERROR for its process; the servers the lab starts still log INFO (the lab
+    reads the KV cache's size and a failed start's cause from those lines)."""
+    import subprocess as sp
+
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "ERROR")
+    seen: dict[str, str] = {}
+
+    class Popen:
+        def __init__(self, cmd: list[str], env: dict[str, str], **kwargs: object) -> None:
+            seen.update(env)
+            self.pid = os.getpid()
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(sp, "Popen", Popen)
+    server = serve.VLLMServer(serve.spec_for(POCKET, DESCRIBED["cpu"], "/m", "m"), tmp_path, "env-check")
+    server.launch()
+    assert seen["VLLM_LOGGING_LEVEL"] == "INFO" and seen["VLLM_API_KEY"] == server.api_key
+    assert "VLLM_LOGGING_LEVEL" not in server.command_line(), "the learner's copyable command stays as it was"

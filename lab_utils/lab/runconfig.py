@@ -20,7 +20,7 @@ from lab_utils.run.profiles import Profile, choose_profile, get_profile
 # with it (`LAB_CLASS=1 make jupyter`) gets the same values. Each notebook's parameters by the prefix of its name.
 CLASS_ENV = "LAB_CLASS"
 CLASS_MODE: dict[str, dict[str, Any]] = {
-    "02": {"max_steps": 100, "benchmark_steps": 5},
+    "02": {"max_steps": 100, "benchmark_steps": 8},
     "03": {"configs": "1,3,5,7,8"},
     "04": {"concurrency_levels": [1, 8], "compare_lora": False},
     "05": {"n_prompts": 40},

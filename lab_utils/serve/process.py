@@ -82,6 +82,7 @@ class ServerProcess:
     `llamacpp.LlamaCppServer`) gives its command line and its readiness probe."""
 
     engine_label = "server"
+    log_env: dict[str, str] = {}  # environment the process needs for its log to hold what the lab reads from it
 
     def __init__(
         self, log_dir: str | Path, name: str, timeout: float, host: str = "127.0.0.1", port: int = 0, api_key: str = ""
@@ -139,7 +140,7 @@ class ServerProcess:
         self.port = self.port or free_port(self.host)
         self.command, extra_env = self._command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **extra_env}
+        env = {**os.environ, **self.log_env, **extra_env}
         self._launched_at = time.perf_counter()
         with open(self.log_path, "wb") as log:
             log.write(("$ " + " ".join(self.command) + "\n").encode())

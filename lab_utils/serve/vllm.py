@@ -235,6 +235,10 @@ class VLLMServer(ServerProcess):
     """A running vLLM server: `with VLLMServer(spec, log_dir) as server: server.base_url ...`; ready when /health
     answers 200."""
 
+    # The lab reads vLLM's INFO lines (a failed start's root cause, the KV cache it allocated). Importing TRL sets
+    # VLLM_LOGGING_LEVEL=ERROR in that process, which every server it starts would inherit (a test run, a notebook).
+    log_env = {"VLLM_LOGGING_LEVEL": "INFO"}
+
     engine_label = "vLLM"
 
     def __init__(self, spec: ServerSpec, log_dir: str | Path, name: str = "vllm", timeout: float | None = None) -> None:
