@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lab_utils.lab.quizbank import lookup
 from lab_utils.measure.evaluate import Answer, contains_answer
 
 NOT_RUN = "not run"
@@ -64,15 +65,8 @@ class HeadlineRow:
 
 
 def dig(values: Any, *keys: str | int) -> Any:
-    """values[k1][k2]... or None where any level is missing (a subset or older run)."""
-    for key in keys:
-        if isinstance(values, dict) and key in values:
-            values = values[key]
-        elif isinstance(values, list) and isinstance(key, int) and -len(values) <= key < len(values):
-            values = values[key]
-        else:
-            return None
-    return values
+    """values[k1][k2]... or None where any level is missing (a subset or older run): the quiz's path lookup."""
+    return lookup(values, keys)
 
 
 def pct(value: Any) -> str:
