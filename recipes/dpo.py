@@ -90,6 +90,7 @@ config = DPOConfig(
     per_device_train_batch_size=args.batch_size,
     gradient_accumulation_steps=args.grad_accum,
     max_length=args.max_length,
+    precompute_ref_log_probs=True,  # the reference never changes: its log-probs once per pair, not in every step
     bf16=args.bf16,
     gradient_checkpointing=False,
     logging_steps=10,

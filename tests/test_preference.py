@@ -90,6 +90,8 @@ def test_dpo_arguments_come_from_the_profile() -> None:
 
     config = DPOConfig(**args)  # every argument is one DPOConfig takes
     assert config.loss_type == ["sigmoid", "sft"] and config.max_length == prof.preference.max_length
+    # The reference (the adapter switched off) is fixed: its log-probs are computed once, not in every step.
+    assert config.precompute_ref_log_probs is True
     assert dpo.settings_for(prof, max_steps=7, beta=0.5).max_steps == 7
     assert dpo.settings_for(prof).learning_rate == prof.preference.learning_rate
     # The GPU profiles: bf16 as their SFT, the hub dataset mixed in; 70B merges nothing, so 07 is skipped there.

@@ -40,6 +40,7 @@ def dpo_kwargs(
         per_device_eval_batch_size=pref.per_device_batch_size,
         gradient_accumulation_steps=pref.gradient_accumulation_steps,
         max_length=pref.max_length,
+        precompute_ref_log_probs=pref.precompute_ref,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, pref.max_steps // 20),
         **mixed_precision(train),
