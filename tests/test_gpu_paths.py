@@ -22,6 +22,7 @@ GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 @pytest.fixture
 def rehearsing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAB_REHEARSAL", "1")
+    monkeypatch.setenv("LAB_REHEARSAL_TARGET", "")  # resolve() sets it; restored (removed) after the test
     monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
 
 
@@ -149,6 +150,7 @@ def test_a_rehearsal_gets_a_cell_limit_the_real_gpu_run_does_not(monkeypatch: py
 
     assert profile_cell_timeout("llama3-8b") is None  # a real training cell runs for hours
     monkeypatch.setenv("LAB_REHEARSAL", "1")
+    monkeypatch.setenv("LAB_REHEARSAL_TARGET", "")  # resolve() sets it; restored (removed) after the test
     assert profile_cell_timeout("llama3-8b") == PROFILES["pocket"].cell_timeout_s
 
 
@@ -217,3 +219,19 @@ def test_the_engine_comparisons_reference_runs_in_4bit(tmp_path: Path) -> None:
         str(REPO / "models" / "pocket-base"), prompts, 4, 4, n_bench=1, four_bit=True
     )
     assert len(answers) == 1 and answers[0].n_tokens > 0 and speed > 0
+
+
+def test_a_rehearsal_decides_precision_for_its_target_gpu(rehearsing: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W3: in a T4 rehearsal, 02 and 07 train in fp16 autocast and load and merge in float16 on this CPU, as the T4
+    would; an RTX 4090 rehearsal stays bf16; outside a rehearsal this machine decides."""
+    from lab_utils.lab.runconfig import resolve
+    from lab_utils.models.loading import half_dtype
+    from lab_utils.train.precision import mixed_precision
+
+    here = half_dtype()
+    t4 = resolve("llama3-8b-qlora", DESCRIBED["cpu"])
+    assert t4.decision_hardware.name == "Tesla T4" and half_dtype() == "float16"
+    assert mixed_precision(t4.profile.train) == {"bf16": False, "fp16": True}
+    assert resolve("llama3-8b", DESCRIBED["cpu"]) and half_dtype() == "bfloat16"
+    monkeypatch.delenv("LAB_REHEARSAL")
+    assert half_dtype() == here, "outside a rehearsal the target is ignored"

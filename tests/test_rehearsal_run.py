@@ -45,6 +45,7 @@ FLOWS = {
 def rehearse(profile: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run the profile's flow as `make lab PROFILE=... REHEARSAL=1` does; return what the notebooks recorded."""
     monkeypatch.setenv("LAB_REHEARSAL", "1")
+    monkeypatch.setenv("LAB_REHEARSAL_TARGET", "")  # resolve() sets it; restored (removed) after the test
     for name in FLOWS[profile]:
         params = {"profile": profile, **SMALL.get(name, {})}
         execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", folder, params, cell_timeout=900)
@@ -63,6 +64,7 @@ def test_rehearsal_llama3_8b(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert sft["data"]["n_skipped"] == defects["empty_output"] + defects["over_long"]
     assert sft["run_config"]["rehearsal"] is True and sft["run_config"]["target"]["name"] == "NVIDIA GeForce RTX 4090"
     assert sft["merged_dir"] and sft["merge_check"]["n_prompts"] == 2
+    assert sft["precision"] == "bf16", "an RTX 4090 trains in bf16 (a T4 in fp16: the QLoRA rehearsal)"
     # Merged in bf16 (the profile trains in bf16): W + BA rounded once, so logits differ a little and near-ties flip.
     assert sft["merge_check"]["max_logit_difference"] < 1.0 and 0 <= sft["merge_greedy_agreement"] <= 1
     assert 0 <= sft["stop_rate_base"] <= 1 and sft["sft_benchmark"]
@@ -99,6 +101,9 @@ def test_rehearsal_llama3_8b_qlora(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     r = rehearse("llama3-8b-qlora", tmp_path / "run", monkeypatch)
     sft = r["02_sft"]
     assert sft["method"] == "qlora" and sft["merge_check"]["dtype"] == "nf4"  # evaluated in 4-bit, as trained
+    # W3: decided for a T4, 02 trains in fp16 autocast on this CPU, its adapters fp32 (C3's fix, in a real run).
+    assert sft["precision"] == "fp16" and sft["trainable_dtypes"] == ["float32"]
+    assert all(math.isfinite(sft[k]) for k in ("train_loss_first", "train_loss_last", "eval_loss"))
     assert_preference_flow(r["07_preference"], sft)
     assert r["07_preference"]["dpo_settings"]["per_device_batch_size"] == 2
     rows = {c["name"]: c for c in r["03_memory_optimizations"]["configs"]}

@@ -200,6 +200,7 @@ def resolve(
     rehearsing = rehearsal.active() and not prof.is_pocket
     if rehearsing:
         prof = rehearsal.scaled(prof)
+        rehearsal.decide_for(prof)  # precision decisions in this process and its children: the target GPU's
         reason += "; rehearsal with stand-ins (LAB_REHEARSAL=1)"
     prof = prof.with_overrides(method, max_steps)
     if lora_r:

@@ -45,10 +45,12 @@ def distinct_pad_token(tokenizer: Any) -> str:
 
 def half_dtype() -> str:
     """The 16-bit float this machine computes in: bfloat16, except float16 on a CUDA GPU below compute capability 8.0
-    (T4, V100), where bf16 is only emulated and vLLM refuses it."""
+    (T4, V100), where bf16 is only emulated and vLLM refuses it. In a rehearsal, the target GPU's (a T4 rehearsal
+    trains and merges in float16 on the CPU; vLLM's serving dtype stays this machine's)."""
+    from lab_utils.models.rehearsal import decision_target
     from lab_utils.run.hardware import compute_dtype, probe
 
-    return compute_dtype(probe())
+    return compute_dtype(decision_target() or probe())
 
 
 def _placement(method: str) -> dict[str, Any]:

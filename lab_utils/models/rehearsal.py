@@ -272,6 +272,24 @@ def target_hardware(profile: Any) -> Any:
     return DESCRIBED[profile.rehearsal_target]
 
 
+TARGET_ENV = "LAB_REHEARSAL_TARGET"
+
+
+def decide_for(profile: Any) -> None:
+    """Make this process's (and its children's) precision decisions for the profile's target GPU (`decision_target`):
+    a T4 rehearsal then trains in fp16 autocast and loads, merges and evaluates in float16 on this CPU, as the T4 would,
+    so the fp16 path runs before a T4 does (issue 19, W3)."""
+    os.environ[TARGET_ENV] = profile.rehearsal_target
+
+
+def decision_target() -> Any:
+    """The described GPU precision is decided for in a rehearsal (`decide_for`); None outside one."""
+    from lab_utils.run.hardware import DESCRIBED
+
+    name = os.environ.get(TARGET_ENV, "")
+    return DESCRIBED.get(name) if active() and name else None
+
+
 def model_standin(model_id: str, root: Path | None = None) -> Path:
     """The local stand-in for a hub model id (built once and cached)."""
     family = _family_of(model_id)

@@ -19,3 +19,22 @@ def adapters_for_fp16(trainer: Any) -> int:
     for param in cast:
         param.data = param.data.float()
     return len(cast)
+
+
+def trained_precision(trainer: Any) -> dict[str, Any]:
+    """The mixed precision a trainer trains in (bf16 | fp16 | fp32) and its trainable weights' dtypes."""
+    args = trainer.args
+    dtypes = {str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters() if p.requires_grad}
+    return {"precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", "trainable_dtypes": sorted(dtypes)}
+
+
+def mixed_precision(settings: Any) -> dict[str, bool]:
+    """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
+    (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off. A rehearsal
+    decides for its target GPU (`half_dtype`): a T4 rehearsal trains in fp16 autocast on the CPU."""
+    from lab_utils.models.loading import half_dtype
+
+    if not settings.bf16:
+        return {"bf16": False, "fp16": False}
+    fp16 = half_dtype() == "float16"
+    return {"bf16": not fp16, "fp16": fp16}

@@ -25,7 +25,7 @@ from lab_utils.models.memory import LORA_TARGET_SETS
 from lab_utils.run.paths import atomic_write_json, staged
 from lab_utils.run.profiles import Profile, TrainSettings
 from lab_utils.run.results import versions
-from lab_utils.train.precision import adapters_for_fp16
+from lab_utils.train.precision import adapters_for_fp16, mixed_precision, trained_precision
 
 LORA_TARGETS = list(LORA_TARGET_SETS["all-linear"])  # every linear projection; the estimator counts the same set
 CONFIG_FILE = "lab_train_config.json"
@@ -52,6 +52,8 @@ class TrainResult:
     trainable_params: int
     total_params: int
     resumed_from: str | None
+    precision: str = ""  # the mixed precision it trained in: bf16 | fp16 | fp32
+    trainable_dtypes: list[str] = field(default_factory=list)  # fp16 autocast needs fp32 trainable weights
     data: dict[str, Any] = field(default_factory=dict)  # what loading read, kept, skipped and why
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -175,17 +177,6 @@ def make_trainer(
     )
     adapters_for_fp16(trainer)
     return trainer
-
-
-def mixed_precision(settings: TrainSettings) -> dict[str, bool]:
-    """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
-    (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off."""
-    from lab_utils.models.loading import half_dtype
-
-    if not settings.bf16:
-        return {"bf16": False, "fp16": False}
-    fp16 = half_dtype() == "float16"
-    return {"bf16": not fp16, "fp16": fp16}
 
 
 BATCHING_MODES = ("padding_free", "group_by_length", "padded")
@@ -427,6 +418,7 @@ def summarize(
         trainable_params=trainable,
         total_params=total,
         resumed_from=resume_from,
+        **trained_precision(trainer),
         data={k: v for k, v in info.items() if k != "model_path"},
         log_history=list(trainer.state.log_history),
     )
