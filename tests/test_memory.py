@@ -246,10 +246,12 @@ def test_the_fork_server_imports_nothing_that_initializes_cuda_before_it_forks()
     assert set(forkserver.preload_modules(cuda=False)) == set(forkserver.HEAVY_MODULES)
     gpu = forkserver.preload_modules(cuda=True)
     assert "bitsandbytes" not in gpu and "peft" not in gpu and "torch" in gpu and "transformers" in gpu
+    # What the server imports with a GPU, run here: no module that initializes CUDA at import may load, even through
+    # another (transformers.trainer imports peft, which imports bitsandbytes: a GPU check found it, not this CPU).
     code = (
-        "import sys; from lab_utils.train import forkserver as f; cuda = f._gpu_present()\n"
-        "[__import__(m) for m in f.preload_modules(cuda)]; import torch, transformers.trainer\n"
-        "assert not torch.cuda.is_initialized(); print('ok', cuda)"
+        "import sys; from lab_utils.train import forkserver as f; f.preload(cuda=True); import torch\n"
+        "loaded = [m for m in f.CUDA_UNSAFE_BEFORE_FORK if m in sys.modules]\n"
+        "assert not loaded and not torch.cuda.is_initialized(), loaded; print('ok')"
     )
     import subprocess
     import sys

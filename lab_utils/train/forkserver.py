@@ -27,6 +27,19 @@ def preload_modules(cuda: bool) -> tuple[str, ...]:
     return tuple(m for m in HEAVY_MODULES if not (cuda and m in CUDA_UNSAFE_BEFORE_FORK))
 
 
+def preload(cuda: bool) -> None:
+    """Import what the server keeps loaded: `preload_modules`, and on a CPU the trainer's module trees too. Not with a
+    GPU: `transformers.trainer` imports peft, which imports bitsandbytes (found by scripts/gpu_check.py's c1_fork)."""
+    for name in preload_modules(cuda):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    if not cuda:
+        import transformers.trainer  # noqa: F401
+        import trl  # noqa: F401 - the SFTTrainer's module tree
+
+
 def _gpu_present() -> bool:
     """A CUDA GPU is visible, asked through NVML so that the question itself does not initialize CUDA."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -129,16 +142,9 @@ def serve(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """The fork server's loop: import once, then for each request line fork a child that runs `handler` on it."""
     t0 = time.perf_counter()
     cuda = _gpu_present()
-    for name in preload_modules(cuda):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    preload(cuda)
     import torch
-    import transformers.trainer  # noqa: F401
 
-    if not cuda:
-        import trl  # noqa: F401 - the SFTTrainer's module tree
     if torch.cuda.is_initialized():  # forking now would hand every child a CUDA it cannot use
         raise RuntimeError("CUDA was initialized before the fork server forked: the sweep cannot run its rows safely")
 
