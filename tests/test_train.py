@@ -94,8 +94,26 @@ def test_interrupted_run_resumes_to_the_same_step(pocket_model: str, tmp_path: P
 
 
 def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path: Path) -> None:
+    import gc
+    import weakref
+    from typing import Any
+
+    from transformers import TrainerCallback
+
+    trained: list[Any] = []
+
+    class Grab(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            trained.append(weakref.ref(model))
+
     prof = POCKET.with_train(max_steps=3, save_steps=100, eval_steps=100)
-    result = train.train(prof, tmp_path, model_path=pocket_model)
+    gc.disable()  # freed by train itself (its references dropped, its collection), not by a lucky automatic collection
+    try:
+        result = train.train(prof, tmp_path, model_path=pocket_model, callbacks=[Grab()])
+    finally:
+        gc.enable()
+    # Issue 19, C4: TRL's rebound forward keeps the model alive after `del trainer` until a collection; train collects.
+    assert len(trained) == 1 and trained[0]() is None, "the trained model is freed when train returns"
     out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype="float32")
     facts = merge.check_merged(out)
     assert facts["safetensors_only"] is True and facts["has_quantization_config"] is False
@@ -219,3 +237,22 @@ def test_the_batching_benchmark_is_skipped_where_no_batch_holds_padding(capsys: 
     assert bench.compare_in_subprocess(seventy, 12, model_path="/no/such/model") == [], "nothing loads, nothing runs"
     assert "no batch holds padding" in capsys.readouterr().out
     assert bench.skip_reason(get_profile("pocket")) == bench.skip_reason(get_profile("llama3-8b")) == ""
+
+
+def test_the_batching_benchmark_runs_in_a_child_on_a_gpu_and_in_process_on_a_cpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a CPU a child process would spend ~7 s importing the training stack again; on a GPU the child gives the five
+    trainers' memory back to the device."""
+    from lab_utils.train import bench, sft
+
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "compare", lambda *a, **k: calls.append("here") or [{"mode": "x"}])
+    monkeypatch.setattr(bench, "compare_in_subprocess", lambda *a, **k: calls.append("child") or [{"mode": "y"}])
+    pocket = get_profile("pocket")
+    monkeypatch.setattr(sft, "_cuda_available", lambda: False)
+    assert bench.run(pocket, 3) == [{"mode": "x"}] and calls == ["here"]
+    assert "in this process" in capsys.readouterr().out
+    assert bench.run(get_profile("llama3-70b-qlora"), 3) == [] and calls == ["here"], "skipped: nothing runs"
+    monkeypatch.setattr(sft, "_cuda_available", lambda: True)
+    assert bench.run(get_profile("llama3-8b"), 3) == [{"mode": "y"}] and calls == ["here", "child"]

@@ -117,6 +117,21 @@ def skip_reason(profile: Profile) -> str:
     return ""
 
 
+def run(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+    """The benchmark where it costs least. On a GPU, in a child process (`compare_in_subprocess`): five trainers' GPU
+    memory goes back to the device when it ends. On a CPU, in this process: the pocket model's trainers are freed
+    between modes, and a child would first import the training stack again (about 7 s on a 2-core CPU)."""
+    from lab_utils.train.sft import _cuda_available
+
+    if _cuda_available():
+        return compare_in_subprocess(profile, steps, model_path)
+    if reason := skip_reason(profile):
+        print(f"throughput benchmark skipped: {reason}")
+        return []
+    print("throughput benchmark in this process (a CPU: a child process would import the training stack again)")
+    return compare(profile, steps, model_path)
+
+
 def compare_in_subprocess(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
     """`compare` in a child process: its four trainers' memory is returned to the system (and the GPU) when it ends,
     so the notebook's own process keeps only what it had. The child's output streams through. Nothing runs (and []
