@@ -11,8 +11,10 @@ QUICK ?=
 DATASET ?=
 LLAMACPP ?=
 WHEELHOUSE ?=
+GPU_CHECK_PYTHON ?= 3.12
+GPU_CHECK_CUDA ?= 128,130
 
-.PHONY: setup wheelhouse lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
+.PHONY: setup wheelhouse gpu-check-prep lab test test-fast test-rebuild test-rehearsal jupyter pocket prefetch ready hooks strip clean-runs
 
 # LLAMACPP=1 also installs llama.cpp (notebook 06; 04 and 05 without vLLM): a build from source, 8-11 min on 2 cores.
 # WHEELHOUSE=wheelhouse installs from a wheel folder with no internet (an offline room: `make wheelhouse` makes it).
@@ -23,6 +25,12 @@ setup:
 wheelhouse:
 	@LAB_LLAMACPP=$(LLAMACPP) bash scripts/setup_env.sh
 	@WHEELHOUSE=$(or $(WHEELHOUSE),wheelhouse) bash scripts/make_wheelhouse.sh
+
+# The GPU check's wheels (scripts/gpu_check.py), for a lent GPU machine without TRL, datasets or bitsandbytes: into
+# .gpu-check/wheels (carry .gpu-check there), trimmed under 64 MiB, for Python $(GPU_CHECK_PYTHON) and bitsandbytes'
+# CUDA libraries $(GPU_CHECK_CUDA) (12.8 and 13.0) only.
+gpu-check-prep:
+	$(PY) scripts/gpu_check_prep.py --python $(GPU_CHECK_PYTHON) --cuda $(GPU_CHECK_CUDA)
 
 # POCKET=local runs the lab on the pocket base model rebuilt here (`make pocket`) instead of the shipped one.
 # DATASET=my_data.jsonl trains on your own Alpaca-format file (01 validates it, 02 trains on it).
