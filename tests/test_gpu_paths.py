@@ -233,5 +233,6 @@ def test_a_rehearsal_decides_precision_for_its_target_gpu(rehearsing: None, monk
     assert t4.decision_hardware.name == "Tesla T4" and half_dtype() == "float16"
     assert mixed_precision(t4.profile.train) == {"bf16": False, "fp16": True}
     assert resolve("llama3-8b", DESCRIBED["cpu"]) and half_dtype() == "bfloat16"
+    assert resolve("llama3-8b-qlora", DESCRIBED["cpu"]) and resolve("pocket") and half_dtype() == here, "pocket: here"
     monkeypatch.delenv("LAB_REHEARSAL")
     assert half_dtype() == here, "outside a rehearsal the target is ignored"

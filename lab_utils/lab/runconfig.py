@@ -198,9 +198,9 @@ def resolve(
         name, reason = profile, "asked for by name"
     prof = get_profile(name)
     rehearsing = rehearsal.active() and not prof.is_pocket
+    rehearsal.decide_for(prof if rehearsing else None)  # precision in this process and its children: the target's
     if rehearsing:
         prof = rehearsal.scaled(prof)
-        rehearsal.decide_for(prof)  # precision decisions in this process and its children: the target GPU's
         reason += "; rehearsal with stand-ins (LAB_REHEARSAL=1)"
     prof = prof.with_overrides(method, max_steps)
     if lora_r:

@@ -275,11 +275,14 @@ def target_hardware(profile: Any) -> Any:
 TARGET_ENV = "LAB_REHEARSAL_TARGET"
 
 
-def decide_for(profile: Any) -> None:
+def decide_for(profile: Any | None) -> None:
     """Make this process's (and its children's) precision decisions for the profile's target GPU (`decision_target`):
     a T4 rehearsal then trains in fp16 autocast and loads, merges and evaluates in float16 on this CPU, as the T4 would,
-    so the fp16 path runs before a T4 does (issue 19, W3)."""
-    os.environ[TARGET_ENV] = profile.rehearsal_target
+    so the fp16 path runs before a T4 does (issue 19, W3). None (not a rehearsal): this machine decides again."""
+    if profile is None:
+        os.environ.pop(TARGET_ENV, None)
+    else:
+        os.environ[TARGET_ENV] = profile.rehearsal_target
 
 
 def decision_target() -> Any:

@@ -1,8 +1,11 @@
-"""Mixed precision fixes the trainers need on GPUs without bf16."""
+"""Mixed precision: the flags the trainers get (bf16, or fp16 on GPUs without bf16), what a run trained in, and the
+fixes fp16 needs."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from lab_utils.run.profiles import TrainSettings
 
 
 def adapters_for_fp16(trainer: Any) -> int:
@@ -28,7 +31,7 @@ def trained_precision(trainer: Any) -> dict[str, Any]:
     return {"precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", "trainable_dtypes": sorted(dtypes)}
 
 
-def mixed_precision(settings: Any) -> dict[str, bool]:
+def mixed_precision(settings: TrainSettings) -> dict[str, bool]:
     """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
     (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off. A rehearsal
     decides for its target GPU (`half_dtype`): a T4 rehearsal trains in fp16 autocast on the CPU."""
