@@ -27,28 +27,23 @@ GB = 1e9
 
 
 def random_llama(dims: Any, tokenizer: Any, dtype: str, device: str) -> Any:
-    """A randomly initialised Llama of shape `dims` (`run.profiles.ModelDims`), built directly on `device` in `dtype`,
-    with the tokenizer's special token ids (its ids all fall inside the larger vocabulary)."""
+    """A randomly initialised Llama of shape `dims` (`run.profiles.ModelDims`), built directly on `device` in `dtype`
+    by the lab's one tiny-Llama builder, with the tokenizer's special token ids (inside the larger vocabulary)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=dims.vocab,
-        hidden_size=dims.hidden,
-        intermediate_size=dims.intermediate,
-        num_hidden_layers=dims.n_layers,
-        num_attention_heads=dims.n_heads,
-        num_key_value_heads=dims.n_kv_heads,
-        tie_word_embeddings=dims.tie_embeddings,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
+    from lab_utils.models.tiny import tiny_llama
+
+    shape = {
+        "vocab_size": dims.vocab,
+        "hidden_size": dims.hidden,
+        "intermediate_size": dims.intermediate,
+        "num_hidden_layers": dims.n_layers,
+        "num_attention_heads": dims.n_heads,
+        "num_key_value_heads": dims.n_kv_heads,
+        "tie_word_embeddings": dims.tie_embeddings,
+    }
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        return tiny_llama(tokenizer, dtype=dtype, max_position_embeddings=8192, rope_theta=500000.0, **shape)
 
 
 def pocket_dataset(n: int) -> Any:

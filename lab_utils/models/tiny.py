@@ -7,17 +7,22 @@ from pathlib import Path
 from typing import Any
 
 
-def tiny_llama(tokenizer: Any, seed: int = 0, **config: Any) -> Any:
-    """A randomly initialised `LlamaForCausalLM` (seeded) with the tokenizer's vocabulary and special token ids, sized
-    by `config` (any `LlamaConfig` field: hidden_size, num_hidden_layers, ...)."""
+def tiny_llama(tokenizer: Any, seed: int = 0, dtype: str | None = None, **config: Any) -> Any:
+    """A randomly initialised `LlamaForCausalLM` (seeded) with the tokenizer's special token ids, sized by `config` (any
+    `LlamaConfig` field: hidden_size, num_hidden_layers, ...; `vocab_size` defaults to the tokenizer's). With `dtype`,
+    built in that dtype with no fp32 copy first, on the device of the caller's `with torch.device(...)` (the GPU
+    check's random 8B-shaped models)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if tokenizer.pad_token_id is not None:
         ids["pad_token_id"] = tokenizer.pad_token_id
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **ids, **config))
+    llama = LlamaConfig(**{"vocab_size": len(tokenizer), **ids, **config})
+    if dtype is None:
+        return LlamaForCausalLM(llama)
+    return AutoModelForCausalLM.from_config(llama, dtype=getattr(torch, dtype))
 
 
 def save_probe_model(model_dir: str | Path, out_dir: str | Path) -> Path:
