@@ -15,7 +15,7 @@ process of its own (`--stage NAME`) under a time limit, writes one JSON line (na
 seconds, figures, checks, reason) and its log beside the output; a failed stage does not stop the others, and the exit
 code is non-zero if any failed or timed out. The first line, `env`, records the machine and what was unpacked.
 
-Stages, with their planned time on an H200 and [their limit] in seconds (the limits sum to 465 s, 7.75 minutes):
+Stages, with their planned time on an H200 and [their limit] in seconds (the limits sum to 480 s, 8 minutes):
   c1_fork     ~35 [75]   C1: what the fork server imports before it forks (a fresh interpreter); importing
                          bitsandbytes initializes CUDA; a plain fork after CUDA init fails in the child; the lab's
                          fork server trains a sweep row on the GPU
@@ -23,8 +23,9 @@ Stages, with their planned time on an H200 and [their limit] in seconds (the lim
                          when train returns (C4), merge and merge check on CUDA, FP8 next-token agreement (C8)
   build8b     ~50 [120]  a random Llama-3-8B-shaped model built on the GPU at llama3-8b's settings: the FP8
                          simulation's peak (C5), 3 steps and one eval batch of 16, each peak + 1 GB within 24 GB
-  fullft      ~30 [75]   one full fine-tuning step of a random 1.5B fp32 Llama as sweep row 1 trains it (fused AdamW),
-                         projected to row 1 of the 8B sweep; torch's foreach AdamW beside it (C2)
+  fullft      ~40 [90]   one full fine-tuning step of a random 1.5B fp32 Llama as sweep row 1 trains it (fused AdamW),
+                         projected to row 1 of the 8B sweep; torch's foreach AdamW beside it (C2); row 2
+                         (bf16 mixed): are autocast's bf16 weight copies alive at the CUDA peak?
   qlora_fp16  ~30 [75]   QLoRA in fp16 as on a T4: without the fix (TRL's bf16 adapters), then 8 steps with
                          adapters_for_fp16: fp32 adapters, finite losses, the grad scaler (C3)
   w1_params   ~10 [30]   count_params of a 4-bit pocket model, 16-bit and uint8 storage, against its config (W1)
@@ -70,7 +71,7 @@ STAGES: dict[str, StagePlan] = {
     "c1_fork": StagePlan(75, 150, "fork server vs a plain fork after CUDA init (C1)"),
     "lora20": StagePlan(90, 180, "bf16 LoRA on pocket: peak, freed model, merge check, FP8 (C4, C8)"),
     "build8b": StagePlan(120, 150, "8B-shaped LoRA at llama3-8b's settings: 24 GB, FP8 peak (C5)"),
-    "fullft": StagePlan(75, 150, "full fine-tuning step, 1.5B fp32, projected to 8B row 1 (C2)"),
+    "fullft": StagePlan(90, 150, "full fine-tuning step, 1.5B fp32, projected to 8B row 1 (C2)"),
     "qlora_fp16": StagePlan(75, 150, "QLoRA in fp16: fp32 adapters, grad scaler (C3)"),
     "w1_params": StagePlan(30, 120, "4-bit parameter count, 16-bit and uint8 storage (W1)"),
 }

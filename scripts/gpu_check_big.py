@@ -162,12 +162,13 @@ def fullft(ctx: Context) -> None:
     trains (`memsweep.BASE`: fp32, micro-batch 2, padded to notebook 03's 128 tokens, optimizer state allocated before
     the step) with the lab's optimizer choice (`optimizer_for`: fused AdamW on CUDA). Its peak, projected to Llama-3-8B
     by parameter count, is compared with the estimator's row 1 for the 8B and with this GPU's memory. On CUDA torch's
-    default (foreach) AdamW runs the same step too, for the difference C2 is about."""
+    default (foreach) AdamW runs the same step too, for the difference C2 is about, and row 2 (bf16 mixed precision):
+    whether autocast's bf16 weight copies, which the estimator counts, are alive at the CUDA peak."""
     require("trl", "datasets")
     import torch
 
     from lab_utils.models.loading import free, load_tokenizer
-    from lab_utils.models.memory import estimate_for_settings
+    from lab_utils.models.memory import autocast_copy_bytes, estimate_for_settings
     from lab_utils.run.profiles import LLAMA3_8B, ModelDims
     from lab_utils.train import memsweep
     from lab_utils.train.optstate import state_allocator
@@ -180,7 +181,7 @@ def fullft(ctx: Context) -> None:
     n_params = dims.n_params()
     data = pocket_dataset(memsweep.EFFECTIVE_BATCH)
 
-    def step(label: str, **optim: str) -> float:
+    def step(label: str, settings: Any = settings, **optim: str) -> float:
         """One measured step on a fresh model: nothing of an earlier run's state is carried over."""
         model = random_llama(dims, tok, "float32", ctx.device)
         ctx.check(f"{label}: the model has the configured parameter count", model.num_parameters() == n_params)
@@ -198,6 +199,7 @@ def fullft(ctx: Context) -> None:
         return meter.peak_mb()
 
     chosen = optimizer_for(settings.method, settings.optim)
+    copies = autocast_copy_bytes(dims, "bf16")
     peak = step("lab")
     estimate = estimate_for_settings(dims, settings).total_mb
     estimate_8b = estimate_for_settings(LLAMA3_8B.dims, settings).total_mb
@@ -209,6 +211,15 @@ def fullft(ctx: Context) -> None:
     ctx.put(projected_8b_by_estimate_error_gb=round(estimate_8b * peak / estimate / 1000, 1))
     ctx.check("the optimizer is the lab's choice", ctx.figures["lab_optim"] == chosen)
     ctx.check("the step's loss is finite", finite(ctx.figures["lab_loss"]))
+    # Row 2 (bf16 mixed precision): the estimator counts autocast's bf16 copy of each matmul weight, which autograd
+    # keeps for the backward pass (measured on the CPU). Whether that copy is still alive at the CUDA peak (where the
+    # fp32 gradients may have replaced it) is this figure: the measured rise over row 1 against the estimated one.
+    mixed = memsweep.BF16.settings(1, seq_len)
+    bf16 = step("bf16", mixed)
+    estimate_bf16 = estimate_for_settings(dims, mixed).total_mb
+    ctx.put(bf16_peak_mb=round(bf16, 1), bf16_bytes_per_param=round(bf16 * 1e6 / n_params, 2))
+    ctx.put(bf16_estimate_error=round(estimate_bf16 / bf16 - 1, 3), bf16_rise_over_row1_mb=round(bf16 - peak, 1))
+    ctx.put(bf16_estimated_rise_mb=round(estimate_bf16 - estimate, 1), bf16_autocast_copies_mb=round(copies / 1e6, 1))
     if not ctx.cuda:
         return
     free_mb, total = (x / 1e6 for x in torch.cuda.mem_get_info())  # what the sweep compares its estimates with
@@ -216,6 +227,7 @@ def fullft(ctx: Context) -> None:
     ctx.check("on CUDA the lab's AdamW is the fused kernel", chosen == "adamw_torch_fused")
     ctx.check("fused AdamW's peak stays under 18 bytes per parameter", peak * 1e6 / n_params < 18)
     ctx.check("the estimate is within 25% of the measured peak", abs(estimate / peak - 1) <= 0.25)
+    ctx.check("row 2's estimate is within 25% of its measured peak", abs(estimate_bf16 / bf16 - 1) <= 0.25)
     if free_mb > estimate_8b:  # a GPU on which the sweep runs row 1 (it skips it where the estimate is over)
         ctx.check("row 1 of the 8B sweep, projected, fits this GPU's free memory", peak * ratio < free_mb)
     foreach = step("foreach", optim="adamw_torch")

@@ -104,6 +104,17 @@ def test_fullft_takes_the_labs_optimizer_and_projects_row_1(cpu_run: tuple[Any, 
     row1 = memsweep.estimate(memsweep.BASE, LLAMA3_8B.dims, 128) / 1000
     assert f["estimator_8b_row1_gb"] == round(row1, 1) and 125 < row1 < 140, "the estimator's row 1 for the 8B"
     assert f["projected_8b_row1_gb"] > 0 and "foreach_peak_mb" not in f, "the foreach comparison is CUDA's"
+    # Row 2 (bf16 mixed) runs on the same shape: the estimator's rise over row 1 is autocast's bf16 weight copies less
+    # the activations bf16 halves; the measured rise is the GPU's figure (on a CPU, resident memory).
+    from lab_utils.models.memory import autocast_copy_bytes
+    from lab_utils.run.profiles import ModelDims
+
+    assert math.isfinite(f["bf16_loss"]) and f["bf16_peak_mb"] > 0 and "bf16_estimate_error" in f
+    copies = autocast_copy_bytes(ModelDims(**f["shape"]), "bf16") / 1e6  # the quick shape's
+    assert f["bf16_autocast_copies_mb"] == round(copies, 1) > 0
+    dims = ModelDims(**f["shape"])
+    rise = memsweep.estimate(memsweep.BF16, dims, 128) - memsweep.estimate(memsweep.BASE, dims, 128)
+    assert f["bf16_estimated_rise_mb"] == round(rise, 1) < copies, "the copies, less the activations bf16 halves"
 
 
 @pytest.mark.slow

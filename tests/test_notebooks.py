@@ -243,11 +243,10 @@ def test_03_memory_optimizations(lab_run) -> None:
     # One progress line as each configuration starts and one as it ends.
     text = lab_run.output_text("03_memory_optimizations")
     assert all(f"[{i}/9]" in text for i in range(1, 10)) and text.count(": done in ") == 9
-    # The estimate (the estimator's terms plus this machine's fixed overhead, measured on a tiny model) is off the
-    # measured peak by under half on every row; issue 19's target is 25% at the median (measured 19-24% here on
-    # 2026-12-03): asserted with a margin for this shared machine's noise.
+    # The estimate (the estimator's terms, autocast's bf16 weight copies among them, plus this machine's fixed overhead,
+    # measured on a tiny model) is within issue 19's targets: 25% at the median, under half on every row.
     errors = sorted(abs(c["estimate_error"]) for c in cfg.values())
-    assert errors[len(errors) // 2] <= 0.3 and errors[-1] < 0.5, errors
+    assert errors[len(errors) // 2] <= 0.25 and errors[-1] < 0.5, errors
     assert all(c["estimate_overhead_mb"] > 0 for c in cfg.values())
     # The reading is generated from the rows that ran: it names them and compares each row with the one it builds on.
     assert r["reading"].startswith("Configurations that ran here: 1, 2, 3, 4, 5, 6, 7, 8, 9 (of 9).")

@@ -4,8 +4,11 @@ Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 
 
 1. Weights (bytes per parameter of the base model):
    - full fine-tuning: 4 B/param. In fp32 the weights are fp32. "bf16"/"fp16" for full fine-tuning means mixed
-     precision as the HF Trainer does it: fp32 master weights (4 B/param) and a transient half-precision copy made by
-     autocast, which we do not count; only the activations get smaller.
+     precision as the HF Trainer does it: fp32 master weights (4 B/param) plus the half-precision copy of each matmul
+     weight (the linear layers and the LM head, 2 B each) that autocast makes in the forward pass. It is not transient:
+     autograd keeps each copy for the backward pass (with gradient checkpointing, autocast's cache keeps them all until
+     the forward pass ends). So mixed precision costs about 6 B/param of weights, as the transformers docs count it
+     ("GPU memory usage"), and saves only activation memory.
    - LoRA: the frozen base is stored in the given precision (4 B fp32, 2 B bf16/fp16) plus the trainable LoRA
      parameters in fp32 (4 B each).
    - QLoRA: the linear layers (q, k, v, o, gate, up, down) are 4-bit NF4 = 0.5 B/param, plus about 0.127 bits/param of
@@ -14,7 +17,8 @@ Memory during training is four things. All sizes are decimal (1 MB = 1e6 bytes, 
 2. Gradients: 4 B per trainable parameter (all of them for full fine-tuning, only the adapters for (Q)LoRA).
 3. Optimizer state per trainable parameter: AdamW keeps two fp32 moments = 8 B; 8-bit AdamW (adamw_8bit,
    paged_adamw_8bit) keeps them in 8 bits = 2 B; SGD (no momentum) = 0 B.
-   So full fine-tuning with AdamW costs 4 + 4 + 8 = 16 B/param before activations: 128 GB for an 8B model.
+   So full fine-tuning with AdamW costs 4 + 4 + 8 = 16 B/param before activations in fp32 (128 GB for an 8B model),
+   and about 18 in mixed precision (144 GB).
 4. Activations, saved in the forward pass for the backward pass, in the precision's value size (4 B fp32, 2 B
    bf16/fp16), per token and per decoder layer:
    - about 10*hidden + 3*intermediate values (the layer input, the two norm outputs, q, k, v, the attention output,
@@ -100,10 +104,22 @@ def trainable_params(dims: ModelDims, method: str, lora_r: int = 16) -> int:
     return dims.n_params() if method == "full" else lora_params(dims, lora_r)
 
 
+def matmul_params(dims: ModelDims) -> int:
+    """Parameters autocast casts to 16 bits for the matmuls: the linear layers and the LM head (embedding lookups and
+    norms stay in fp32)."""
+    return dims.linear_params() + dims.vocab * dims.hidden
+
+
+def autocast_copy_bytes(dims: ModelDims, precision: str) -> float:
+    """Bytes of the half-precision weight copies mixed-precision full fine-tuning keeps for the backward pass (rule 1);
+    0 in fp32."""
+    return 0.0 if precision == "fp32" else float(VALUE_BYTES[precision] * matmul_params(dims))
+
+
 def weight_bytes(dims: ModelDims, method: str, precision: str, lora_r: int = 16) -> float:
     """Bytes of model weights (see rule 1 in the module docstring)."""
     if method == "full":
-        return 4.0 * dims.n_params()
+        return 4.0 * dims.n_params() + autocast_copy_bytes(dims, precision)
     adapters = 4.0 * lora_params(dims, lora_r)
     if method == "lora":
         return VALUE_BYTES[precision] * dims.n_params() + adapters
