@@ -1,12 +1,14 @@
-"""SFT on the pocket model: EOS supervised in the collated batch, padding-free is exact, resume, merge, 2 processes."""
+"""SFT on the pocket model: EOS supervised in the collated batch, padding-free is exact, resume, merge, 2 processes, FSDP2."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -96,7 +98,6 @@ def test_interrupted_run_resumes_to_the_same_step(pocket_model: str, tmp_path: P
 def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path: Path) -> None:
     import gc
     import weakref
-    from typing import Any
 
     from transformers import TrainerCallback
 
@@ -160,6 +161,48 @@ def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> Non
     metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
     assert metrics["steps"] == 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_fsdp2_trains_saves_whole_and_resumes_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
+    """The shipped FSDP config (`fsdp_multi_gpu.yaml`: FSDP2, FULL_STATE_DICT) on 2 CPU processes, with the test-only
+    shim `tests/fsdp_cpu` that lets accelerate shard on a CPU: LoRA trains sharded, every rank joins the save and the
+    adapter is whole, and a second run resumes from the sharded checkpoint. The first CPU run found that FSDP2 cannot
+    evaluate before training (transformers#39961): `train` skips that evaluation under FSDP2."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs/accelerate/fsdp_multi_gpu.yaml").read_text())
+    assert (
+        config["fsdp_config"]["fsdp_version"] == 2
+        and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    )
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True, main_process_port=29533)
+    (tmp_path / "fsdp_cpu.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent), "LAB_FSDP_ON_CPU": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "tests/fsdp_cpu"), env.get("PYTHONPATH", "")])
+    out = tmp_path / "run"
+
+    def launch(steps: int, *extra: str) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_cpu.yaml")]
+        cmd += ["-m", "lab_utils", "train", "--profile", "pocket", "--max-steps", str(steps), "--save-steps", "2"]
+        proc = subprocess.run([*cmd, "--output-dir", str(out), *extra], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("tests/fsdp_cpu: FSDP on a 2-process CPU run") == 2, "both ranks shard"
+        return json.loads((out / train.METRICS_FILE).read_text())
+
+    first = launch(2)
+    recorded = json.loads((out / train.CONFIG_FILE).read_text())
+    assert (recorded["world_size"], recorded["distributed_type"], recorded["fsdp_version"]) == (2, "FSDP", 2)
+    assert first["steps"] == 2 and first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        saved = sum(f.get_tensor(k).numel() for k in f.keys())
+    assert saved == first["trainable_params"] > 0, "FULL_STATE_DICT: the whole adapter, not one rank's shard"
+    assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").exists(), "the checkpoint is FSDP's sharded one"
+    resumed = launch(4, "--resume")
+    assert resumed["steps"] == 4 and resumed["resumed_from"].endswith("checkpoint-2")
+    assert math.isfinite(resumed["train_loss_last"])
 
 
 @pytest.mark.parametrize("method", ["qlora", "full"])

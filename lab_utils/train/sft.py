@@ -64,14 +64,8 @@ class TrainResult:
 
 def lora_kwargs(settings: TrainSettings) -> dict[str, Any]:
     """`LoraConfig` arguments: rank, alpha and dropout from the profile, every linear projection adapted."""
-    return {
-        "r": settings.lora_r,
-        "lora_alpha": settings.lora_alpha,
-        "lora_dropout": settings.lora_dropout,
-        "target_modules": list(LORA_TARGETS),
-        "bias": "none",
-        "task_type": "CAUSAL_LM",
-    }
+    tuned = {"r": settings.lora_r, "lora_alpha": settings.lora_alpha, "lora_dropout": settings.lora_dropout}
+    return {**tuned, "target_modules": list(LORA_TARGETS), "bias": "none", "task_type": "CAUSAL_LM"}
 
 
 def lora_config(settings: TrainSettings) -> Any:
@@ -381,6 +375,8 @@ def record_config(trainer: Any, profile: Profile, info: dict[str, Any]) -> None:
                 "sft_config": trainer.args.to_dict(),
                 "versions": versions(),
                 "world_size": trainer.args.world_size,
+                "distributed_type": str(getattr(trainer.accelerator.distributed_type, "value", "NO")),
+                "fsdp_version": fsdp_version(trainer),
             },
         )
 
@@ -444,8 +440,7 @@ def train(
     for callback in callbacks or []:
         trainer.add_callback(callback)
     record_config(trainer, profile, info)
-    # The eval loss before any training: the reference the final eval loss is judged against.
-    eval_before = None if resume_from else trainer.evaluate().get("eval_loss")
+    eval_before = None if resume_from else loss_before_training(trainer)
     tokens_before = tokens_seen_at(resume_from)  # read now: training may rotate that checkpoint away
     t0 = time.perf_counter()
     with meter:
@@ -456,6 +451,17 @@ def train(
     del trainer
     free()  # TRL keeps a reference to the model through its rebound forward: collect it now
     return result
+
+
+def fsdp_version(trainer: Any) -> int | None:
+    """1 or 2 when the trainer shards with FSDP, else None."""
+    return getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) if trainer.is_fsdp_enabled else None
+
+
+def loss_before_training(trainer: Any) -> float | None:
+    """The eval loss before any training (the final one is judged against it); None under FSDP2, which cannot evaluate
+    a model not yet prepared with its optimizer (transformers#39961; found by the FSDP test on the CPU)."""
+    return None if fsdp_version(trainer) == 2 else trainer.evaluate().get("eval_loss")
 
 
 def tokens_seen_at(checkpoint: str | None) -> int:
