@@ -163,46 +163,78 @@ def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> Non
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
+def launch_on_two_cpu_processes(config_file: str, pocket_model: str, tmp_path: Path, **env: str) -> Any:
+    """A shipped multi-GPU accelerate config made to run on 2 CPU processes (gloo, fp32), and a function that runs the
+    lab's `train` under it and returns the run's metrics. Each launch takes a free port: a port the last run used may
+    still be in TIME_WAIT, and the rendezvous then waits."""
+    import socket
+
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs/accelerate" / config_file).read_text())
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent), **env}
+
+    def launch(steps: int, *extra: str) -> dict[str, Any]:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            config["main_process_port"] = free.getsockname()[1]
+        (tmp_path / config_file).write_text(yaml.safe_dump(config))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / config_file)]
+        cmd += ["-m", "lab_utils", "train", "--profile", "pocket", "--max-steps", str(steps), "--save-steps", "2"]
+        proc = subprocess.run([*cmd, "--output-dir", str(tmp_path / "run"), *extra], cwd=REPO_ROOT, env=run_env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {"stdout": proc.stdout, **json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())}
+
+    return launch
+
+
+def whole_adapter_params(run: Path) -> int:
+    """Parameters in the saved adapter file."""
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        return sum(f.get_tensor(k).numel() for k in f.keys())
+
+
 def test_fsdp2_trains_saves_whole_and_resumes_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
     """The shipped FSDP config (`fsdp_multi_gpu.yaml`: FSDP2, FULL_STATE_DICT) on 2 CPU processes, with the test-only
     shim `tests/fsdp_cpu` that lets accelerate shard on a CPU: LoRA trains sharded, every rank joins the save and the
     adapter is whole, and a second run resumes from the sharded checkpoint. The first CPU run found that FSDP2 cannot
     evaluate before training (transformers#39961): `train` skips that evaluation under FSDP2."""
-    import yaml
-
-    config = yaml.safe_load((REPO_ROOT / "configs/accelerate/fsdp_multi_gpu.yaml").read_text())
-    assert (
-        config["fsdp_config"]["fsdp_version"] == 2
-        and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    config = (REPO_ROOT / "configs/accelerate/fsdp_multi_gpu.yaml").read_text()
+    assert "fsdp_version: 2" in config and "fsdp_state_dict_type: FULL_STATE_DICT" in config
+    shim = os.pathsep.join([str(REPO_ROOT / "tests/fsdp_cpu"), os.environ.get("PYTHONPATH", "")])
+    launch = launch_on_two_cpu_processes(
+        "fsdp_multi_gpu.yaml", pocket_model, tmp_path, LAB_FSDP_ON_CPU="1", PYTHONPATH=shim
     )
-    config.update(num_processes=2, mixed_precision="no", use_cpu=True, main_process_port=29533)
-    (tmp_path / "fsdp_cpu.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent), "LAB_FSDP_ON_CPU": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "tests/fsdp_cpu"), env.get("PYTHONPATH", "")])
-    out = tmp_path / "run"
-
-    def launch(steps: int, *extra: str) -> dict[str, Any]:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_cpu.yaml")]
-        cmd += ["-m", "lab_utils", "train", "--profile", "pocket", "--max-steps", str(steps), "--save-steps", "2"]
-        proc = subprocess.run([*cmd, "--output-dir", str(out), *extra], cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.count("tests/fsdp_cpu: FSDP on a 2-process CPU run") == 2, "both ranks shard"
-        return json.loads((out / train.METRICS_FILE).read_text())
-
-    first = launch(2)
-    recorded = json.loads((out / train.CONFIG_FILE).read_text())
+    first, run = launch(2), tmp_path / "run"
+    assert first["stdout"].count("tests/fsdp_cpu: FSDP on a 2-process CPU run") == 2, "both ranks shard"
+    recorded = json.loads((run / train.CONFIG_FILE).read_text())
     assert (recorded["world_size"], recorded["distributed_type"], recorded["fsdp_version"]) == (2, "FSDP", 2)
     assert first["steps"] == 2 and first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
-    from safetensors import safe_open
-
-    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
-        saved = sum(f.get_tensor(k).numel() for k in f.keys())
-    assert saved == first["trainable_params"] > 0, "FULL_STATE_DICT: the whole adapter, not one rank's shard"
-    assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").exists(), "the checkpoint is FSDP's sharded one"
+    assert whole_adapter_params(run) == first["trainable_params"] > 0, "FULL_STATE_DICT: the whole adapter"
+    assert (run / "checkpoint-2" / "pytorch_model_fsdp.bin").exists(), "the checkpoint is FSDP's sharded one"
     resumed = launch(4, "--resume")
     assert resumed["steps"] == 4 and resumed["resumed_from"].endswith("checkpoint-2")
     assert math.isfinite(resumed["train_loss_last"])
+
+
+def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
+    """The shipped ZeRO-3 config (`deepspeed_zero3_qlora.yaml`) on 2 CPU processes: DeepSpeed's CPU accelerator and
+    gloo, no shim. LoRA trains with parameters, gradients and optimizer state sharded; every rank joins the save and
+    the adapter is whole; the checkpoint is DeepSpeed's. Its first run found two crashes: the config's fixed
+    gradient_accumulation_steps (16) stopped every profile with another value, and evaluating before training left
+    the trainer without its DeepSpeed engine (`train` skips it under DeepSpeed, as under FSDP2)."""
+    launch = launch_on_two_cpu_processes("deepspeed_zero3_qlora.yaml", pocket_model, tmp_path)
+    first, run = launch(2), tmp_path / "run"
+    recorded = json.loads((run / train.CONFIG_FILE).read_text())
+    assert (recorded["world_size"], recorded["distributed_type"]) == (2, "DEEPSPEED")
+    assert recorded["sft_config"]["gradient_accumulation_steps"] == POCKET.train.gradient_accumulation_steps
+    assert first["steps"] == 2 and first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
+    assert whole_adapter_params(run) == first["trainable_params"] > 0, "ZeRO-3 gathers the whole adapter"
+    assert (run / "checkpoint-2" / "global_step2").is_dir(), "the checkpoint is DeepSpeed's sharded one"
 
 
 @pytest.mark.parametrize("method", ["qlora", "full"])

