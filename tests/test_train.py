@@ -1,4 +1,4 @@
-"""SFT on the pocket model: EOS supervised in the collated batch, padding-free is exact, resume, merge, 2 processes, FSDP2."""
+"""SFT on the pocket model: EOS supervised in a collated batch, padding-free is exact, resume, merge, DDP, FSDP2, ZeRO-3."""
 
 from __future__ import annotations
 
@@ -134,45 +134,21 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
     assert not list(tmp_path.glob("*.partial")), "no temporary folders left behind"
 
 
-def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"),
-        "-m",
-        "lab_utils",
-        "train",
-        "--profile",
-        "pocket",
-        "--max-steps",
-        "4",
-        "--save-steps",
-        "100",
-        "--output-dir",
-        str(tmp_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent)}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = json.loads((tmp_path / train.CONFIG_FILE).read_text())
-    assert config["world_size"] == 2
-    metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
-    assert metrics["steps"] == 4
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+TWO_CPU_PROCESSES = {"num_processes": 2, "mixed_precision": "no", "use_cpu": True}
 
 
-def launch_on_two_cpu_processes(config_file: str, pocket_model: str, tmp_path: Path, **env: str) -> Any:
-    """A shipped multi-GPU accelerate config made to run on 2 CPU processes (gloo, fp32), and a function that runs the
-    lab's `train` under it and returns the run's metrics. Each launch takes a free port: a port the last run used may
-    still be in TIME_WAIT, and the rendezvous then waits."""
+def launch_on_two_cpu_processes(
+    config_file: str, pocket_model: str, tmp_path: Path, overrides: dict[str, Any] = TWO_CPU_PROCESSES, **env: str
+) -> Any:
+    """A shipped accelerate config (a multi-GPU one made to run on 2 CPU processes: gloo, fp32), and a function that
+    runs the lab's `train` under it and returns the run's metrics. Each launch takes a free port: a port the last run
+    used may still be in TIME_WAIT, and the rendezvous then waits."""
     import socket
 
     import yaml
 
     config = yaml.safe_load((REPO_ROOT / "configs/accelerate" / config_file).read_text())
-    config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+    config.update(overrides)
     run_env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent), **env}
 
     def launch(steps: int, *extra: str) -> dict[str, Any]:
@@ -188,6 +164,14 @@ def launch_on_two_cpu_processes(config_file: str, pocket_model: str, tmp_path: P
         return {"stdout": proc.stdout, **json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())}
 
     return launch
+
+
+def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> None:
+    """`cpu_2proc.yaml` as shipped: plain data parallelism on 2 CPU processes (gloo)."""
+    first = launch_on_two_cpu_processes("cpu_2proc.yaml", pocket_model, tmp_path, overrides={})(4)
+    config = json.loads((tmp_path / "run" / train.CONFIG_FILE).read_text())
+    assert config["world_size"] == 2 and first["steps"] == 4
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
 
 
 def whole_adapter_params(run: Path) -> int:
