@@ -46,6 +46,7 @@ lab: setup
 test:
 	@LAB_LLAMACPP=1 bash scripts/setup_env.sh
 	@bash scripts/setup_browser.sh
+	@$(PY) -m pip install -q --upgrade --no-deps --target .deepspeed -r tests/deepspeed-requirements.txt  # the ZeRO-3 test's
 	$(PY) -m pytest -m "not rebuild" $(PYTEST_ARGS)
 
 test-fast: setup

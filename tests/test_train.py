@@ -206,12 +206,20 @@ def test_fsdp2_trains_saves_whole_and_resumes_on_two_cpu_processes(pocket_model:
 
 
 def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
-    """The shipped ZeRO-3 config (`deepspeed_zero3_qlora.yaml`) on 2 CPU processes: DeepSpeed's CPU accelerator and
-    gloo, no shim. LoRA trains with parameters, gradients and optimizer state sharded; every rank joins the save and
-    the adapter is whole; the checkpoint is DeepSpeed's. Its first run found two crashes: the config's fixed
+    """The shipped ZeRO-3 config (`deepspeed_zero3_qlora.yaml`) on 2 CPU processes (DeepSpeed's CPU accelerator and
+    gloo, no shim; DeepSpeed from .deepspeed/, outside the lab's environment). LoRA trains with parameters, gradients
+    and optimizer state sharded; every rank joins the save and the adapter is whole; the checkpoint is DeepSpeed's.
+    Its first run found two crashes: the config's fixed
     gradient_accumulation_steps (16) stopped every profile with another value, and evaluating before training left
     the trainer without its DeepSpeed engine (`train` skips it under DeepSpeed, as under FSDP2)."""
-    launch = launch_on_two_cpu_processes("deepspeed_zero3_qlora.yaml", pocket_model, tmp_path)
+    beside = REPO_ROOT / ".deepspeed"  # `make test` installs DeepSpeed there, outside the lab's environment
+    if not (beside / "deepspeed").is_dir():
+        missing = "DeepSpeed is not in .deepspeed/: `make test` installs it (tests/deepspeed-requirements.txt)"
+        if os.environ.get("LAB_REQUIRE_DEEPSPEED") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    path = os.pathsep.join([str(beside), os.environ.get("PYTHONPATH", "")])
+    launch = launch_on_two_cpu_processes("deepspeed_zero3_qlora.yaml", pocket_model, tmp_path, PYTHONPATH=path)
     first, run = launch(2), tmp_path / "run"
     recorded = json.loads((run / train.CONFIG_FILE).read_text())
     assert (recorded["world_size"], recorded["distributed_type"]) == (2, "DEEPSPEED")
