@@ -70,15 +70,21 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    """Fine-tune the profile's base model (the same code notebook 02 calls); works under `accelerate launch`."""
+def _cmd_write_config(args: argparse.Namespace) -> int:
+    """Resolve a profile for this machine and write its config.yaml, with the checked data split, for recipes/sft.py."""
+    from lab_utils.data.alpaca import DataError
+    from lab_utils.lab.config_file import write_config
     from lab_utils.lab.runconfig import resolve
-    from lab_utils.train.sft import train
 
-    prof = resolve(args.profile, method=args.method or "", max_steps=args.max_steps).profile
-    overrides = {"save_steps": args.save_steps} if args.save_steps else {}
-    result = train(prof, args.output_dir, resume=args.resume, skip_bad=args.skip_bad_rows, **overrides)
-    print(json.dumps(result.to_dict(), indent=2))
+    cfg = resolve(args.profile, method=args.method or "", max_steps=args.max_steps, dataset=args.dataset)
+    folder = Path(args.folder or f"runs/config-{cfg.name}")
+    try:
+        path, info = write_config(cfg, folder / "sft", folder)
+    except DataError as e:  # your file's bad line, named: one line, no traceback
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{path}: {info['load_summary']}; {info['n_train']} train and {info['n_eval']} eval examples")
+    print(f"train with: python recipes/sft.py --config {path}")
     return 0
 
 
@@ -171,21 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strip-notebooks", help="remove outputs from notebooks")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=_cmd_strip)
-    p = sub.add_parser("train", help="fine-tune with TRL (also under `accelerate launch`)")
+    p = sub.add_parser("write-config", help="write a profile's config.yaml for this machine (recipes/sft.py --config)")
     p.add_argument("--profile", default="auto")
     p.add_argument("--method", choices=["lora", "qlora", "full"], help="default: the profile's")
     p.add_argument("--max-steps", type=int, default=0, help="default: the profile's")
-    p.add_argument("--save-steps", type=int, default=0, help="checkpoint interval; default: the profile's")
-    p.add_argument("--output-dir", default="runs/cli/sft")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    p.add_argument(
-        "--skip-bad-rows",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="skip (and report) invalid and over-long records instead of failing; default: skip on hub data, "
-        "fail on a local file",
-    )
-    p.set_defaults(func=_cmd_train)
+    p.add_argument("--dataset", default="", help="your own Alpaca-format JSON/JSONL file (default: the profile's data)")
+    p.add_argument("--folder", default="", help="where config.yaml and data/ go (default: runs/config-<profile>)")
+    p.set_defaults(func=_cmd_write_config)
     p = sub.add_parser("merge", help="merge an adapter into its base model (safetensors, chat template)")
     p.add_argument("--profile", default="auto")
     p.add_argument("--adapter", required=True)

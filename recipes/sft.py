@@ -1,24 +1,33 @@
-"""Fine-tune a causal LM on Alpaca data with TRL's SFTTrainer (LoRA, QLoRA or full), merge it, ask it one question.
+"""Fine-tune a causal LM with TRL's SFTTrainer (LoRA, QLoRA or full) from a run's config file, merge it, ask it one question.
 
-Usage: python recipes/sft.py --model MODEL --data my.jsonl --output-dir out [--method lora|qlora|full] [--max-steps N]
+Usage: python recipes/sft.py --config runs/latest/config.yaml [--data my.jsonl] [--output-dir out] [--max-steps N]
 
-MODEL: a local folder or hub id; --data: a .json/.jsonl file of {"instruction", "input", "output"} records or a hub
-dataset id. Writes OUT/adapter (LoRA/QLoRA) and OUT/merged, a model folder (safetensors, with the Alpaca chat template)
-that transformers, vLLM or `python recipes/serve.py OUT/merged` load as is.
+The config file is the one notebook 02 writes (runs/<run>/config.yaml). Its sections feed `from_pretrained` (model),
+`BitsAndBytesConfig` (bnb, for QLoRA), `LoraConfig` (lora) and `SFTConfig` (sft) with the libraries' own argument names:
+copy it and edit it for your own run. --data: your own .json/.jsonl file of Alpaca records ({"instruction", "input",
+"output"}) or {"prompt", "completion"} pairs, 5% of it held out. Writes OUT/adapter (LoRA/QLoRA), OUT/log_history.json
+and OUT/merged, a model folder (safetensors, with the Alpaca chat template) that transformers, vLLM or
+`python recipes/serve.py OUT/merged` load as is. Runs under `accelerate launch` too (DDP, FSDP2, DeepSpeed ZeRO-3).
 """
 
 import argparse
-import time
+import gc
+import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
-from datasets import load_dataset
+import yaml
+from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-# The lab's Alpaca prompt (lab_utils/data/alpaca.py), character for character: a model answers best in the
-# format it was trained on, so it is served with CHAT_TEMPLATE, which renders chat messages to the same text, BOS first.
+# The lab's Alpaca prompt (lab_utils/data/alpaca.py), character for character: a model answers best in the format it
+# was trained on, so the merged model is served with the config's chat template, which renders chat messages to it.
 PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -28,117 +37,170 @@ PROMPT_WITH_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(instruction='', system=\"Below is an instruction that describes a task. "
-    'Write a response that appropriately completes the request.") %}{% for message in messages %}'
-    "{% if message['role'] == 'user' %}{% set ns.instruction = message['content'] %}"
-    "{% elif message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
-    '{{ ns.system }}{{ "\\n\\n### Instruction:\\n" }}{{ ns.instruction }}{{ "\\n\\n### Response:\\n" }}'
-)
 QUESTION = "First, tell me the capital of France"
-
-cuda = torch.cuda.is_available()
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
-p.add_argument("--model", required=True, help="local folder or hub id of a causal LM")
-p.add_argument("--data", required=True, help="a .json/.jsonl file of Alpaca records, or a hub dataset id")
-p.add_argument("--output-dir", required=True)
-p.add_argument("--max-steps", type=int, default=300)
-p.add_argument("--learning-rate", type=float, default=2e-4)
-p.add_argument("--warmup-ratio", type=float, default=0.03)
-p.add_argument("--batch-size", type=int, default=4)
-p.add_argument("--grad-accum", type=int, default=4)
-p.add_argument("--max-length", type=int, default=512, help="longer examples are dropped, not truncated")
-p.add_argument("--lora-r", type=int, default=16)
-p.add_argument("--lora-alpha", type=int, default=32)
-p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=cuda, help="default: on with CUDA")
-p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=cuda)
-p.add_argument("--seed", type=int, default=42)
-p.add_argument("--eval-fraction", type=float, default=0.05)
-args = p.parse_args()
-out = Path(args.output_dir)
-
-tok = AutoTokenizer.from_pretrained(args.model)
-if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-    # pad == eos lets a collator mask EOS out of the labels: the model never learns to stop (trl#1623).
-    reserved = "<|reserved_special_token_0|>"  # Llama 3 ships unused special tokens
-    tok.pad_token = reserved if reserved in tok.get_vocab() else tok.unk_token or tok.eos_token
-
-is_file = args.data.endswith((".json", ".jsonl"))
-data = load_dataset("json", data_files=args.data, split="train") if is_file else load_dataset(args.data, split="train")
+SECTIONS = ("method", "model", "tokenizer", "data", "bnb", "lora", "sft", "merge")
 
 
-def to_prompt_completion(r):  # TRL appends EOS to the completion and supervises only the completion
-    prompt = PROMPT_WITH_INPUT if (r.get("input") or "").strip() else PROMPT
-    return {"prompt": prompt.format(**r), "completion": r["output"]}
+def fail(message: str) -> None:
+    """Stop with one line that names the file, the line or the field, and no traceback."""
+    sys.exit(f"recipes/sft.py: {message}")
 
 
-data = data.filter(lambda r: bool(r["instruction"] and (r["output"] or "").strip()))  # no empty answers
-data = data.map(to_prompt_completion, remove_columns=data.column_names)
-# Drop (don't truncate) examples over --max-length tokens: truncation would cut off the answer's EOS.
-data = data.filter(lambda r: len(tok(r["prompt"] + r["completion"])["input_ids"]) + 1 <= args.max_length)
-split = data.train_test_split(test_size=args.eval_fraction, seed=args.seed) if args.eval_fraction else None
+def read_pairs(path: str) -> list[dict]:
+    """A .jsonl file (or a .json array) as prompt/completion pairs; the first bad record stops the run, named."""
+    file = Path(path)
+    if not file.is_file():
+        fail(f"{path}: no such file")
+    rows, where = [], "line"
+    if file.suffix == ".json":
+        try:
+            rows, where = list(enumerate(json.loads(file.read_text(encoding="utf-8")), start=1)), "record"
+        except json.JSONDecodeError as e:
+            fail(f"{path} line {e.lineno}: not JSON ({e.msg})")
+    else:
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                rows += [(n, json.loads(line))] if line.strip() else []
+            except json.JSONDecodeError as e:
+                fail(f"{path} line {n}: not JSON ({e.msg}, column {e.colno})")
+    pairs = []
+    for n, r in rows:
+        fields = ("prompt", "completion") if isinstance(r, dict) and "prompt" in r else ("instruction", "output")
+        for field in fields:
+            if not isinstance(r, dict) or not isinstance(r.get(field), str) or not r[field].strip():
+                fail(f"{path} {where} {n}: field '{field}' is missing or empty")
+        if "prompt" in r:
+            pairs.append({"prompt": r["prompt"], "completion": r["completion"]})
+        else:  # an Alpaca record, in the lab's prompt
+            template = PROMPT_WITH_INPUT if str(r.get("input") or "").strip() else PROMPT
+            pairs.append({"prompt": template.format(**{"input": "", **r}), "completion": r["output"]})
+    if not pairs:
+        fail(f"{path}: no records (the file is empty)")
+    return pairs
 
-# Full fine-tuning keeps fp32 master weights (bf16 only in autocast); LoRA/QLoRA freeze the base, so 16-bit is enough.
-dtype = torch.bfloat16 if args.bf16 and args.method != "full" else torch.float32
-nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-quant = BitsAndBytesConfig(**nf4) if args.method == "qlora" else None  # QLoRA: a 4-bit base, double-quantized scales
-placement = {"device_map": {"": 0}} if quant and cuda else {}  # bitsandbytes places a 4-bit model itself
-model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, quantization_config=quant, **placement)
-targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # every linear projection
-lora = dict(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
-config = SFTConfig(
-    output_dir=str(out),
-    max_steps=args.max_steps,
-    learning_rate=args.learning_rate,
-    lr_scheduler_type="cosine",
-    warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)),
-    per_device_train_batch_size=args.batch_size,
-    gradient_accumulation_steps=args.grad_accum,
-    max_length=args.max_length,
-    bf16=args.bf16,  # TRL's default is True, even on a CPU without bf16 (emulated there: ~20x slower)
-    gradient_checkpointing=args.gradient_checkpointing,  # TRL's default is True: saves memory, costs ~30% time
-    optim="paged_adamw_8bit" if args.method == "qlora" else "adamw_torch",
-    completion_only_loss=True,  # loss on the answer only, not on the prompt
-    eval_strategy="steps" if split else "no",
-    eval_steps=max(1, args.max_steps // 4),
-    save_strategy="no",  # the adapter is saved once, below ("steps" writes OUT/checkpoint-N for long runs)
-    report_to="none",
-    use_cpu=not cuda,
-    seed=args.seed,
-)
-train, evals = (split["train"], split["test"]) if split else (data, None)
-adapter = None if args.method == "full" else LoraConfig(**lora)  # full: every weight trains
-trainer = SFTTrainer(model, config, train_dataset=train, eval_dataset=evals, processing_class=tok, peft_config=adapter)
-labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
-assert labels[labels != -100][-1] == tok.eos_token_id, "EOS is not supervised: the model would never learn to stop"
-start = time.time()
-trainer.train()
-print(f"trained {args.max_steps} steps in {time.time() - start:.0f} s")
 
-# Merge: reload the base unquantized (bf16 on a GPU, fp32 when training ran in fp32), add the adapter, fold it in.
-merge_dtype = torch.bfloat16 if args.bf16 else torch.float32
-if args.method == "full":
-    merged = trainer.model.to(merge_dtype)
-else:
-    trainer.save_model(str(out / "adapter"))
-    del model, trainer
-    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=merge_dtype)
-    merged = PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload()
-if hasattr(merged.config, "quantization_config"):
-    del merged.config.quantization_config  # a merged model claiming quantization confuses vLLM (vllm#19050)
-merged.generation_config = GenerationConfig(
-    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
-)
-tok.chat_template = CHAT_TEMPLATE
-merged.save_pretrained(str(out / "merged"))  # safetensors
-tok.save_pretrained(str(out / "merged"))
-(out / "merged" / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+def load_data(data: dict, tok, seed: int) -> tuple[Dataset, Dataset]:
+    """Train and eval pairs; examples over max_length tokens are dropped, not truncated (that would cut off the EOS)."""
+    fits = lambda p: len(tok(p["prompt"] + p["completion"])["input_ids"]) + 1 <= data["max_length"]  # noqa: E731
+    train = [p for p in read_pairs(data["train_file"]) if fits(p)]
+    evals = [p for p in read_pairs(data["eval_file"]) if fits(p)] if data.get("eval_file") else None
+    if not train:
+        fail(f"{data['train_file']}: no example fits max_length {data['max_length']} tokens")
+    if evals is None:  # your own file: hold 5% out
+        split = Dataset.from_list(train).train_test_split(test_size=0.05, seed=seed)
+        return split["train"], split["test"]
+    return Dataset.from_list(train), Dataset.from_list(evals)
 
-# One greedy answer, prompted through the chat template exactly as a server will.
-merged = merged.to("cuda" if cuda else "cpu").eval()
-text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
-inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(merged.device)  # the template writes BOS itself
-new = merged.generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
-answer = tok.decode(new, skip_special_tokens=True)
-print(f"{QUESTION!r} -> {answer!r} ({len(new)} new tokens, stopped at EOS: {new[-1].item() == tok.eos_token_id})")
+
+def main() -> None:
+    """Parse the command line, train, save, merge and ask."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="a run's config.yaml (notebook 02 writes runs/<run>/config.yaml)")
+    p.add_argument("--data", help="your own .json/.jsonl file instead of the config's data")
+    p.add_argument("--output-dir", help="instead of the config's sft.output_dir")
+    p.add_argument("--max-steps", type=int, help="instead of the config's sft.max_steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
+    args = p.parse_args()
+    try:
+        config = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"{args.config}: cannot read it as YAML ({str(e).splitlines()[0]})")
+    missing = [s for s in SECTIONS if not isinstance(config, dict) or s not in config]
+    if missing:
+        fail(f"{args.config}: no {', '.join(missing)} section (notebook 02 writes a complete one)")
+    config["sft"].update({k: v for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps)) if v})
+    if args.data:
+        config["data"].update(train_file=args.data, eval_file=None)
+    if "device_map" in config["model"]:  # a 4-bit model on this process's GPU; FSDP and ZeRO-3 place it themselves
+        sharded = "true" in (os.environ.get("ACCELERATE_USE_FSDP"), os.environ.get("ACCELERATE_USE_DEEPSPEED"))
+        config["model"]["device_map"] = None if sharded else {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    out = Path(config["sft"]["output_dir"])
+
+    tok = AutoTokenizer.from_pretrained(config["model"]["pretrained_model_name_or_path"])
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = config["tokenizer"]["pad_token"]  # pad == EOS would mask EOS out of the labels (trl#1623)
+    train, evals = load_data(config["data"], tok, config["sft"].get("seed", 42))
+    try:  # the config first: it sets up the distributed state (FSDP, ZeRO-3, the local rank) the model loads into
+        sft_args = SFTConfig(**config["sft"])
+    except (TypeError, ValueError) as e:
+        fail(f"{args.config}: section sft: {e}")
+    quant = BitsAndBytesConfig(**config["bnb"]) if config["method"] == "qlora" else None  # QLoRA: a 4-bit NF4 base
+    model = AutoModelForCausalLM.from_pretrained(**config["model"], quantization_config=quant)
+    adapter = LoraConfig(**config["lora"]) if config["method"] != "full" else None  # full: every weight trains
+    trainer = SFTTrainer(
+        model, sft_args, train_dataset=train, eval_dataset=evals, processing_class=tok, peft_config=adapter
+    )
+    if sft_args.fp16:  # fp16's loss scaler needs fp32 trainable weights; TRL makes a 4-bit model's adapters bf16
+        for param in (q for q in trainer.model.parameters() if q.requires_grad):
+            param.data = param.data.float()
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
+    if labels[labels != -100][-1] != tok.eos_token_id:
+        fail("EOS is not supervised: the model would never learn to stop")
+    # FSDP2 and ZeRO-3 cannot evaluate a model before training prepares it (transformers#39961): skip that one eval.
+    before = None if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled else trainer.evaluate()["eval_loss"]
+    resume = get_last_checkpoint(str(out)) if args.resume and out.is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+    after = trainer.evaluate()["eval_loss"]
+    is_main = trainer.is_world_process_zero()
+    if is_main:
+        shown = "not measured (sharded)" if before is None else f"{before:.4f}"
+        how = trainer.accelerator.distributed_type.value  # NO, MULTI_CPU or MULTI_GPU (DDP), FSDP, DEEPSPEED
+        trainable = sum(getattr(q, "ds_numel", q.numel()) for q in trainer.model.parameters() if q.requires_grad)
+        print(
+            f"{len(train)} examples; step {trainer.state.global_step} of {sft_args.max_steps} on {sft_args.world_size} "
+            f"process(es) ({how})" + (f", resumed from {Path(resume).name}" if resume else "") + f"; {trainable:,} "
+            f"trainable parameters; eval loss {shown} -> {after:.4f}"
+        )
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+
+    # Save the adapter whole, then rename it into place: every rank saves (FSDP and ZeRO-3 gather the weights).
+    partial = out / "adapter.partial"
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return
+    tok.save_pretrained(str(partial))
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    partial.rename(out / "adapter")
+    del model, trainer, adapter
+    gc.collect()  # TRL's rebound forward keeps the trained model alive until collected: free it before the merge loads
+    if not config["merge"]["merge"]:
+        print(f"adapter in {out / 'adapter'}; not merged: serve it beside the base (vLLM --enable-lora)")
+        return
+
+    # Merge: the base unquantized in the merge dtype (16-bit after mixed precision or QLoRA, fp32 after an fp32 run).
+    dtype, name = config["merge"]["dtype"], config["model"]["pretrained_model_name_or_path"]
+    if config["method"] != "full":
+        base = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload()
+    else:  # full fine-tuning saved the whole model
+        merged = AutoModelForCausalLM.from_pretrained(str(out / "adapter"), dtype=dtype)
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config  # a merged model claiming quantization confuses vLLM (vllm#19050)
+    merged.config.eos_token_id, merged.config.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    merged.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
+    )
+    tok.chat_template = config["merge"]["chat_template"]  # chat messages rendered to the training prompt, BOS first
+    shutil.rmtree(out / "merged.partial", ignore_errors=True)
+    merged.save_pretrained(str(out / "merged.partial"))  # safetensors
+    tok.save_pretrained(str(out / "merged.partial"))  # tokenizer files and chat_template.jinja
+    shutil.rmtree(out / "merged", ignore_errors=True)
+    (out / "merged.partial").rename(out / "merged")
+
+    # One greedy answer, prompted through the chat template exactly as a server will.
+    merged = merged.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(
+        merged.device
+    )  # the template writes BOS itself
+    new = merged.generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    answer = tok.decode(new, skip_special_tokens=True)
+    print(f"{QUESTION!r} -> {answer!r} ({len(new)} new tokens, stopped at EOS: {new[-1].item() == tok.eos_token_id})")
+
+
+if __name__ == "__main__":
+    main()

@@ -91,7 +91,8 @@ def build8b(ctx: Context) -> None:
     from lab_utils.models.loading import free, load_dtype, load_tokenizer
     from lab_utils.models.memory import CUDA_OVERHEAD_GB, estimate_for_settings, profile_peak_gb
     from lab_utils.run.profiles import ModelDims, get_profile
-    from lab_utils.train.sft import PeakMemory, make_trainer, sft_config
+    from lab_utils.train.meter import PeakMemory
+    from lab_utils.train.sft import make_trainer, sft_config
 
     prof = get_profile("llama3-8b")
     dims = ModelDims(**QUICK_SHAPE) if ctx.quick else prof.model.dims
@@ -171,8 +172,9 @@ def fullft(ctx: Context) -> None:
     from lab_utils.models.memory import autocast_copy_bytes, estimate_for_settings
     from lab_utils.run.profiles import LLAMA3_8B, ModelDims
     from lab_utils.train import memsweep
+    from lab_utils.train.meter import PeakMemory
     from lab_utils.train.optstate import state_allocator
-    from lab_utils.train.sft import PeakMemory, make_trainer, optimizer_for, sft_config
+    from lab_utils.train.sft import make_trainer, optimizer_for, sft_config
 
     dims = ModelDims(**(QUICK_SHAPE if ctx.quick else FULLFT_SHAPE))
     seq_len = SWEEP_SEQ_LEN

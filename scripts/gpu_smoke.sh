@@ -127,7 +127,7 @@ if has trl; then
   else
     skip train_qlora "bitsandbytes is not installed"
   fi
-  step train_cli 300 "$PY" -m lab_utils train --profile pocket --max-steps 5 --output-dir "$OUT/train_cli"
+  step train_cli 300 bash -c "'$PY' -m lab_utils write-config --profile pocket --folder '$OUT/cfg' && '$PY' recipes/sft.py --config '$OUT/cfg/config.yaml' --max-steps 5 --output-dir '$OUT/train_cli'"
 else
   for s in train_lora_bf16 train_qlora train_cli; do skip "$s" "trl is not installed"; done
 fi

@@ -4,6 +4,7 @@ notebooks that show the library calls they teach in short cells."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -92,13 +93,78 @@ def test_code_cells_stay_short(path: Path) -> None:
     assert not long, f"{path.stem}: code cells over 15 lines (split them, with prose between): {long}"
 
 
-def test_notebook_02_builds_its_arguments_from_the_one_source() -> None:
-    """The values 02 spreads into LoraConfig and SFTConfig come from the builders 03 and the benchmark use too: no
-    second hand-written copy of the arguments in the notebook."""
-    source = "\n".join(code_cells("02_sft"))
-    assert "LoraConfig(**lora_args)" in source and "lora_args = train.lora_kwargs(settings)" in source
-    assert "SFTConfig(**sft_args)" in source and "sft_args = train.sft_kwargs(settings, out_dir)" in source
-    assert not re.search(r"learning_rate\s*=|per_device_train_batch_size\s*=|lora_alpha\s*=", source)
+def lesson_cells(stem: str) -> list[str]:
+    """The code cells tagged `lesson`: the library code a learner copies out."""
+    nb = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+    tagged = [c for c in nb["cells"] if "lesson" in c["metadata"].get("tags", [])]
+    return ["".join(c["source"]) for c in tagged]
+
+
+# What 02's lesson cells take from the cells around them (a copy of them defines these first).
+LESSON_INPUTS = {"02_sft": {"config_path", "resume_from"}, "07_preference_tuning": {"config_path"}}
+
+
+def test_notebook_02_spreads_the_config_files_sections() -> None:
+    """02's lesson cells build each library object from the section of the run's config.yaml named after it, import
+    nothing from the lab, and hand-write no hyperparameter."""
+    lessons = lesson_cells("02_sft")
+    source = "\n".join(lessons)
+    for call in ('LoraConfig(**config["lora"])', 'SFTConfig(**config["sft"])', 'BitsAndBytesConfig(**config["bnb"])',
+                 'from_pretrained(**config["model"]', 'yaml.safe_load('):  # fmt: skip
+        assert call in source, call
+    assert "lab_utils" not in source and not re.search(r"\b(train|models|merge|runconfig|cfg|prof|settings)\.", source)
+    assert not re.search(r"learning_rate\s*=|per_device_train_batch_size\s*=|lora_alpha\s*=|\br\s*=\s*\d", source)
+    assert all(call in source for call in LESSON_CALLS["02_sft"]), "every call 02 teaches stands in a lesson cell"
     for module in ("train/memsweep.py", "train/bench.py", "train/views.py"):
         text = (PACKAGE / module).read_text()
         assert "SFTTrainer(" not in text, f"{module} builds its own trainer instead of train.make_trainer"
+    for name in ("show_call", "recipe_command", "sft_args", "lora_args"):
+        assert name not in "\n".join(code_cells("02_sft")), f"02 still uses {name}"
+
+
+def test_notebook_07_spreads_the_config_files_dpo_sections() -> None:
+    """07's lesson cells build DPOConfig, the SFT model and the adapter from the file's dpo sections, and import nothing
+    from the lab."""
+    source = "\n".join(lesson_cells("07_preference_tuning"))
+    for call in ('DPOConfig(**config["dpo"])', 'from_pretrained(**config["dpo_model"]', 'LoraConfig(**config["dpo_lora"])',
+                 "DPOTrainer(", "trainer.train()", "trainer.save_model(", "merge_and_unload()", ".save_pretrained("):  # fmt: skip
+        assert call in source, call
+    assert "lab_utils" not in source and not re.search(r"\b(train|dpo|models|merge|cfg|prof|pref)\.", source)
+    assert not re.search(r"beta\s*=|learning_rate\s*=|lora_alpha\s*=", source)
+    assert "recipe_command" not in "\n".join(code_cells("07_preference_tuning"))
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_02s_lesson_cells_run_outside_the_lab(lab_run, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """02's lesson cells and the run's config.yaml, copied into an empty folder outside the repository, run with the
+    lab's Python and `lab_utils` off the path: they train, save and merge on pocket (10 steps here)."""
+    import yaml
+
+    lab_run.run("02_sft")
+    folder = tmp_path_factory.mktemp("outside")
+    assert ROOT not in folder.parents
+    config = yaml.safe_load((lab_run.folder / "config.yaml").read_text())
+    config["sft"].update(output_dir=str(folder / "out"), max_steps=10, eval_steps=5, save_steps=5)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    preamble = f"""import sys
+class NoLab:  # the lab's package is off the path: a cell that needs it fails here
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "lab_utils":
+            raise ImportError("lab_utils is off the path")
+sys.meta_path.insert(0, NoLab())
+sys.path = [p for p in sys.path if p.rstrip("/") != {str(ROOT)!r}]
+config_path, resume_from = "config.yaml", None
+"""
+    (folder / "lesson.py").write_text(preamble + "\n\n".join(lesson_cells("02_sft")) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LAB_RUN_DIR")}
+    out = subprocess.run(
+        [sys.executable, "lesson.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    print(f"\n02's {len(lesson_cells('02_sft'))} lesson cells, outside the lab:\n" + out.stdout[-1500:])
+    assert "10 steps at learning rate" in out.stdout and "merged in float32: LlamaForCausalLM" in out.stdout
+    assert (folder / "out" / "adapter" / "adapter_model.safetensors").exists()
+    merged = folder / "out" / "merged"
+    assert list(merged.glob("*.safetensors")) and (merged / "chat_template.jinja").exists()
+    assert not list((folder / "out").glob("*.partial"))

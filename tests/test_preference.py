@@ -3,7 +3,6 @@ arguments, the scores and the recipe's command line. The notebook's own figures 
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
@@ -138,11 +137,24 @@ def test_scores_read_the_answers_in_the_questions_order() -> None:
     assert "0% of the held-out names; after DPO, on 100%" in text and "2.50" in text
 
 
-def test_the_recipe_command_carries_the_runs_settings() -> None:
-    prof = PROFILES["pocket"]
-    line = dpo.recipe_command("sft/merged", "dpo/pairs.jsonl", "out", prof.preference, prof.train)
-    parts = shlex.split(line)
-    value = lambda flag: parts[parts.index(flag) + 1]  # noqa: E731
-    assert parts[:2] == ["python", "recipes/dpo.py"] and value("--pairs") == "dpo/pairs.jsonl"
-    assert value("--max-steps") == str(prof.preference.max_steps) and "--no-bf16" in parts
-    assert float(value("--learning-rate")) == prof.preference.learning_rate
+def test_the_config_files_dpo_sections_carry_the_runs_settings(tmp_path: Path) -> None:
+    """07's sections of config.yaml build TRL's DPOConfig and the adapter's LoraConfig with the profile's values."""
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    from lab_utils.lab import config_file, runconfig
+
+    cfg = runconfig.resolve("pocket")
+    pref = cfg.profile.preference
+    files = {"train_file": "dpo/pairs.jsonl", "eval_file": "dpo/heldout_pairs.jsonl"}
+    sections = config_file.dpo_sections(cfg, pref, "sft/merged", files, tmp_path / "dpo")
+    path = config_file.add_dpo(cfg, sections, tmp_path)
+    config = config_file.read_config(path)
+    assert {"sft", "lora", "merge", "dpo_model", "dpo_data", "dpo_lora", "dpo"} <= set(config), "02's and 07's sections"
+    args = DPOConfig(**config["dpo"])
+    assert (args.max_steps, args.learning_rate, args.beta) == (pref.max_steps, pref.learning_rate, pref.beta)
+    assert args.loss_type == list(pref.loss_type) and args.bf16 is False and args.precompute_ref_log_probs is True
+    assert LoraConfig(**config["dpo_lora"]).r == pref.lora_r
+    assert config["dpo_model"]["pretrained_model_name_or_path"] == "sft/merged" and config["dpo_data"] == files
+    again = config_file.add_dpo(cfg, sections, tmp_path).read_text()
+    assert again.count("dpo_model:") == 1, "07 run twice replaces its sections"

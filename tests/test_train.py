@@ -135,42 +135,79 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
 
 
 TWO_CPU_PROCESSES = {"num_processes": 2, "mixed_precision": "no", "use_cpu": True}
+RECIPE = REPO_ROOT / "recipes" / "sft.py"
+
+
+@pytest.fixture(scope="module")
+def launch_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pocket run's config.yaml for the launches: checkpoints every 2 steps, a loss at every step, no merge."""
+    import yaml
+
+    from lab_utils.lab import config_file, runconfig
+
+    folder = tmp_path_factory.mktemp("launch-config")
+    path, _ = config_file.write_config(runconfig.resolve("pocket"), folder / "sft", folder)
+    config = yaml.safe_load(path.read_text())
+    config["sft"].update(save_steps=2, logging_steps=1, eval_steps=100)
+    config["merge"]["merge"] = False
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def launch_on_two_cpu_processes(
-    config_file: str, pocket_model: str, tmp_path: Path, overrides: dict[str, Any] = TWO_CPU_PROCESSES, **env: str
+    config_file: str, launch_config: Path, tmp_path: Path, overrides: dict[str, Any] = TWO_CPU_PROCESSES, **env: str
 ) -> Any:
     """A shipped accelerate config (a multi-GPU one made to run on 2 CPU processes: gloo, fp32), and a function that
-    runs the lab's `train` under it and returns the run's metrics. Each launch takes a free port: a port the last run
-    used may still be in TIME_WAIT, and the rendezvous then waits."""
+    runs `recipes/sft.py --config` under it and returns what it printed. Each launch takes a free port: a port the
+    last run used may still be in TIME_WAIT, and the rendezvous then waits."""
     import socket
 
     import yaml
 
     config = yaml.safe_load((REPO_ROOT / "configs/accelerate" / config_file).read_text())
     config.update(overrides)
-    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CACHE": str(Path(pocket_model).parent), **env}
+    run_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
 
-    def launch(steps: int, *extra: str) -> dict[str, Any]:
+    def launch(steps: int, *extra: str) -> str:
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             config["main_process_port"] = free.getsockname()[1]
         (tmp_path / config_file).write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / config_file)]
-        cmd += ["-m", "lab_utils", "train", "--profile", "pocket", "--max-steps", str(steps), "--save-steps", "2"]
+        cmd += [str(RECIPE), "--config", str(launch_config), "--max-steps", str(steps)]
         proc = subprocess.run([*cmd, "--output-dir", str(tmp_path / "run"), *extra], cwd=REPO_ROOT, env=run_env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return {"stdout": proc.stdout, **json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())}
+        return proc.stdout
 
     return launch
 
 
-def test_two_processes_with_accelerate(pocket_model: str, tmp_path: Path) -> None:
-    """`cpu_2proc.yaml` as shipped: plain data parallelism on 2 CPU processes (gloo)."""
-    first = launch_on_two_cpu_processes("cpu_2proc.yaml", pocket_model, tmp_path, overrides={})(4)
-    config = json.loads((tmp_path / "run" / train.CONFIG_FILE).read_text())
-    assert config["world_size"] == 2 and first["steps"] == 4
+def reported(stdout: str) -> dict[str, Any]:
+    """The recipe's line about the run: steps, processes, how they were distributed, trainable parameters, eval loss."""
+    import re
+
+    m = re.search(
+        r"step (\d+) of (\d+) on (\d+) process\(es\) \((\w+)\)(, resumed from ([\w-]+))?; ([\d,]+) trainable "
+        r"parameters; eval loss (.+) -> ([\d.naninf]+)",
+        stdout,
+    )
+    assert m, stdout[-2000:]
+    return {
+        "steps": int(m.group(1)),
+        "world_size": int(m.group(3)),
+        "distributed_type": m.group(4),
+        "resumed_from": m.group(6),
+        "trainable_params": int(m.group(7).replace(",", "")),
+        "eval_loss_before": None if m.group(8).startswith("not measured") else float(m.group(8)),
+        "eval_loss": float(m.group(9)),
+    }
+
+
+def test_two_processes_with_accelerate(launch_config: Path, tmp_path: Path) -> None:
+    """`cpu_2proc.yaml` as shipped: plain data parallelism on 2 CPU processes (gloo), through the recipe."""
+    first = reported(launch_on_two_cpu_processes("cpu_2proc.yaml", launch_config, tmp_path, overrides={})(4))
+    assert first["world_size"] == 2 and first["steps"] == 4 and first["distributed_type"] == "MULTI_CPU"
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
 
 
@@ -182,36 +219,37 @@ def whole_adapter_params(run: Path) -> int:
         return sum(f.get_tensor(k).numel() for k in f.keys())
 
 
-def test_fsdp2_trains_saves_whole_and_resumes_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
+def test_fsdp2_trains_saves_whole_and_resumes_on_two_cpu_processes(launch_config: Path, tmp_path: Path) -> None:
     """The shipped FSDP config (`fsdp_multi_gpu.yaml`: FSDP2, FULL_STATE_DICT) on 2 CPU processes, with the test-only
     shim `tests/fsdp_cpu` that lets accelerate shard on a CPU: LoRA trains sharded, every rank joins the save and the
     adapter is whole, and a second run resumes from the sharded checkpoint. The first CPU run found that FSDP2 cannot
-    evaluate before training (transformers#39961): `train` skips that evaluation under FSDP2."""
+    evaluate before training (transformers#39961): the recipe skips that evaluation under FSDP2."""
     config = (REPO_ROOT / "configs/accelerate/fsdp_multi_gpu.yaml").read_text()
     assert "fsdp_version: 2" in config and "fsdp_state_dict_type: FULL_STATE_DICT" in config
     shim = os.pathsep.join([str(REPO_ROOT / "tests/fsdp_cpu"), os.environ.get("PYTHONPATH", "")])
     launch = launch_on_two_cpu_processes(
-        "fsdp_multi_gpu.yaml", pocket_model, tmp_path, LAB_FSDP_ON_CPU="1", PYTHONPATH=shim
+        "fsdp_multi_gpu.yaml", launch_config, tmp_path, LAB_FSDP_ON_CPU="1", PYTHONPATH=shim
     )
-    first, run = launch(2), tmp_path / "run"
-    assert first["stdout"].count("tests/fsdp_cpu: FSDP on a 2-process CPU run") == 2, "both ranks shard"
-    recorded = json.loads((run / train.CONFIG_FILE).read_text())
-    assert (recorded["world_size"], recorded["distributed_type"], recorded["fsdp_version"]) == (2, "FSDP", 2)
-    assert first["steps"] == 2 and first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
+    printed, run = launch(2), tmp_path / "run"
+    assert printed.count("tests/fsdp_cpu: FSDP on a 2-process CPU run") == 2, "both ranks shard"
+    first = reported(printed)
+    assert (first["world_size"], first["distributed_type"], first["steps"]) == (2, "FSDP", 2)
+    assert first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
     assert whole_adapter_params(run) == first["trainable_params"] > 0, "FULL_STATE_DICT: the whole adapter"
     assert (run / "checkpoint-2" / "pytorch_model_fsdp.bin").exists(), "the checkpoint is FSDP's sharded one"
-    resumed = launch(4, "--resume")
-    assert resumed["steps"] == 4 and resumed["resumed_from"].endswith("checkpoint-2")
-    assert math.isfinite(resumed["train_loss_last"])
+    resumed = reported(launch(4, "--resume"))
+    assert resumed["steps"] == 4 and resumed["resumed_from"] == "checkpoint-2"
+    losses = [r["loss"] for r in json.loads((run / "log_history.json").read_text()) if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses), "the resumed run's history holds all 4 steps"
 
 
-def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(pocket_model: str, tmp_path: Path) -> None:
+def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(launch_config: Path, tmp_path: Path) -> None:
     """The shipped ZeRO-3 config (`deepspeed_zero3_qlora.yaml`) on 2 CPU processes (DeepSpeed's CPU accelerator and
-    gloo, no shim; DeepSpeed from .deepspeed/, outside the lab's environment). LoRA trains with parameters, gradients
-    and optimizer state sharded; every rank joins the save and the adapter is whole; the checkpoint is DeepSpeed's.
-    Its first run found two crashes: the config's fixed
-    gradient_accumulation_steps (16) stopped every profile with another value, and evaluating before training left
-    the trainer without its DeepSpeed engine (`train` skips it under DeepSpeed, as under FSDP2)."""
+    gloo, no shim; DeepSpeed from .deepspeed/, outside the lab's environment), through the recipe. LoRA trains with
+    parameters, gradients and optimizer state sharded; every rank joins the save and the adapter is whole; the
+    checkpoint is DeepSpeed's. Its first run found two crashes: the config's fixed gradient_accumulation_steps (16)
+    stopped every profile with another value, and evaluating before training left the trainer without its DeepSpeed
+    engine (skipped under DeepSpeed, as under FSDP2)."""
     beside = REPO_ROOT / ".deepspeed"  # `make test` installs DeepSpeed there, outside the lab's environment
     if not (beside / "deepspeed").is_dir():
         missing = "DeepSpeed is not in .deepspeed/: `make test` installs it (tests/deepspeed-requirements.txt)"
@@ -219,12 +257,12 @@ def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(pocket_mode
             pytest.fail(missing)
         pytest.skip(missing)
     path = os.pathsep.join([str(beside), os.environ.get("PYTHONPATH", "")])
-    launch = launch_on_two_cpu_processes("deepspeed_zero3_qlora.yaml", pocket_model, tmp_path, PYTHONPATH=path)
-    first, run = launch(2), tmp_path / "run"
-    recorded = json.loads((run / train.CONFIG_FILE).read_text())
-    assert (recorded["world_size"], recorded["distributed_type"]) == (2, "DEEPSPEED")
-    assert recorded["sft_config"]["gradient_accumulation_steps"] == POCKET.train.gradient_accumulation_steps
-    assert first["steps"] == 2 and first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
+    launch = launch_on_two_cpu_processes("deepspeed_zero3_qlora.yaml", launch_config, tmp_path, PYTHONPATH=path)
+    first, run = reported(launch(2)), tmp_path / "run"
+    assert (first["world_size"], first["distributed_type"], first["steps"]) == (2, "DEEPSPEED", 2)
+    args = torch.load(run / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.gradient_accumulation_steps == POCKET.train.gradient_accumulation_steps
+    assert first["eval_loss_before"] is None and math.isfinite(first["eval_loss"])
     assert whole_adapter_params(run) == first["trainable_params"] > 0, "ZeRO-3 gathers the whole adapter"
     assert (run / "checkpoint-2" / "global_step2").is_dir(), "the checkpoint is DeepSpeed's sharded one"
 

@@ -221,10 +221,10 @@ def load_hub_pairs(pref: Any, rehearsal: bool = False) -> tuple[list[dict[str, s
 
 
 def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
-    """The pairs as JSONL records of instruction, chosen and rejected (what recipes/dpo.py reads), atomically."""
+    """The pairs as JSONL records of prompt, instruction, chosen and rejected (what 07 and recipes/dpo.py read), atomically."""
     import json
 
     from lab_utils.run.paths import atomic_write_text
 
-    keep = ("instruction", "chosen", "rejected")
+    keep = ("prompt", "instruction", "chosen", "rejected")
     return atomic_write_text(path, "".join(json.dumps({k: p[k] for k in keep}) + "\n" for p in pairs))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import Profile
 
 
@@ -43,48 +44,48 @@ def distinct_pad_token(tokenizer: Any) -> str:
     return reserved if reserved in tokenizer.get_vocab() else tokenizer.unk_token or tokenizer.eos_token
 
 
-def half_dtype() -> str:
-    """The 16-bit float this machine computes in: bfloat16, except float16 on a CUDA GPU below compute capability 8.0
-    (T4, V100), where bf16 is only emulated and vLLM refuses it. In a rehearsal, the target GPU's (a T4 rehearsal
-    trains and merges in float16 on the CPU; vLLM's serving dtype stays this machine's)."""
+def half_dtype(hardware: Hardware | None = None) -> str:
+    """The 16-bit float `hardware` computes in (the resolved run's decision hardware): bfloat16, except float16 on a CUDA
+    GPU below compute capability 8.0 (T4, V100), where bf16 is only emulated and vLLM refuses it. Without it: this
+    machine's, or in a rehearsal the target GPU's (a T4 rehearsal trains and merges in float16 on the CPU)."""
     from lab_utils.models.rehearsal import decision_target
     from lab_utils.run.hardware import compute_dtype, probe
 
-    return compute_dtype(decision_target() or probe())
+    return compute_dtype(hardware or decision_target() or probe())
 
 
-def _placement(method: str) -> dict[str, Any]:
+def _placement(method: str, cuda: bool | None = None) -> dict[str, Any]:
     """Where each process puts a 4-bit model: under plain DDP each rank on its own GPU (otherwise bitsandbytes puts
     every rank's model on cuda:0); under DeepSpeed or FSDP the launcher places and shards it (no device_map)."""
     import os
 
     import torch
 
-    if method != "qlora" or not torch.cuda.is_available():
+    if method != "qlora" or not (torch.cuda.is_available() if cuda is None else cuda):
         return {}
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" or os.environ.get("ACCELERATE_USE_FSDP") == "true":
         return {}
     return {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
-def load_dtype(method: str, bf16: bool) -> str:
+def load_dtype(method: str, bf16: bool, hardware: Hardware | None = None) -> str:
     """The dtype the base model's weights load in. Full fine-tuning trains every weight: fp32 master weights, with
     bf16 only in autocast (4 + 2 + 4 + 8: the 18 bytes per parameter the lab teaches for the HF Trainer's mixed
     precision; pure-bf16 AdamW would lose small updates).
     LoRA and QLoRA freeze the base, so it loads in the 16-bit compute dtype when training runs in mixed precision."""
     if method == "full" or not bf16:
         return "float32"
-    return half_dtype()
+    return half_dtype(hardware)
 
 
-def bnb_kwargs(method: str) -> dict[str, Any]:
+def bnb_kwargs(method: str, hardware: Hardware | None = None) -> dict[str, Any]:
     """`BitsAndBytesConfig` arguments for QLoRA (4-bit NF4, double quantization, computing in the 16-bit compute dtype);
     empty for LoRA and full fine-tuning, which load no quantized weights."""
     if method != "qlora":
         return {}
     import torch
 
-    compute = getattr(torch, half_dtype())
+    compute = getattr(torch, half_dtype(hardware))
     return {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": "nf4",
@@ -102,12 +103,19 @@ def nf4_config() -> Any:
     return BitsAndBytesConfig(**bnb_kwargs("qlora"))
 
 
-def load_kwargs(method: str, bf16: bool, attn_implementation: str | None = None) -> dict[str, Any]:
+def load_kwargs(
+    method: str,
+    bf16: bool,
+    attn_implementation: str | None = None,
+    hardware: Hardware | None = None,
+    cuda: bool | None = None,
+) -> dict[str, Any]:
     """`from_pretrained` arguments for the base model to train, besides its quantization config: the weights' dtype
-    (`load_dtype`), where each process puts a 4-bit model, and the attention kernel when one is chosen."""
+    (`load_dtype`, for `hardware`), where each process puts a 4-bit model (on a GPU: `cuda`), and the attention kernel
+    when one is chosen."""
     import torch
 
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, load_dtype(method, bf16)), **_placement(method)}
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, load_dtype(method, bf16, hardware)), **_placement(method, cuda)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return kwargs

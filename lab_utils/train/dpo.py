@@ -1,5 +1,5 @@
-"""Preference tuning with TRL's `DPOTrainer` (notebook 07, recipes/dpo.py): the arguments from the profile, the one
-trainer builder, and what its logs say (reward margins and accuracies over the steps)."""
+"""Preference tuning with TRL's `DPOTrainer` (notebook 07, recipes/dpo.py): the arguments from the profile (written to the
+run's config.yaml), and what its logs say (reward margins and accuracies over the steps)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import PreferenceSettings, Profile, TrainSettings
-from lab_utils.train.precision import adapters_for_fp16
 from lab_utils.train.sft import LORA_TARGETS, _cuda_available, mixed_precision, optimizer_for
 
 
@@ -25,10 +25,17 @@ def dpo_lora_kwargs(pref: PreferenceSettings) -> dict[str, Any]:
 
 
 def dpo_kwargs(
-    pref: PreferenceSettings, train: TrainSettings, output_dir: str | Path, **overrides: Any
+    pref: PreferenceSettings,
+    train: TrainSettings,
+    output_dir: str | Path,
+    hardware: Hardware | None = None,
+    machine: Hardware | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """`DPOConfig` arguments: β, the loss, the learning rate and the lengths from the profile's preference settings;
-    the precision and gradient checkpointing from its SFT settings (the same hardware decisions as 02)."""
+    the precision and gradient checkpointing from its SFT settings (the same hardware decisions as 02: `hardware`
+    decides precision, `machine` the device)."""
+    cuda = machine.device == "cuda" if machine else _cuda_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         beta=pref.beta,
@@ -43,9 +50,9 @@ def dpo_kwargs(
         precompute_ref_log_probs=pref.precompute_ref,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, pref.max_steps // 20),
-        **mixed_precision(train),
+        **mixed_precision(train, hardware),
         gradient_checkpointing=train.gradient_checkpointing,
-        optim=optimizer_for(train.method, train.optim),
+        optim=optimizer_for(train.method, train.optim, cuda),
         logging_steps=pref.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -56,29 +63,10 @@ def dpo_kwargs(
         data_seed=train.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        use_cpu=not _cuda_available(),
+        use_cpu=not cuda,
     )
     kwargs.update(overrides)
     return kwargs
-
-
-def make_dpo_trainer(
-    model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval_dataset: Any = None, peft_config: Any = None
-) -> Any:
-    """TRL's `DPOTrainer` as notebook 07's cell builds it. With a LoRA `peft_config` there is no `ref_model`: the
-    reference is the same model with the adapter disabled, so no second copy of the weights is held."""
-    from trl import DPOTrainer
-
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    adapters_for_fp16(trainer)  # a T4: fp32 adapters for fp16's loss scaler
-    return trainer
 
 
 DPO_CURVES = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "loss")
@@ -135,20 +123,6 @@ def settings_for(profile: Profile, max_steps: int = 0, beta: float = 0, learning
 def heldout_rewards(metrics: dict[str, float]) -> dict[str, float]:
     """The reward accuracy and margin `trainer.evaluate()` reports on the held-out pairs (TRL prefixes them eval_)."""
     return {k: round(float(metrics[f"eval_rewards/{k}"]), 4) for k in ("accuracies", "margins")}
-
-
-def recipe_command(
-    sft_dir: str | Path, pairs_file: str | Path, output_dir: str | Path, pref: PreferenceSettings, train: TrainSettings
-) -> str:
-    """The `recipes/dpo.py` command line that repeats this run's DPO on its pairs with its main settings."""
-    import shlex
-
-    parts = ["python", "recipes/dpo.py", "--model", str(sft_dir), "--pairs", str(pairs_file)]
-    parts += ["--output-dir", str(output_dir), "--max-steps", str(pref.max_steps)]
-    parts += ["--learning-rate", str(pref.learning_rate), "--beta", str(pref.beta)]
-    parts += ["--batch-size", str(pref.per_device_batch_size), "--grad-accum", str(pref.gradient_accumulation_steps)]
-    parts += ["--max-length", str(pref.max_length), "--lora-r", str(pref.lora_r)]
-    return shlex.join([*parts, "--bf16" if train.bf16 else "--no-bf16", "--seed", str(train.seed)])
 
 
 def train_runtime(log_history: list[dict[str, Any]]) -> float | None:

@@ -295,7 +295,8 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
 
     from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
     from lab_utils.models.loading import load_model
-    from lab_utils.train.sft import PeakMemory, make_trainer, sft_config
+    from lab_utils.train.meter import PeakMemory
+    from lab_utils.train.sft import make_trainer, sft_config
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path, skip_bad=skips_bad_rows(data_path))  # hub data: bad rows skipped

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import TrainSettings
 
 
@@ -31,7 +32,7 @@ def trained_precision(trainer: Any) -> dict[str, Any]:
     return {"precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", "trainable_dtypes": sorted(dtypes)}
 
 
-def mixed_precision(settings: TrainSettings) -> dict[str, bool]:
+def mixed_precision(settings: TrainSettings, hardware: Hardware | None = None) -> dict[str, bool]:
     """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
     (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off. A rehearsal
     decides for its target GPU (`half_dtype`): a T4 rehearsal trains in fp16 autocast on the CPU."""
@@ -39,5 +40,5 @@ def mixed_precision(settings: TrainSettings) -> dict[str, bool]:
 
     if not settings.bf16:
         return {"bf16": False, "fp16": False}
-    fp16 = half_dtype() == "float16"
+    fp16 = half_dtype(hardware) == "float16"
     return {"bf16": not fp16, "fp16": fp16}

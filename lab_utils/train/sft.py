@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +19,13 @@ from lab_utils.data.alpaca import (
     to_prompt_completion,
 )
 from lab_utils.data.standin import hub_source
-from lab_utils.models.loading import free, load_kwargs, load_model, load_tokenizer, resolve_model_path
+from lab_utils.models.loading import free, half_dtype, load_kwargs, load_model, load_tokenizer, resolve_model_path
 from lab_utils.models.memory import LORA_TARGET_SETS
+from lab_utils.run.hardware import Hardware, flash_attention_usable, probe
 from lab_utils.run.paths import atomic_write_json, staged
 from lab_utils.run.profiles import Profile, TrainSettings
 from lab_utils.run.results import versions
+from lab_utils.train.meter import PeakMemory
 from lab_utils.train.precision import adapters_for_fp16, mixed_precision, trained_precision
 
 LORA_TARGETS = list(LORA_TARGET_SETS["all-linear"])  # every linear projection; the estimator counts the same set
@@ -68,28 +69,29 @@ def lora_kwargs(settings: TrainSettings) -> dict[str, Any]:
     return {**tuned, "target_modules": list(LORA_TARGETS), "bias": "none", "task_type": "CAUSAL_LM"}
 
 
-def lora_config(settings: TrainSettings) -> Any:
-    """The PEFT `LoraConfig` for the settings (None for full fine-tuning)."""
-    from peft import LoraConfig
-
-    return None if settings.method == "full" else LoraConfig(**lora_kwargs(settings))
-
-
-def optimizer_for(method: str, optim: str) -> str:
+def optimizer_for(method: str, optim: str, cuda: bool | None = None) -> str:
     """transformers' `optim`: QLoRA's AdamW becomes paged 8-bit AdamW; on CUDA, `adamw_torch` becomes the fused kernel.
     torch's CUDA default, foreach, allocates temporary fp32 copies of the state each step (32 GB for a full 8B), which
     the estimator does not count (issue 19, C2: H200 rows 1-4 ran out of memory); the CPU's AdamW stays."""
     if method == "qlora" and optim == "adamw_torch":
         return "paged_adamw_8bit"
-    if optim == "adamw_torch" and _cuda_available():
+    if optim == "adamw_torch" and (_cuda_available() if cuda is None else cuda):
         return "adamw_torch_fused"
     return optim
 
 
-def sft_kwargs(settings: TrainSettings, output_dir: str | Path, **overrides: Any) -> dict[str, Any]:
+def sft_kwargs(
+    settings: TrainSettings,
+    output_dir: str | Path,
+    hardware: Hardware | None = None,
+    machine: Hardware | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """`SFTConfig` arguments from the profile's settings, every default TRL changes set explicitly: the one source of
-    02's cells, 03's sweep, the batching benchmark and 01's view of the collator."""
-    optim = optimizer_for(settings.method, settings.optim)
+    02's config file, 03's sweep, the batching benchmark and 01's view of the collator. `hardware` decides precision (a
+    rehearsal's target GPU), `machine` the device, optimizer kernel and batching (None: this process finds out)."""
+    cuda = machine.device == "cuda" if machine else None
+    optim = optimizer_for(settings.method, settings.optim, cuda)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=settings.max_steps,
@@ -101,7 +103,7 @@ def sft_kwargs(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         warmup_steps=max(1, round(settings.warmup_ratio * settings.max_steps)),
         lr_scheduler_type="cosine",
         weight_decay=settings.weight_decay,
-        **mixed_precision(settings),
+        **mixed_precision(settings, hardware),
         gradient_checkpointing=settings.gradient_checkpointing,
         optim=optim,
         logging_steps=settings.logging_steps,
@@ -117,11 +119,11 @@ def sft_kwargs(settings: TrainSettings, output_dir: str | Path, **overrides: Any
         data_seed=settings.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        use_cpu=not _cuda_available(),
+        use_cpu=not (_cuda_available() if cuda is None else cuda),
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
     )
-    kwargs.update(batching_kwargs(resolve_batching(settings.batching)))
+    kwargs.update(batching_kwargs(resolve_batching(settings.batching, machine)))
     kwargs.update(overrides)
     return kwargs
 
@@ -133,17 +135,19 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any
     return SFTConfig(**sft_kwargs(settings, output_dir, **overrides))
 
 
-def model_kwargs(settings: TrainSettings) -> dict[str, Any]:
-    """`from_pretrained` arguments for the base model to train (besides QLoRA's `BitsAndBytesConfig`): its dtype, a
-    4-bit model's placement per rank, and FlashAttention-2 where padding-free batches use it."""
-    return load_kwargs(settings.method, settings.bf16, attention_for(settings))
+def model_kwargs(
+    settings: TrainSettings, hardware: Hardware | None = None, machine: Hardware | None = None
+) -> dict[str, Any]:
+    """`from_pretrained` arguments for the base model to train (besides QLoRA's `BitsAndBytesConfig`): its dtype (for
+    `hardware`), a 4-bit model's placement per rank, and FlashAttention-2 where padding-free batches use it (`machine`)."""
+    cuda = machine.device == "cuda" if machine else None
+    return load_kwargs(settings.method, settings.bf16, attention_for(settings, machine), hardware, cuda)
 
 
-def attention_for(settings: TrainSettings) -> str | None:
+def attention_for(settings: TrainSettings, machine: Hardware | None = None) -> str | None:
     """FlashAttention-2 for padding-free batches on a GPU with flash_attn installed; None (the default) otherwise."""
-    return (
-        "flash_attention_2" if resolve_batching(settings.batching) == "padding_free" and _flash_attn_usable() else None
-    )
+    padding_free = resolve_batching(settings.batching, machine) == "padding_free"
+    return "flash_attention_2" if padding_free and _flash_attn_usable(machine) else None
 
 
 def make_trainer(
@@ -158,6 +162,7 @@ def make_trainer(
     """TRL's `SFTTrainer` as notebook 02's cells build it (`args` an `SFTConfig(**sft_kwargs(...))` made before the model
     loaded, `LoraConfig(**lora_kwargs)`): the one trainer builder of the batching benchmark, the memory sweep, 01's
     collator view and the command line."""
+    from peft import LoraConfig
     from trl import SFTTrainer
 
     trainer = SFTTrainer(
@@ -166,7 +171,7 @@ def make_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        peft_config=None if settings.method == "full" else LoraConfig(**lora_kwargs(settings)),
         callbacks=callbacks,
     )
     adapters_for_fp16(trainer)
@@ -176,21 +181,21 @@ def make_trainer(
 BATCHING_MODES = ("padding_free", "group_by_length", "padded")
 
 
-def resolve_batching(batching: str) -> str:
+def resolve_batching(batching: str, machine: Hardware | None = None) -> str:
     """The batching mode for "auto": padding-free with FlashAttention on a GPU, length-grouped batches otherwise."""
     if batching != "auto":
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be auto or one of {BATCHING_MODES}, got {batching!r}")
         return batching
-    return "padding_free" if _flash_attn_usable() else "group_by_length"
+    return "padding_free" if _flash_attn_usable(machine) else "group_by_length"
 
 
-def _flash_attn_usable() -> bool:
+def _flash_attn_usable(machine: Hardware | None = None) -> bool:
     """A GPU that runs FlashAttention-2 and a flash_attn package that imports: what padding-free batches are made for."""
+    if machine is not None:
+        return flash_attention_usable(machine)
     if not _cuda_available():
         return False
-    from lab_utils.run.hardware import flash_attention_usable, probe
-
     return flash_attention_usable(probe())
 
 
@@ -283,60 +288,6 @@ def count_params(model: Any) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
-
-
-class PeakMemory:
-    """One memory meter for notebook 02 and the memory sweep (03). The idle baseline is this process's resident memory
-    when the meter is made (make it before the model loads); inside `with meter:` a thread samples the resident
-    memory. `above_idle_mb()` is what the run added (what 03 tabulates); `peak_mb()` is the CUDA allocator's peak on a
-    GPU, else the process's peak resident memory."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        self.interval = interval
-        self._proc = psutil.Process()
-        self.baseline = self._proc.memory_info().rss
-        self.peak_rss = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
-
-    @property
-    def kind(self) -> str:
-        """Which figure `peak_mb` reports."""
-        return "cuda_max_allocated" if self.cuda else "process_peak_rss"
-
-    def peak_mb(self) -> float:
-        """The CUDA allocator's peak on a GPU, else the process's peak resident memory, in MB (10^6 bytes)."""
-        import torch
-
-        if self.cuda:
-            return torch.cuda.max_memory_allocated() / 1e6
-        return self.peak_rss / 1e6
-
-    def above_idle_mb(self) -> float:
-        """Peak resident memory above the idle baseline, in MB."""
-        return (self.peak_rss - self.baseline) / 1e6
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -490,9 +441,7 @@ def save_atomically(trainer: Any, target: Path) -> Path:
     return target
 
 
-def merge_dtype(settings: TrainSettings) -> str:
+def merge_dtype(settings: TrainSettings, hardware: Hardware | None = None) -> str:
     """Precision to merge in: the 16-bit compute dtype when training ran in mixed precision or QLoRA (never 4-bit);
     fp32 for an fp32 run."""
-    from lab_utils.models.loading import half_dtype
-
-    return half_dtype() if settings.bf16 or settings.method == "qlora" else "float32"
+    return half_dtype(hardware) if settings.bf16 or settings.method == "qlora" else "float32"

@@ -1,10 +1,9 @@
 """What notebooks 01 and 02 show about training, beside the code they run: the hyperparameters with a line each, the
-loss curves, TRL's own collator applied to a few records, and the take-home recipe's command line."""
+loss curves, and TRL's own collator applied to a few records."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from lab_utils.data.alpaca import clean, to_prompt_completion
@@ -133,17 +132,3 @@ def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: A
         examples = [trainer.train_dataset[i] for i in range(len(records))]
         batch = trainer.data_collator(examples)
     return batch, examples
-
-
-def recipe_command(cfg: Any, base_path: str, output_dir: str | Path) -> str:
-    """The `recipes/sft.py` command line that trains this run's model on its data with its main settings."""
-    import shlex
-
-    s = cfg.profile.train
-    parts = ["python", "recipes/sft.py", "--model", str(base_path), "--data", str(cfg.dataset), "--method", s.method]
-    parts += ["--output-dir", str(output_dir), "--max-steps", str(s.max_steps), "--learning-rate", str(s.learning_rate)]
-    parts += ["--batch-size", str(s.per_device_batch_size), "--grad-accum", str(s.gradient_accumulation_steps)]
-    parts += ["--max-length", str(s.max_seq_length), "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha)]
-    parts += ["--warmup-ratio", str(s.warmup_ratio), "--bf16" if s.bf16 else "--no-bf16"]
-    parts += ["--gradient-checkpointing" if s.gradient_checkpointing else "--no-gradient-checkpointing"]
-    return shlex.join([*parts, "--seed", str(s.seed)])
