@@ -1,4 +1,8 @@
-"""Command line: `python -m lab_utils COMMAND` runs what the notebooks run, without Jupyter."""
+"""Command line: `python -m lab_utils COMMAND` runs what the notebooks run, without Jupyter.
+
+Each command imports the lab's modules it needs inside its own function, on purpose (the one place the package defers
+its imports): `--help` and the light commands (probe, write-config) do not load every stage.
+"""
 
 from __future__ import annotations
 

@@ -77,3 +77,20 @@ def test_resolve_decides_the_hardware_once_a_t4_gets_fp16(monkeypatch: pytest.Mo
     v = config_file.sections(h100, Path("out"), files, "<pad>")
     assert (v["sft"]["bf16"], v["sft"]["fp16"]) == (True, False) and v["model"]["dtype"] == "bfloat16"
     assert v["sft"]["optim"] == "adamw_torch_fused" and "device_map" not in v["model"]
+
+
+@pytest.mark.parametrize("name", ["pocket", "smollm2-135m", "llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"])
+def test_every_profiles_file_reads_back_as_written(name: str) -> None:
+    """YAML reads every value back with its type (a learning rate of 5e-05 is a float, not a string)."""
+    import yaml
+
+    from lab_utils.run.hardware import DESCRIBED
+    from lab_utils.run.profiles import PROFILES
+
+    target = PROFILES[name].rehearsal_target
+    cfg = runconfig.resolve(name, hardware=DESCRIBED[target] if target else None)
+    values = config_file.sections(cfg, Path("out"), {"train_file": "t.jsonl", "eval_file": "e.jsonl"}, "<pad>")
+    values.update(config_file.dpo_sections(cfg, cfg.profile.preference, "sft", {"train_file": "p.jsonl"}, "dpo"))
+    text = config_file.render(values, config_file.decisions(cfg, values), ["a header"])
+    assert yaml.safe_load(text) == values
+    assert isinstance(yaml.safe_load(text)["sft"]["learning_rate"], float)

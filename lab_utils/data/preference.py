@@ -32,6 +32,8 @@ from lab_utils.data.pocket_data import (
     capital_fact,
     country_phrase,
 )
+from lab_utils.data.standin import preference_source
+from lab_utils.run.paths import atomic_write_text
 
 # Syllables that make names which read like countries but are none (checked against COUNTRIES below).
 _ONSETS = ("Bal", "Dor", "Fel", "Gar", "Kel", "Lur", "Mor", "Nav", "Pel", "Quen", "Ros", "Sel", "Tav", "Vor", "Zan")
@@ -214,8 +216,6 @@ def load_hub_pairs(pref: Any, rehearsal: bool = False) -> tuple[list[dict[str, s
         return [], []
     from datasets import load_dataset
 
-    from lab_utils.data.standin import preference_source
-
     rows = load_dataset(preference_source(pref.dataset, rehearsal), split="train")
     return hub_pairs(rows, pref.dataset, limit=pref.dataset_rows)
 
@@ -223,8 +223,6 @@ def load_hub_pairs(pref: Any, rehearsal: bool = False) -> tuple[list[dict[str, s
 def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
     """The pairs as JSONL records of prompt, instruction, chosen and rejected (what 07 and recipes/dpo.py read), atomically."""
     import json
-
-    from lab_utils.run.paths import atomic_write_text
 
     keep = ("prompt", "instruction", "chosen", "rejected")
     return atomic_write_text(path, "".join(json.dumps({k: p[k] for k in keep}) + "\n" for p in pairs))

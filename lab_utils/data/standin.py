@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data import pocket_data
+from lab_utils.data.alpaca import format_prompt
 from lab_utils.run.paths import atomic_write_json, cache_dir, staged
 from lab_utils.run.profiles import PREFERENCE_DATASET
 
@@ -142,7 +143,6 @@ def standin_defects(n_rows: int = DEFAULT_ROWS) -> dict[str, int]:
 
 def standin_rows(dataset_id: str = ALPACA_ID, n_rows: int = DEFAULT_ROWS, seed: int = SEED) -> list[dict[str, str]]:
     """The stand-in dataset's rows (the hub's four columns), with its planted defects at fixed places."""
-    from lab_utils.data.alpaca import format_prompt
 
     _check_dataset(dataset_id)
     if n_rows < 20:

@@ -103,16 +103,30 @@ def decisions(cfg: RunConfig, values: dict[str, Any]) -> dict[tuple[str, str], s
     return notes
 
 
+def flow(value: Any) -> str:
+    """One value as a YAML flow value that reads back as written (JSON is YAML, but for floats like 5e-05, which YAML
+    1.1 reads as a string without the decimal point)."""
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(flow(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # JSON is YAML: one line, every character kept
+
+
 def render(values: dict[str, Any], notes: dict[tuple[str, str], str], header: list[str]) -> str:
     """The file's text: one line per argument (YAML flow values), with its comment where the hardware decided it."""
     lines = [f"# {line}" for line in header]
     for name, value in values.items():
         if not isinstance(value, dict):
-            lines.append(f"{name}: {json.dumps(value)}")
+            lines.append(f"{name}: {flow(value)}")
             continue
         lines.append(f"{name}:")
         for key, item in value.items():
-            text = f"  {key}: {json.dumps(item, ensure_ascii=False)}"  # JSON is YAML: one line, every character kept
+            text = f"  {key}: {flow(item)}"
             note = notes.get((name, key))
             lines.append(f"{text}  # {note}" if note else text)
     return "\n".join(lines) + "\n"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab_utils.models.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory
+from lab_utils.lab.quiz import is_interactive
+from lab_utils.models.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, lora_params
+from lab_utils.models.pocket import PocketConfig
 from lab_utils.run.profiles import PROFILES
 from lab_utils.run.results import versions
 
@@ -47,8 +49,6 @@ def profiles_table() -> Any:
 def model_dims(name: str) -> ModelDims:
     """Dimensions of a named model (llama3-8b, llama3-70b, smollm2-135m, pocket)."""
     if name == "pocket":
-        from lab_utils.models.pocket import PocketConfig
-
         c = PocketConfig()
         return ModelDims(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_heads, c.vocab_size, True)
     if name not in MODEL_DIMS:
@@ -86,7 +86,6 @@ def memory_table(
 
 def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None, **settings: Any) -> Any:
     """The memory calculator: sliders and menus when interactive, else the static table for `settings`."""
-    from lab_utils.lab.quiz import is_interactive
 
     if interactive is None:
         interactive = is_interactive()
@@ -110,7 +109,6 @@ def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None,
 
 def lora_share(name: str, r: int = 16) -> dict[str, Any]:
     """LoRA (all linear layers, rank r) on a named model: adapter parameters and their share of all parameters."""
-    from lab_utils.models.memory import lora_params
 
     dims = model_dims(name)
     adapters = lora_params(dims, r)

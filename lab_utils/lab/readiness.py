@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.models.pocket import PocketError, is_built, model_dir, pocket_model_path, pocket_source
 from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import Profile
 
@@ -227,8 +228,6 @@ def is_cached(repo_id: str, repo_type: str = "model") -> bool:
 def prefetch(profile: Profile) -> list[dict[str, Any]]:
     """Download what the profile needs from the hub ahead of class (with progress), then report what is cached."""
     if profile.is_pocket:
-        from lab_utils.models.pocket import pocket_model_path
-
         return [{"item": "pocket base model", "where": str(pocket_model_path()), "cached": True}]
     from huggingface_hub import snapshot_download
 
@@ -246,8 +245,6 @@ def prefetch(profile: Profile) -> list[dict[str, Any]]:
 def cache_report(profile: Profile) -> list[dict[str, Any]]:
     """What of the profile's hub files is cached already (nothing is downloaded)."""
     if profile.is_pocket:
-        from lab_utils.models.pocket import PocketError, is_built, model_dir, pocket_model_path, pocket_source
-
         try:
             where = pocket_model_path(progress=False) if pocket_source() == "shipped" else model_dir()
         except PocketError:

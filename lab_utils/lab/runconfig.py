@@ -11,8 +11,17 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from lab_utils.run.hardware import Hardware
+from lab_utils.data.alpaca import clean, is_hub_id, load_heldout
+from lab_utils.lab.readiness import require
+from lab_utils.models import rehearsal
+from lab_utils.models.loading import resolve_model_path
+from lab_utils.run.hardware import Hardware, probe
+from lab_utils.run.paths import repo_path
 from lab_utils.run.profiles import Profile, choose_profile, get_profile
+from lab_utils.run.results import find_section, load_results
+from lab_utils.serve.engines import resolve as resolve_engine
+from lab_utils.serve.vllm import spec_for
+from lab_utils.train.sft import split_for_training
 
 # Class mode, for a workshop: the same story in less time. Training stays a fixed number of steps (100: the pocket
 # profile's own count, and a short GPU workshop run); the benchmark, the memory sweep, the load test and the comparison
@@ -48,8 +57,6 @@ def notebook_defaults(prefix: str) -> dict[str, Any]:
 
     import papermill as pm
 
-    from lab_utils.run.paths import repo_path
-
     (path,) = sorted(repo_path("notebooks").glob(f"{prefix}_*.ipynb"))
     return {name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(path)).items()}
 
@@ -77,7 +84,6 @@ class RunConfig:
     def engine(self) -> Any:
         """The serving engine (`engines.VLLM` or `engines.LlamaCpp`) for `engine_choice`: "auto" is vLLM where it
         is installed, else llama.cpp. Decided when a notebook first asks (00-03 serve nothing and need neither)."""
-        from lab_utils.serve.engines import resolve as resolve_engine
 
         return resolve_engine(self.engine_choice)
 
@@ -94,7 +100,6 @@ class RunConfig:
     def require_ready(self) -> None:
         """Stop with the fixes when this machine cannot run the profile (`readiness.require`). A rehearsal runs a GPU
         profile on this machine on purpose, with local stand-ins: it checks nothing that only the real run needs."""
-        from lab_utils.lab.readiness import require
 
         if self.rehearsal:
             print(
@@ -126,7 +131,6 @@ class RunConfig:
 
     def base_model_path(self) -> str:
         """The base model's local folder (the pocket model) or hub id."""
-        from lab_utils.models.loading import resolve_model_path
 
         return resolve_model_path(self.profile)
 
@@ -135,8 +139,6 @@ class RunConfig:
         heldout file's verifiable questions (scored by contains-answer: their reference sentences are in the pocket
         data's style) and records of the dataset's own eval split, never trained on (scored by ROUGE-L and BLEU
         against their Alpaca references), half of `n_prompts` each."""
-        from lab_utils.data.alpaca import clean, load_heldout
-        from lab_utils.train.sft import split_for_training
 
         if self.own_dataset:  # your data: its own held-out split, never trained on
             _, evals, _ = split_for_training(self.profile)
@@ -188,8 +190,6 @@ def resolve(
 ) -> RunConfig:
     """Probe the hardware once, pick the profile ("auto" by hardware) and apply every override; empty or 0 keeps the
     profile's own value."""
-    from lab_utils.models import rehearsal
-    from lab_utils.run.hardware import probe
 
     hw = hardware if hardware is not None else probe()
     if profile == "auto":
@@ -226,8 +226,6 @@ def resolve(
 
 def _same_source(a: str, b: str) -> bool:
     """True when two dataset names are one source (a hub id, or one local file however its path is written)."""
-    from lab_utils.data.alpaca import is_hub_id
-    from lab_utils.run.paths import repo_path
 
     if is_hub_id(a) or is_hub_id(b):
         return a == b
@@ -260,8 +258,6 @@ class TrainedRun:
         template, or, without a merged folder, the base with the adapter beside it (--enable-lora) under that name."""
         from pathlib import Path
 
-        from lab_utils.serve.vllm import spec_for
-
         if self.merged:
             template = str(Path(self.merged_dir) / "chat_template.jinja")
             return spec_for(profile, hardware, self.merged_dir, name, chat_template=template, **changes)
@@ -281,7 +277,6 @@ class TrainedRun:
 def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None = None) -> TrainedRun:
     """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder; with `profile`,
     only a run of that profile, rehearsal flag and training data); explicit folders win."""
-    from lab_utils.run.results import find_section
 
     if profile is not None:
         recorded = find_section(
@@ -302,6 +297,5 @@ def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None
 
 def dataset_from_01() -> str:
     """The dataset notebook 01 of this run loaded (so 02 trains on what 01 showed), or "" when 01 has not run here."""
-    from lab_utils.run.results import load_results
 
     return str(load_results().get("01_alpaca_data", {}).get("dataset") or "")

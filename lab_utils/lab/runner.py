@@ -13,7 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, class_mode
+from lab_utils.lab.report import write_report
+from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, class_mode, resolve
 from lab_utils.run.paths import REPO_ROOT
 from lab_utils.run.results import RESULTS_MIME, load_results
 
@@ -217,7 +218,6 @@ def profile_cell_timeout(profile: str) -> int | None:
     """The per-cell limit `make lab` uses for a profile, as `runconfig.resolve` resolves it on this machine ("auto"
     included): None means no limit. A rehearsal of a GPU profile runs in minutes, so it gets the pocket profile's
     limit, to catch a hung cell."""
-    from lab_utils.lab.runconfig import resolve
 
     return resolve(profile).profile.cell_timeout_s
 
@@ -264,7 +264,6 @@ def run_lab(
     if quick and not class_mode():
         with _env(**{CLASS_ENV: "1"}):
             return run_lab(profile, notebooks, run_root, cell_timeout, quick=quick, dataset=dataset)
-    from lab_utils.lab.runconfig import resolve
 
     books = list_notebooks(notebooks)
     cfg = resolve(profile)  # once: every notebook gets the concrete profile name ("auto" decided here)
@@ -292,7 +291,6 @@ def run_lab(
             print(f"lab: {e}", file=sys.stderr, flush=True)
             raise
         print(f"[{i}/{len(books)}] {book.stem}: done in {run.seconds:.0f} s", flush=True)
-    from lab_utils.lab.report import write_report
 
     html_path, md_path = write_report(folder)
     print(summarize(folder), flush=True)

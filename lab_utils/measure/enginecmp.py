@@ -8,7 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.measure import compare
 from lab_utils.measure.compare import Answer
+from lab_utils.measure.evaluate import generate
+from lab_utils.models.loading import free, load_for_eval
+from lab_utils.serve import loadtest
+from lab_utils.serve.loadtest import hf_sequential_tokens_per_s
 
 
 @dataclass
@@ -78,10 +83,6 @@ def hf_answers(
 
     import psutil
 
-    from lab_utils.measure.evaluate import generate
-    from lab_utils.models.loading import free, load_for_eval
-    from lab_utils.serve.loadtest import hf_sequential_tokens_per_s
-
     before = psutil.Process().memory_info().rss
     model, tokenizer = load_for_eval(model_dir, four_bit=four_bit)
     resident = round((psutil.Process().memory_info().rss - before) / 1e6, 1)
@@ -113,8 +114,6 @@ def served_row(
     size_mb: float,
 ) -> tuple[EngineRow, list[Answer]]:
     """Ask a running server every prompt (greedy), then measure it at concurrency 1 and 8: one table row."""
-    from lab_utils.measure import compare
-    from lab_utils.serve import loadtest
 
     answers = compare.ask_all(server.base_url, server.api_key, served_name, prompts, max_tokens)
     m = compare.measures(records, answers)

@@ -9,6 +9,7 @@ from typing import Any
 
 from lab_utils.data.alpaca import format_prompt
 from lab_utils.data.pocket_data import SEED_PROMPT
+from lab_utils.models.loading import free, load_for_eval
 
 REFERENCE_QUESTION = SEED_PROMPT  # the reference tutorial's question
 
@@ -89,7 +90,6 @@ def answers(
 ) -> list[Answer]:
     """Load one model (or base + adapter; in 4-bit with `four_bit`), answer every prompt greedily, and free it before
     returning: one model in memory at a time (two 8B models at once do not fit a 24 GB GPU)."""
-    from lab_utils.models.loading import free, load_for_eval
 
     model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
     try:
@@ -110,8 +110,6 @@ def _answers_and_last_logits(
     """One load of one model: its greedy answers, its next-token logits (fp32, on the CPU) at the end of each prompt,
     and the dtype it ran in; freed before returning."""
     import torch
-
-    from lab_utils.models.loading import free, load_for_eval
 
     model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
     try:

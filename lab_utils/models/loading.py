@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.hardware import Hardware
+from lab_utils.models import rehearsal
+from lab_utils.models.pocket import pocket_model_path
+from lab_utils.models.rehearsal import decision_target
+from lab_utils.run.hardware import Hardware, compute_dtype, probe
 from lab_utils.run.profiles import Profile
 
 
 def resolve_model_path(profile: Profile) -> str:
     """The base model's local folder (the shipped pocket model, or a local rebuild with LAB_POCKET=local) or hub id."""
     if profile.is_pocket:
-        from lab_utils.models.pocket import pocket_model_path
-
         return str(pocket_model_path())
     return resolve_hub_model(profile.base_model, standin=profile.rehearsal)
 
@@ -22,7 +23,6 @@ def resolve_model_path(profile: Profile) -> str:
 def resolve_hub_model(model_id: str, standin: bool = False) -> str:
     """A hub model id as the lab loads it: the id itself, or in a rehearsal (`standin`, from the resolved run
     configuration) the local stand-in of the same family built in its place."""
-    from lab_utils.models import rehearsal
 
     return str(rehearsal.model_standin(model_id)) if standin else model_id
 
@@ -48,8 +48,6 @@ def half_dtype(hardware: Hardware | None = None) -> str:
     """The 16-bit float `hardware` computes in (the resolved run's decision hardware): bfloat16, except float16 on a CUDA
     GPU below compute capability 8.0 (T4, V100), where bf16 is only emulated and vLLM refuses it. Without it: this
     machine's, or in a rehearsal the target GPU's (a T4 rehearsal trains and merges in float16 on the CPU)."""
-    from lab_utils.models.rehearsal import decision_target
-    from lab_utils.run.hardware import compute_dtype, probe
 
     return compute_dtype(hardware or decision_target() or probe())
 

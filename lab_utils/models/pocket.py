@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.data.alpaca import format_prompt
+from lab_utils.data.pocket_data import COUNTRIES, capital_fact, make_pretraining_documents, make_sft_records
+from lab_utils.models.tiny import tiny_llama
+from lab_utils.run.hardware import cpu_bf16_native, probe
 from lab_utils.run.paths import REPO_ROOT, atomic_write_json, cache_dir, staged
+from lab_utils.run.results import versions
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 BUILD_INFO = "pocket_build.json"
@@ -80,8 +85,6 @@ class PocketConfig:
 
 def build_texts(n_docs: int, seed: int) -> tuple[list[str], list[str]]:
     """The pretraining documents, and the instruction text the tokenizer also sees (the model is not trained on it)."""
-    from lab_utils.data.alpaca import format_prompt
-    from lab_utils.data.pocket_data import make_pretraining_documents, make_sft_records
 
     documents = make_pretraining_documents(n_docs=n_docs, seed=seed)
     sft_text = [format_prompt(r["instruction"], r["input"]) + r["output"] for r in make_sft_records(seed=seed)]
@@ -198,7 +201,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 def make_model(config: PocketConfig, tokenizer: Any) -> Any:
     """A randomly initialised Llama of the pocket size (`tiny.tiny_llama`)."""
-    from lab_utils.models.tiny import tiny_llama
 
     return tiny_llama(
         tokenizer,
@@ -301,7 +303,6 @@ def final_loss(losses: list[float], window: int = 20) -> float:
 
 def fact_prompts() -> list[tuple[str, str]]:
     """(prompt, answer) probes of what pretraining taught: "The capital of Peru is" -> "Lima", every country."""
-    from lab_utils.data.pocket_data import COUNTRIES, capital_fact
 
     probes = []
     for country, capital in COUNTRIES:
@@ -330,8 +331,6 @@ def fact_recall(path: str | Path, max_new_tokens: int = 6) -> float:
 def machine() -> dict[str, Any]:
     """The machine a model was built on: CPU, cores, native bf16, torch threads."""
     import torch
-
-    from lab_utils.run.hardware import cpu_bf16_native, probe
 
     hw = probe()
     native, why = cpu_bf16_native()
@@ -372,8 +371,6 @@ def build_pocket_model(out: Path, config: PocketConfig = PocketConfig(), progres
     """Generate the corpus, train the tokenizer, pretrain the model and save everything to `out`, with its record."""
     import torch
     from transformers import GenerationConfig
-
-    from lab_utils.run.results import versions
 
     if config.quick:
         print(

@@ -28,8 +28,10 @@ from lab_utils.data.standin import (
     standin_rows,
 )
 from lab_utils.models import gguf_export
+from lab_utils.models.tiny import tiny_llama
+from lab_utils.run.hardware import DESCRIBED
 from lab_utils.run.paths import atomic_write_json, staged
-from lab_utils.run.profiles import PROFILES
+from lab_utils.run.profiles import PROFILES, get_profile
 
 # Llama 3's special tokens, in the order of their ids there (128000 ...): reserved tokens 0-3 sit before the header
 # tokens, 4 between them and <|eot_id|>, the rest after.
@@ -152,8 +154,6 @@ def build_standin_model(family: str, out_dir: Path) -> Path:
     import torch
     from transformers import GenerationConfig
 
-    from lab_utils.models.tiny import tiny_llama
-
     recipe = _check_family(family)
     tokenizer = train_standin_tokenizer([r["text"] for r in standin_rows(recipe["dataset"])])
     dtype = getattr(torch, recipe["dtype"])
@@ -193,7 +193,6 @@ def _record_model(folder: Path, family: str, recipe: dict[str, Any], tokenizer: 
 
 def rehearsable_profiles() -> list[str]:
     """Names of the profiles a rehearsal has stand-ins for."""
-    from lab_utils.run.profiles import PROFILES
 
     return [name for name, p in PROFILES.items() if _family_of(p.base_model) and p.dataset == ALPACA_ID]
 
@@ -205,7 +204,6 @@ def _family_of(base_model: str) -> str | None:
 
 def standin_paths(profile_name: str, root: Path | None = None) -> StandinPaths:
     """The stand-in model and dataset folders for a GPU profile, built once and cached by content key."""
-    from lab_utils.run.profiles import get_profile
 
     profile = get_profile(profile_name)
     family = _family_of(profile.base_model)
@@ -238,8 +236,6 @@ def scaled(profile: Any) -> Any:
     are dropped by the same rule), merge and serving choices; a few steps, a small eval split and short answers."""
     from dataclasses import replace
 
-    from lab_utils.run.profiles import PROFILES
-
     small = profile.with_train(
         max_steps=6, eval_steps=3, save_steps=3, logging_steps=1, per_device_batch_size=2, gradient_accumulation_steps=2
     )
@@ -265,7 +261,6 @@ def scaled(profile: Any) -> Any:
 
 def target_hardware(profile: Any) -> Any:
     """The described GPU the profile is made for."""
-    from lab_utils.run.hardware import DESCRIBED
 
     if not profile.rehearsal_target:
         raise ValueError(f"no target GPU for profile {profile.name!r}: rehearsable profiles: {', '.join(TARGETS)}")
@@ -287,7 +282,6 @@ def decide_for(profile: Any | None) -> None:
 
 def decision_target() -> Any:
     """The described GPU precision is decided for in a rehearsal (`decide_for`); None outside one."""
-    from lab_utils.run.hardware import DESCRIBED
 
     name = os.environ.get(TARGET_ENV, "")
     return DESCRIBED.get(name) if active() and name else None

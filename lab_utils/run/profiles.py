@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from lab_utils.run.hardware import probe
+
 Method = Literal["lora", "qlora", "full"]
 
 
@@ -419,7 +421,6 @@ def get_profile(name: str, hardware: Any | None = None) -> Profile:
 
 def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
     """The profile "auto" picks for this hardware, and why."""
-    from lab_utils.run.hardware import probe
 
     hw = hardware if hardware is not None else probe()
     if hw.device != "cuda":

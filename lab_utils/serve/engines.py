@@ -13,9 +13,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lab_utils.models.gguf_export import export
+from lab_utils.models.loading import load_tokenizer
 from lab_utils.run.hardware import Hardware, vllm_build
 from lab_utils.run.profiles import Profile
+from lab_utils.serve import loadtest
+from lab_utils.serve.llamacpp import LlamaCppServer, LlamaCppSpec, build_command, installed, no_stop_fields
 from lab_utils.serve.process import ServerProcess, start_together
+from lab_utils.serve.vllm import VLLMServer, command_table, serve_dtype, spec_for
 
 # The GGUF file type 04 and 05 serve on llama.cpp: f32, so answers match transformers' fp32 greedy ones token for token
 # (f16 and q8_0 can flip near-tied tokens on a small model); notebook 06 compares the smaller types.
@@ -116,28 +121,18 @@ class VLLM(Engine):
         return vllm_build() is not None  # the one rule: the hardware probe reports the same
 
     def server(self, profile, hw, model_dir, *, served_name, log_dir, log_name, timeout=None, **changes):  # type: ignore[no-untyped-def]
-        from lab_utils.serve.vllm import VLLMServer, spec_for
-
         return VLLMServer(spec_for(profile, hw, model_dir, served_name, **changes), log_dir, log_name, timeout)
 
     def finetuned_server(self, run, profile, hw, *, served_name, log_dir, log_name, timeout=None, **changes):  # type: ignore[no-untyped-def]
-        from lab_utils.serve.vllm import VLLMServer
-
         return VLLMServer(run.finetuned_spec(profile, hw, served_name, **changes), log_dir, log_name, timeout)
 
     def kv_cache_usage(self, base_url: str) -> dict[str, float]:
-        from lab_utils.serve import loadtest
-
         return loadtest.kv_cache_usage(base_url)
 
     def kv_cache_dtype(self, profile: Profile, hw: Hardware) -> str:
-        from lab_utils.serve.vllm import serve_dtype
-
         return serve_dtype(profile.serve.dtype, hw)[0]  # the model's --dtype: the lab sets no --kv-cache-dtype
 
     def command_table(self, profile: Profile, model_dir: str) -> Any:
-        from lab_utils.serve.vllm import command_table
-
         return command_table(profile, model_dir)
 
 
@@ -156,8 +151,6 @@ class LlamaCpp(Engine):
         return "float16"  # llama.cpp's default KV type (f16), whatever the GGUF's weights are
 
     def installed(self) -> bool:
-        from lab_utils.serve.llamacpp import installed
-
         return installed()
 
     def server(self, profile, hw, model_dir, *, served_name, log_dir, log_name, timeout=None, **changes):  # type: ignore[no-untyped-def]
@@ -181,16 +174,12 @@ class LlamaCpp(Engine):
         )
 
     def no_stop(self, model_dir: str | Path) -> dict[str, Any] | None:
-        from lab_utils.models.loading import load_tokenizer
-        from lab_utils.serve.llamacpp import no_stop_fields
-
         return no_stop_fields(int(load_tokenizer(str(model_dir)).eos_token_id))
 
     def command_table(self, profile: Profile, model_dir: str) -> Any:
         import pandas as pd
 
         spec = gguf_spec(f"{Path(model_dir).name}-{SERVE_FILE_TYPE}.gguf", profile, "model")
-        from lab_utils.serve.llamacpp import build_command
 
         cmd, _ = build_command(spec, 8000, "$API_KEY")
         return pd.DataFrame([{"engine": "llama.cpp", "command": " ".join(cmd[1:])}]).set_index("engine")
@@ -245,7 +234,6 @@ def llamacpp_installed() -> bool:
 
 def gguf_for(model_dir: str | Path, folder: str | Path, file_type: str = SERVE_FILE_TYPE) -> Path:
     """The model folder as a GGUF file in `folder` (exported once, then reused)."""
-    from lab_utils.models.gguf_export import export
 
     model_dir = Path(model_dir)
     path = Path(folder) / f"{model_dir.name}-{file_type}.gguf"
@@ -258,7 +246,6 @@ def gguf_spec(
     gguf: str | Path, profile: Profile, served_name: str, file_type: str = SERVE_FILE_TYPE, note: str = ""
 ) -> Any:
     """llama.cpp's server settings for one GGUF file, with the profile's context length."""
-    from lab_utils.serve.llamacpp import LlamaCppSpec
 
     return LlamaCppSpec(
         model=str(gguf),
@@ -281,6 +268,5 @@ def gguf_server(
     note: str = "",
 ) -> ServerProcess:
     """A (not yet started) llama.cpp server for one GGUF file."""
-    from lab_utils.serve.llamacpp import LlamaCppServer
 
     return LlamaCppServer(gguf_spec(gguf, profile, served_name, file_type, note), log_dir, log_name, timeout)

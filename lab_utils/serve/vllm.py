@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.hardware import Hardware, compute_dtype, fp8_mode
+from lab_utils.run.hardware import DESCRIBED, Hardware, compute_dtype, fp8_mode
 from lab_utils.run.profiles import Profile
 from lab_utils.serve.process import ServerError, ServerProcess, free_port, port_in_use, root_cause  # noqa: F401
 
@@ -263,8 +263,6 @@ class VLLMServer(ServerProcess):
 def command_table(profile: Profile, model: str, hardware: dict[str, Hardware] | None = None) -> Any:
     """The vLLM command this profile would run on each described machine, with the FP8 decision."""
     import pandas as pd
-
-    from lab_utils.run.hardware import DESCRIBED
 
     rows = []
     for name, hw in (hardware or DESCRIBED).items():

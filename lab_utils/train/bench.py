@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab_utils.models.loading import free
+from lab_utils.data.alpaca import token_lengths
+from lab_utils.models.loading import free, load_tokenizer, resolve_model_path
+from lab_utils.run.paths import atomic_write_json
 from lab_utils.run.profiles import Profile
-from lab_utils.train.sft import batching_kwargs, build_trainer, resolve_batching
+from lab_utils.train.sft import _cuda_available, batching_kwargs, build_trainer, resolve_batching, split_for_training
 
 # mode -> SFTConfig changes, measured on the same model, data, batch size and steps.
 MODES: dict[str, dict[str, Any]] = {
@@ -79,9 +81,6 @@ def _count_batch_tokens(trainer: Any) -> list[int]:
 
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
     """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
-    from lab_utils.data.alpaca import token_lengths
-    from lab_utils.models.loading import load_tokenizer, resolve_model_path
-    from lab_utils.train.sft import split_for_training
 
     records, _, _ = split_for_training(profile)  # what training reads (hub data: bad rows skipped)
     lengths = token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
@@ -121,7 +120,6 @@ def run(profile: Profile, steps: int = 20, model_path: str | None = None) -> lis
     """The benchmark where it costs least. On a GPU, in a child process (`compare_in_subprocess`): five trainers' GPU
     memory goes back to the device when it ends. On a CPU, in this process: the pocket model's trainers are freed
     between modes, and a child would first import the training stack again (about 7 s on a 2-core CPU)."""
-    from lab_utils.train.sft import _cuda_available
 
     if _cuda_available():
         return compare_in_subprocess(profile, steps, model_path)
@@ -157,9 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m lab_utils.train.bench REQUEST.json ROWS.json`: run `compare` for the request, write its rows."""
     import json
     import sys
-
-    from lab_utils.run.paths import atomic_write_json
-    from lab_utils.run.profiles import Profile
 
     request_path, rows_path = (argv if argv is not None else sys.argv[1:])[:2]
     request = json.loads(Path(request_path).read_text())

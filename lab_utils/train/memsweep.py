@@ -18,10 +18,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lab_utils.models.memory import ModelDims, estimate_for_settings
+from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
+from lab_utils.models.loading import bnb_kwargs, load_model
+from lab_utils.models.memory import ModelDims, dims_for_model, estimate_for_settings
+from lab_utils.models.pocket import PocketConfig, make_model
+from lab_utils.models.tiny import save_probe_model
+from lab_utils.run.hardware import compute_dtype
 from lab_utils.run.profiles import TrainSettings
 from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
+from lab_utils.train.meter import PeakMemory
 from lab_utils.train.optstate import state_allocator
+from lab_utils.train.sft import lora_kwargs, make_trainer, sft_config, sft_kwargs
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,6 @@ def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int) -> Any
     `LoraConfig` and the `BitsAndBytesConfig`."""
     import pandas as pd
 
-    from lab_utils.models.loading import bnb_kwargs
-    from lab_utils.train.sft import lora_kwargs, sft_kwargs
-
     def kwargs(config: SweepConfig) -> dict[str, Any]:
         return sft_kwargs(config.settings(steps, seq_len), "out", pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
 
@@ -143,8 +147,6 @@ def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(
     """Save a randomly initialised wide Llama (fp32 safetensors) with the pocket tokenizer; memory does not care
     whether the weights were pretrained."""
     from transformers import AutoTokenizer
-
-    from lab_utils.models.pocket import PocketConfig, make_model
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = make_model(
@@ -203,7 +205,6 @@ MAX_SWEEP_PARAMS = 8.1e9
 
 def sweep_model(base_model: str) -> tuple[str, str | None]:
     """The hub model the sweep trains for a profile's base, and a note when it is a smaller stand-in."""
-    from lab_utils.models.memory import dims_for_model
 
     dims = dims_for_model(base_model)
     if dims is not None and dims.n_params() > MAX_SWEEP_PARAMS:
@@ -230,7 +231,6 @@ def memory_budget_mb(hw: Any) -> float:
 
 def precision_note(config: SweepConfig, hw: Any) -> str | None:
     """Where the bf16 rows run in fp16 instead: a GPU below compute capability 8.0 (T4, V100)."""
-    from lab_utils.run.hardware import compute_dtype
 
     if uses_bf16(config) and compute_dtype(hw) == "float16":
         return f"runs in fp16 on {hw.name} (no native bf16): the same bytes per value"
@@ -293,11 +293,6 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
-    from lab_utils.models.loading import load_model
-    from lab_utils.train.meter import PeakMemory
-    from lab_utils.train.sft import make_trainer, sft_config
-
     tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path, skip_bad=skips_bad_rows(data_path))  # hub data: bad rows skipped
     n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
@@ -344,8 +339,6 @@ def fixed_overhead_mb(
     baseline row trained on a 1-layer, 32-wide model with the same tokenizer and data, its peak minus its estimate
     (0 where that run fails: the estimate is then the estimator's terms alone)."""
     import tempfile
-
-    from lab_utils.models.tiny import save_probe_model
 
     with tempfile.TemporaryDirectory() as tmp:
         probe_dir = str(save_probe_model(model_dir, tmp))
