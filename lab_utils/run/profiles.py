@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from lab_utils.run.hardware import probe
 
@@ -161,11 +164,6 @@ class ModelFacts:
     download_gb: float
 
 
-LLAMA3_8B = ModelFacts("llama3-8b", ModelDims(32, 4096, 14336, 32, 8, 128256), download_gb=40.0)
-LLAMA3_70B = ModelFacts("llama3-70b", ModelDims(80, 8192, 28672, 64, 8, 128256), download_gb=300.0)
-SMOLLM2_135M = ModelFacts("smollm2-135m", ModelDims(30, 576, 1536, 9, 3, 49152, tie_embeddings=True), download_gb=2.0)
-
-
 @dataclass(frozen=True)
 class Profile:
     """Everything a notebook needs to know about one way of running the lab."""
@@ -247,167 +245,62 @@ class Profile:
         )
 
 
-POCKET_DATA = "data/pocket_alpaca/train.jsonl"
 PREFERENCE_DATASET = "trl-lib/ultrafeedback_binarized"  # the GPU profiles' hub preference data (07)
-POCKET_HELDOUT = "data/pocket_alpaca/heldout.jsonl"
-
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in [
-        Profile(
-            name="pocket",
-            description="A 3M-parameter Llama the lab builds and pretrains itself; runs offline on a laptop CPU.",
-            base_model="pocket",
-            dataset=POCKET_DATA,
-            heldout=POCKET_HELDOUT,
-            needs_gpu=False,
-            min_memory_gb=2.0,
-            train=TrainSettings(
-                method="lora",
-                max_steps=100,  # 1.6k examples: what the SFT data teaches, facts included, is learned by then
-                learning_rate=2e-3,
-                per_device_batch_size=16,
-                gradient_accumulation_steps=1,
-                max_seq_length=256,
-                bf16=False,
-                gradient_checkpointing=False,
-                logging_steps=5,
-                eval_steps=25,
-                save_steps=50,
-                warmup_ratio=0.05,
-            ),
-            serve=ServeSettings(max_model_len=512, max_num_seqs=32, start_timeout_s=300.0),
-            # The lab's own pairs (07): ~240 of them, 5 passes at batch 8; a high rate, as for its SFT (measured: 100 steps
-            # teach abstention on 0.3 of the held-out names, 150 on 0.97).
-            preference=PreferenceSettings(
-                learning_rate=1e-3, max_steps=150, per_device_batch_size=8, max_length=128, logging_steps=10
-            ),
-            max_new_tokens=128,
-            cell_timeout_s=1800,
-        ),
-        Profile(
-            name="smollm2-135m",
-            description="SmolLM2-135M base from the hub with the lab's pocket data: a real small model for CPUs with internet.",
-            base_model="HuggingFaceTB/SmolLM2-135M",
-            model=SMOLLM2_135M,
-            dataset=POCKET_DATA,
-            heldout=POCKET_HELDOUT,
-            needs_gpu=False,
-            min_memory_gb=4.0,
-            train=TrainSettings(
-                method="lora",
-                max_steps=200,
-                learning_rate=5e-4,
-                per_device_batch_size=8,
-                gradient_accumulation_steps=2,
-                max_seq_length=256,
-                bf16=False,
-                gradient_checkpointing=False,
-            ),
-            serve=ServeSettings(max_model_len=1024, max_num_seqs=32, start_timeout_s=600.0),
-            max_new_tokens=200,
-            cell_timeout_s=4 * 3600,
-        ),
-        Profile(
-            name="llama3-8b",
-            description="The reference run: Llama-3-8B + Stanford Alpaca, LoRA in bf16, served by vLLM in FP8 (24 GB+ GPU).",
-            base_model="meta-llama/Meta-Llama-3-8B",
-            model=LLAMA3_8B,
-            rehearsal_target="rtx-4090",
-            dataset="tatsu-lab/alpaca",
-            heldout=POCKET_HELDOUT,
-            heldout_from_dataset=100,
-            needs_gpu=True,
-            min_memory_gb=24.0,  # a "24 GB" card; memory.profile_peak_gb: training ~21 GB (estimator + CUDA overhead)
-            gated=True,
-            train=TrainSettings(
-                method="lora",
-                max_steps=1000,
-                learning_rate=2e-4,
-                per_device_batch_size=4,
-                eval_batch_size=16,  # no gradients or optimizer state: an 80 GB card evaluates 16 at a time
-                gradient_accumulation_steps=4,
-                max_seq_length=1024,
-                bf16=True,
-                gradient_checkpointing=True,
-                eval_steps=100,
-                save_steps=200,
-            ),
-            serve=ServeSettings(max_model_len=4096, max_num_seqs=64),
-            preference=PreferenceSettings(
-                dataset=PREFERENCE_DATASET,
-                dataset_rows=2000,  # with the lab's ~240 pairs: one pass in 140 steps of 16
-                learning_rate=5e-5,
-                max_steps=140,
-                per_device_batch_size=2,
-                gradient_accumulation_steps=8,
-                max_length=1024,
-            ),
-        ),
-        Profile(
-            name="llama3-8b-qlora",
-            description="Llama-3-8B + Alpaca with QLoRA (4-bit NF4): fits a 16 GB GPU.",
-            base_model="meta-llama/Meta-Llama-3-8B",
-            model=LLAMA3_8B,
-            rehearsal_target="t4",
-            dataset="tatsu-lab/alpaca",
-            heldout=POCKET_HELDOUT,
-            heldout_from_dataset=100,
-            needs_gpu=True,
-            min_memory_gb=12.0,  # memory.profile_peak_gb: serving in FP8 at 80% utilization ~12 GB, training ~8.7
-            gated=True,
-            train=TrainSettings(
-                method="qlora",
-                max_steps=1000,
-                learning_rate=2e-4,
-                per_device_batch_size=2,
-                eval_batch_size=8,
-                gradient_accumulation_steps=8,
-                max_seq_length=1024,
-                optim="paged_adamw_8bit",
-                eval_steps=100,
-                save_steps=200,
-            ),
-            serve=ServeSettings(max_model_len=4096, max_num_seqs=32),
-            preference=PreferenceSettings(
-                dataset=PREFERENCE_DATASET,
-                dataset_rows=2000,  # with the lab's ~240 pairs: one pass in 140 steps of 16
-                learning_rate=5e-5,
-                max_steps=140,
-                per_device_batch_size=1,
-                gradient_accumulation_steps=16,
-                max_length=1024,
-            ),
-        ),
-        Profile(
-            name="llama3-70b-qlora",
-            description="Llama-3-70B + Alpaca with QLoRA: 128 GB of unified memory, as on DGX Spark.",
-            base_model="meta-llama/Meta-Llama-3-70B",
-            model=LLAMA3_70B,
-            rehearsal_target="dgx-spark",
-            dataset="tatsu-lab/alpaca",
-            heldout=POCKET_HELDOUT,
-            heldout_from_dataset=100,
-            needs_gpu=True,
-            min_memory_gb=100.0,  # memory.profile_peak_gb: serving the FP8 base at 80% utilization ~98 GB
-            gated=True,
-            train=TrainSettings(
-                method="qlora",
-                max_steps=500,
-                learning_rate=1e-4,
-                per_device_batch_size=1,
-                gradient_accumulation_steps=16,
-                max_seq_length=1024,
-                optim="paged_adamw_8bit",
-                eval_steps=100,
-                save_steps=100,
-            ),
-            # 0.80, not more: a GB10 reports about 102 GiB free of its 128 GB shared with the OS (docker/README).
-            serve=ServeSettings(max_model_len=4096, max_num_seqs=16, gpu_memory_utilization=0.80),
-            merge_for_serving=False,  # a bf16 copy of 70B is ~141 GB: serve the FP8 base with the adapter beside it
-        ),
-    ]
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "profiles"
+# Where a profile file's library-named arguments go in the dataclasses: (section, argument) -> (settings, field).
+SECTIONS: dict[str, str] = {"lora": "train", "sft": "train", "dpo": "preference", "dpo_lora": "preference",
+                            "dpo_data": "preference", "serve": "serve"}  # fmt: skip
+RENAMED: dict[tuple[str, str], str] = {
+    ("lora", "r"): "lora_r",
+    ("sft", "per_device_train_batch_size"): "per_device_batch_size",
+    ("sft", "per_device_eval_batch_size"): "eval_batch_size",
+    ("sft", "max_length"): "max_seq_length",
+    ("dpo", "per_device_train_batch_size"): "per_device_batch_size",
+    ("dpo", "precompute_ref_log_probs"): "precompute_ref",
+    ("dpo_lora", "r"): "lora_r",
 }
+SETTINGS = {"train": TrainSettings, "preference": PreferenceSettings, "serve": ServeSettings}
+
+
+class ProfileError(ValueError):
+    """A profile file the lab cannot use; the message names the file and the key."""
+
+
+def profile_from_file(path: Path) -> Profile:
+    """One profile from its YAML file (configs/profiles/NAME.yaml): sections named after the calls they feed, with the
+    libraries' own argument names; a value left out keeps the dataclass default."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: not a mapping of settings")
+    parts: dict[str, dict[str, Any]] = {"train": {}, "preference": {}, "serve": {}}
+    for section, target in SECTIONS.items():
+        for key, value in (data.pop(section, None) or {}).items():
+            parts[target][RENAMED.get((section, key), key)] = tuple(value) if isinstance(value, list) else value
+    for key in ("method", "batching"):
+        if key in data:
+            parts["train"][key] = data.pop(key)
+    facts = data.pop("facts", None)
+    try:
+        settings = {name: SETTINGS[name](**values) for name, values in parts.items()}
+        model = ModelFacts(facts["name"], ModelDims(**facts["dims"]), facts["download_gb"]) if facts else None
+        profile = Profile(**data, **settings, model=model)
+    except TypeError as e:  # an argument no section knows: named, with the file
+        raise ProfileError(f"{path}: {e}") from None
+    if profile.name != path.stem:
+        raise ProfileError(f"{path}: name {profile.name!r} differs from the file's name")
+    return profile
+
+
+def load_profiles(folder: Path = PROFILES_DIR) -> dict[str, Profile]:
+    """Every profile file in `folder`, by name, CPU profiles first, then by the size of the model: adding a profile is
+    adding one file."""
+    profiles = [profile_from_file(f) for f in sorted(folder.glob("*.yaml"))]
+    size = lambda p: (p.needs_gpu, p.model.download_gb if p.model else 0.0, p.name)  # noqa: E731
+    return {p.name: p for p in sorted(profiles, key=size)}
+
+
+PROFILES: dict[str, Profile] = load_profiles()
+LLAMA3_8B = PROFILES["llama3-8b"].model  # the facts the GPU check and the memory tests compare against
 
 
 def get_profile(name: str, hardware: Any | None = None) -> Profile:
