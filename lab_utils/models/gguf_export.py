@@ -257,7 +257,8 @@ def _load(shard: Path, name: str) -> Any:
         return f.get_tensor(name).float().numpy()
 
 
-# The 4-bit file types llama.cpp's quantizer writes for the lab, by llama-cpp-python's constant name.
+# The 4-bit file types llama.cpp's quantizer writes for the lab, by llama-cpp-python's constant name: notebook 06
+# makes each one, so a new type is one entry here.
 QUANTIZED_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 K_SUPER_BLOCK = 256  # weights per k-quant super-block: a k-quant tensor's rows must be a multiple of it
 
