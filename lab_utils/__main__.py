@@ -108,7 +108,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)write a run's report.html and report.md."""
-    from lab_utils.lab.report import write_report
+    from lab_utils.course.report import write_report
 
     for path in write_report(Path(args.run)):
         print(path)
@@ -117,7 +117,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare_runs(args: argparse.Namespace) -> int:
     """Print every figure two runs recorded, side by side with the ratio."""
-    from lab_utils.lab.report import compare_runs_text
+    from lab_utils.course.report import compare_runs_text
 
     print(compare_runs_text(args.a, args.b))
     return 0
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_answer_key(args: argparse.Namespace) -> int:
     """Write every notebook's quiz answers to one Markdown file."""
-    from lab_utils.lab.quiz import answer_key_markdown
+    from lab_utils.course.quiz import answer_key_markdown
     from lab_utils.run.paths import atomic_write_text
 
     print(f"answer key: {atomic_write_text(args.out, answer_key_markdown() + chr(10))}")
@@ -231,7 +231,7 @@ def _cmd_answer_key(args: argparse.Namespace) -> int:
 
 def _cmd_quiz_scores(args: argparse.Namespace) -> int:
     """Print one row per learner folder: each notebook's score before and after, the gain, and the predictions' hits."""
-    from lab_utils.lab.quiz import SCORES_FILE, room_csv, room_rows, room_table
+    from lab_utils.course.quiz import SCORES_FILE, room_csv, room_rows, room_table
     from lab_utils.run.paths import atomic_write_text
 
     rows = room_rows(args.folders)

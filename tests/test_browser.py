@@ -496,8 +496,8 @@ def test_walkthrough_notebook_runs_and_its_widgets_respond_in_jupyterlab(
     jupyter: Lab,
     page: Any,
 ) -> None:
+    from lab_utils.course.quiz import load_scores, prediction_for, questions_for
     from lab_utils.lab.environment import memory_table
-    from lab_utils.lab.quiz import load_scores, prediction_for, questions_for
 
     expect = browser_tools.expect
     questions, parallels = questions_for("00", "before"), questions_for("00", "after")

@@ -9,7 +9,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lab_utils.lab import diagrams  # noqa: E402
+from lab_utils.course import diagrams  # noqa: E402
 from lab_utils.models import memory  # noqa: E402
 
 

@@ -409,7 +409,7 @@ def test_07_preference_tuning(lab_run) -> None:
     assert r["dpo_settings"]["loss_type"] == ["sigmoid", "sft"] and r["peak_memory_mb"] > 0 and r["train_seconds"] > 0
     assert r["exercise_1_ok"] is True  # the solution of the exercise where the learner writes the pairs
     # In the report and in compare-runs, like every notebook's figures.
-    from lab_utils.lab.report import compare_runs, report_html
+    from lab_utils.course.report import compare_runs, report_html
 
     assert "07_preference" in report_html(folder) and "scores.DPO.abstain_invented" in report_html(folder)
     rows = {row["figure"]: row for row in compare_runs(lab_run.folder, folder)}

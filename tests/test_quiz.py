@@ -14,7 +14,7 @@ import yaml
 
 from lab_utils import environment, quiz
 from lab_utils.__main__ import main
-from lab_utils.lab.quizbank import BANK, BANK_FILE, NOTEBOOK_TITLES, Prediction, load_bank, lookup
+from lab_utils.course.quizbank import BANK, BANK_FILE, NOTEBOOK_TITLES, Prediction, load_bank, lookup
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -58,7 +58,7 @@ def test_every_notebook_has_a_quiz_asked_before_and_after() -> None:
         source, key = code_of(nb), nb.name[:2]
         for stage in quiz.STAGES:
             assert f'quiz.show_quiz("{key}", "{stage}")' in source, f"{nb.name} asks its quiz {stage} the notebook"
-        assert "quiz.Question(" not in source, f"{nb.name}: questions live in lab_utils/lab/quizbank.yaml"
+        assert "quiz.Question(" not in source, f"{nb.name}: questions live in lab_utils/course/quizbank.yaml"
 
 
 def test_the_bank_measures_learning() -> None:

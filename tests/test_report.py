@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lab_utils import report
-from lab_utils.lab import headline
+from lab_utils.course import headline
 
 
 def make_run(folder: Path, loss: float, tps: float) -> Path:

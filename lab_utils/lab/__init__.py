@@ -1,2 +1,3 @@
-"""Stage `lab` (the top layer): the run configuration resolved once (runconfig), readiness checks, the runner behind
-`make lab`, the report, the quizzes, what notebook 00 shows (environment), and notebook helpers (notebooks)."""
+"""Stage `lab` (the top layer), the orchestration: the run configuration resolved once (runconfig) and its file
+(config_file), readiness checks, the runner behind `make lab`, what notebook 00 shows (environment), and keeping
+notebooks clean (notebooks)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab_utils.lab.quiz import is_interactive
+from lab_utils.course.quiz import is_interactive
 from lab_utils.models.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, lora_params
 from lab_utils.models.pocket import PocketConfig
 from lab_utils.run.profiles import PROFILES

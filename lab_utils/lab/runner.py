@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lab_utils.lab.report import write_report
+from lab_utils.course.report import write_report
 from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, class_mode, resolve
 from lab_utils.run.paths import REPO_ROOT
 from lab_utils.run.results import RESULTS_MIME, load_results

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lab_utils.lab.quizbank import lookup
+from lab_utils.course.quizbank import lookup
 from lab_utils.measure.evaluate import Answer, contains_answer
 
 NOT_RUN = "not run"
