@@ -207,7 +207,7 @@ def test_qlora_profiles_load_transformers_models_in_4bit_in_every_notebook() -> 
         lines = [ln for c in cells for ln in "".join(c["source"]).splitlines() if call in ln]
         assert lines and all("four_bit=" in ln for ln in lines), (name, lines)
     src = (REPO / "notebooks" / "04_vllm_serving.ipynb").read_text()
-    assert "if run.merged and not prof.evaluates_in_4bit:" in src
+    assert "if trained.merged and not prof.evaluates_in_4bit:" in src
 
 
 def test_the_engine_comparisons_reference_runs_in_4bit(tmp_path: Path) -> None:

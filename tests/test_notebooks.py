@@ -169,10 +169,16 @@ def test_04_vllm_serving(lab_run) -> None:
     assert 0 < r["fp8_weight_rel_error"] < 0.1 and 0.45 < r["fp8_memory_ratio"] < 0.55
     assert r["fp8_greedy_agreement"] > 0.8
     assert r["servers_running_after"] == [False, False]
-    # The KV cache's blocks, from the served model's shapes (pocket: 2 x 4 layers x 4 KV heads x 64 x 2 bytes, bf16), and
-    # the server's own allocation: its 1 GiB holds exactly the tokens that bytes-per-token predicts.
-    assert r["kv_bytes_per_token"] == 4096 and r["kv_dtype"] == "bfloat16"
-    assert r["kv_blocks"]["bytes_per_block"] == 65536
+    # The KV cache's blocks, from the served model's shapes (pocket: 2 x 4 layers x 4 KV heads x 64 x 2 bytes in bf16;
+    # 4 bytes where vLLM serves in fp32, on a CPU without native bf16), and the server's own allocation: its 1 GiB holds
+    # exactly the tokens that bytes-per-token predicts.
+    from lab_utils.run.hardware import probe
+    from lab_utils.serve.vllm import serve_dtype
+
+    served = serve_dtype("bfloat16", probe())[0]
+    width = 4 if served == "float32" else 2
+    assert r["kv_dtype"] == served and r["kv_bytes_per_token"] == 2048 * width
+    assert r["kv_blocks"]["bytes_per_block"] == 16 * 2048 * width
     assert all(b == -(-n // 16) for n, b in zip(r["kv_blocks"]["lengths"], r["kv_blocks"]["blocks"]))
     assert r["kv_tokens_predicted"] == r["kv_cache_log"]["tokens"] == kv["cache_config.kv_cache_size_tokens"]
     assert (lab_run.folder_of("04_vllm_serving") / "figures" / "04_kv_cache_blocks.png").exists()

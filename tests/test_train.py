@@ -349,15 +349,15 @@ def test_the_batching_benchmark_runs_in_a_child_on_a_gpu_and_in_process_on_a_cpu
 ) -> None:
     """On a CPU a child process would spend ~7 s importing the training stack again; on a GPU the child gives the five
     trainers' memory back to the device."""
-    from lab_utils.train import bench, sft
+    from lab_utils.train import bench
 
     calls: list[str] = []
     monkeypatch.setattr(bench, "compare", lambda *a, **k: calls.append("here") or [{"mode": "x"}])
     monkeypatch.setattr(bench, "compare_in_subprocess", lambda *a, **k: calls.append("child") or [{"mode": "y"}])
     pocket = get_profile("pocket")
-    monkeypatch.setattr(sft, "_cuda_available", lambda: False)
+    monkeypatch.setattr(bench, "_cuda_available", lambda: False)
     assert bench.run(pocket, 3) == [{"mode": "x"}] and calls == ["here"]
     assert "in this process" in capsys.readouterr().out
     assert bench.run(get_profile("llama3-70b-qlora"), 3) == [] and calls == ["here"], "skipped: nothing runs"
-    monkeypatch.setattr(sft, "_cuda_available", lambda: True)
+    monkeypatch.setattr(bench, "_cuda_available", lambda: True)
     assert bench.run(get_profile("llama3-8b"), 3) == [{"mode": "y"}] and calls == ["here", "child"]
