@@ -101,7 +101,6 @@ def render_prediction(p: Prediction) -> str:
 
 def run_figure(notebook: str, folder: Path) -> tuple[float, int] | None:
     """The figure the run in `folder` recorded for the notebook's prediction, and its band (None: not recorded)."""
-
     try:
         value = prediction_for(notebook).value(load_results(folder))
     except ValueError:  # an unreadable results.json: treated as not recorded
@@ -178,7 +177,6 @@ def answer_key_markdown(notebooks: list[str] | None = None, folder: Path | None 
 def write_answer_key(folder: Path, notebook: str) -> Path:
     """Add a notebook's answers (and its run's figure) to the answer key in `folder` (written atomically; other
     notebooks' answers kept)."""
-
     path = folder / ANSWER_KEY_FILE
     done = {key for key in BANK if path.exists() and f"## {key} · " in path.read_text()}
     atomic_write_text(path, answer_key_markdown(sorted(done | {notebook[:2]}), folder=folder))
@@ -193,7 +191,6 @@ def load_scores(folder: Path) -> dict[str, dict[str, Any]]:
 
 def save_score(folder: Path, notebook: str, stage: Stage, right: int, total: int, **extra: Any) -> dict[str, Any]:
     """Save a stage's score, with `extra` fields (the prediction), atomically; return the notebook's entry so far."""
-
     scores = load_scores(folder)
     entry = {**scores.get(notebook[:2], {}), stage: right, "of": total, **extra}
     scores[notebook[:2]] = entry
@@ -229,7 +226,6 @@ def show_quiz(notebook: str, stage: Stage, interactive: bool | None = None, fold
     """A notebook's quiz at a stage: radio buttons and a Score button in Jupyter, else the questions printed without
     answers (after the notebook, with the run's figure), the answers going to the run folder's answer key. Returns
     nothing, so Jupyter does not show the quiz twice."""
-
     folder = folder or run_dir()
     if interactive is None:
         interactive = is_interactive()

@@ -143,7 +143,6 @@ def standin_defects(n_rows: int = DEFAULT_ROWS) -> dict[str, int]:
 
 def standin_rows(dataset_id: str = ALPACA_ID, n_rows: int = DEFAULT_ROWS, seed: int = SEED) -> list[dict[str, str]]:
     """The stand-in dataset's rows (the hub's four columns), with its planted defects at fixed places."""
-
     _check_dataset(dataset_id)
     if n_rows < 20:
         raise ValueError(f"n_rows={n_rows}: a stand-in needs at least 20 rows to hold its planted defects")

@@ -179,7 +179,7 @@ def add_dpo(cfg: RunConfig, dpo: dict[str, Any], folder: str | Path | None = Non
     if not path.exists():
         write_config(cfg, folder / "sft", folder)
     text = path.read_text()
-    kept = text[: text.index("dpo_model:")] if "\ndpo_model:" in text else text
+    kept = text[: text.index("\ndpo_model:") + 1] if "\ndpo_model:" in text else text
     values = {**read_config(path), **dpo}
     notes = decisions(cfg, values)
     return atomic_write_text(path, kept + render(dpo, notes, []))

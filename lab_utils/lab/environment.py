@@ -86,7 +86,6 @@ def memory_table(
 
 def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None, **settings: Any) -> Any:
     """The memory calculator: sliders and menus when interactive, else the static table for `settings`."""
-
     if interactive is None:
         interactive = is_interactive()
     if not interactive:
@@ -109,7 +108,6 @@ def memory_calculator(model: str = "llama3-8b", interactive: bool | None = None,
 
 def lora_share(name: str, r: int = 16) -> dict[str, Any]:
     """LoRA (all linear layers, rank r) on a named model: adapter parameters and their share of all parameters."""
-
     dims = model_dims(name)
     adapters = lora_params(dims, r)
     return {

@@ -84,7 +84,6 @@ class RunConfig:
     def engine(self) -> Any:
         """The serving engine (`engines.VLLM` or `engines.LlamaCpp`) for `engine_choice`: "auto" is vLLM where it
         is installed, else llama.cpp. Decided when a notebook first asks (00-03 serve nothing and need neither)."""
-
         return resolve_engine(self.engine_choice)
 
     @property
@@ -100,7 +99,6 @@ class RunConfig:
     def require_ready(self) -> None:
         """Stop with the fixes when this machine cannot run the profile (`readiness.require`). A rehearsal runs a GPU
         profile on this machine on purpose, with local stand-ins: it checks nothing that only the real run needs."""
-
         if self.rehearsal:
             print(
                 f"rehearsal of {self.name} for {self.decision_hardware.name}: stand-in model and data, this machine's "
@@ -131,7 +129,6 @@ class RunConfig:
 
     def base_model_path(self) -> str:
         """The base model's local folder (the pocket model) or hub id."""
-
         return resolve_model_path(self.profile)
 
     def heldout(self) -> list[dict[str, Any]]:
@@ -139,7 +136,6 @@ class RunConfig:
         heldout file's verifiable questions (scored by contains-answer: their reference sentences are in the pocket
         data's style) and records of the dataset's own eval split, never trained on (scored by ROUGE-L and BLEU
         against their Alpaca references), half of `n_prompts` each."""
-
         if self.own_dataset:  # your data: its own held-out split, never trained on
             _, evals, _ = split_for_training(self.profile)
             held = [{**clean(r), "kind": "dataset"} for r in evals]
@@ -190,7 +186,6 @@ def resolve(
 ) -> RunConfig:
     """Probe the hardware once, pick the profile ("auto" by hardware) and apply every override; empty or 0 keeps the
     profile's own value."""
-
     hw = hardware if hardware is not None else probe()
     if profile == "auto":
         name, reason = choose_profile(hw)
@@ -226,7 +221,6 @@ def resolve(
 
 def _same_source(a: str, b: str) -> bool:
     """True when two dataset names are one source (a hub id, or one local file however its path is written)."""
-
     if is_hub_id(a) or is_hub_id(b):
         return a == b
     return repo_path(a).resolve() == repo_path(b).resolve()
@@ -277,7 +271,6 @@ class TrainedRun:
 def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None = None) -> TrainedRun:
     """What 02 trained, all from one run (this one, or the newest earlier run with an adapter folder; with `profile`,
     only a run of that profile, rehearsal flag and training data); explicit folders win."""
-
     if profile is not None:
         recorded = find_section(
             "02_sft", "adapter_dir", profile=profile.name, rehearsal=profile.rehearsal, dataset=profile.dataset
@@ -297,5 +290,4 @@ def trained(merged_dir: str = "", adapter_dir: str = "", profile: Profile | None
 
 def dataset_from_01() -> str:
     """The dataset notebook 01 of this run loaded (so 02 trains on what 01 showed), or "" when 01 has not run here."""
-
     return str(load_results().get("01_alpaca_data", {}).get("dataset") or "")

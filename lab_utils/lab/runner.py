@@ -218,7 +218,6 @@ def profile_cell_timeout(profile: str) -> int | None:
     """The per-cell limit `make lab` uses for a profile, as `runconfig.resolve` resolves it on this machine ("auto"
     included): None means no limit. A rehearsal of a GPU profile runs in minutes, so it gets the pocket profile's
     limit, to catch a hung cell."""
-
     return resolve(profile).profile.cell_timeout_s
 
 

@@ -8,12 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab_utils.measure import compare
-from lab_utils.measure.compare import Answer
+from lab_utils.measure.compare import Answer, ask_all, measures
 from lab_utils.measure.evaluate import generate
 from lab_utils.models.loading import free, load_for_eval
-from lab_utils.serve import loadtest
-from lab_utils.serve.loadtest import hf_sequential_tokens_per_s
+from lab_utils.serve.loadtest import hf_sequential_tokens_per_s, throughput_sweep
 
 
 @dataclass
@@ -114,10 +112,9 @@ def served_row(
     size_mb: float,
 ) -> tuple[EngineRow, list[Answer]]:
     """Ask a running server every prompt (greedy), then measure it at concurrency 1 and 8: one table row."""
-
-    answers = compare.ask_all(server.base_url, server.api_key, served_name, prompts, max_tokens)
-    m = compare.measures(records, answers)
-    levels = loadtest.throughput_sweep(
+    answers = ask_all(server.base_url, server.api_key, served_name, prompts, max_tokens)
+    m = measures(records, answers)
+    levels = throughput_sweep(
         server.base_url,
         server.api_key,
         served_name,

@@ -90,7 +90,6 @@ def answers(
 ) -> list[Answer]:
     """Load one model (or base + adapter; in 4-bit with `four_bit`), answer every prompt greedily, and free it before
     returning: one model in memory at a time (two 8B models at once do not fit a 24 GB GPU)."""
-
     model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
     try:
         return generate(model, tokenizer, prompts, max_new_tokens)

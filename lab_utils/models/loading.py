@@ -8,7 +8,6 @@ from typing import Any
 
 from lab_utils.models import rehearsal
 from lab_utils.models.pocket import pocket_model_path
-from lab_utils.models.rehearsal import decision_target
 from lab_utils.run.hardware import Hardware, compute_dtype, probe
 from lab_utils.run.profiles import Profile
 
@@ -23,7 +22,6 @@ def resolve_model_path(profile: Profile) -> str:
 def resolve_hub_model(model_id: str, standin: bool = False) -> str:
     """A hub model id as the lab loads it: the id itself, or in a rehearsal (`standin`, from the resolved run
     configuration) the local stand-in of the same family built in its place."""
-
     return str(rehearsal.model_standin(model_id)) if standin else model_id
 
 
@@ -48,8 +46,7 @@ def half_dtype(hardware: Hardware | None = None) -> str:
     """The 16-bit float `hardware` computes in (the resolved run's decision hardware): bfloat16, except float16 on a CUDA
     GPU below compute capability 8.0 (T4, V100), where bf16 is only emulated and vLLM refuses it. Without it: this
     machine's, or in a rehearsal the target GPU's (a T4 rehearsal trains and merges in float16 on the CPU)."""
-
-    return compute_dtype(hardware or decision_target() or probe())
+    return compute_dtype(hardware or rehearsal.decision_target() or probe())
 
 
 def _placement(method: str, cuda: bool | None = None) -> dict[str, Any]:

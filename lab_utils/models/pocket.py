@@ -85,7 +85,6 @@ class PocketConfig:
 
 def build_texts(n_docs: int, seed: int) -> tuple[list[str], list[str]]:
     """The pretraining documents, and the instruction text the tokenizer also sees (the model is not trained on it)."""
-
     documents = make_pretraining_documents(n_docs=n_docs, seed=seed)
     sft_text = [format_prompt(r["instruction"], r["input"]) + r["output"] for r in make_sft_records(seed=seed)]
     return documents, sft_text
@@ -201,7 +200,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 def make_model(config: PocketConfig, tokenizer: Any) -> Any:
     """A randomly initialised Llama of the pocket size (`tiny.tiny_llama`)."""
-
     return tiny_llama(
         tokenizer,
         config.seed,
@@ -303,7 +301,6 @@ def final_loss(losses: list[float], window: int = 20) -> float:
 
 def fact_prompts() -> list[tuple[str, str]]:
     """(prompt, answer) probes of what pretraining taught: "The capital of Peru is" -> "Lima", every country."""
-
     probes = []
     for country, capital in COUNTRIES:
         sentence = capital_fact(country, capital)

@@ -193,7 +193,6 @@ def _record_model(folder: Path, family: str, recipe: dict[str, Any], tokenizer: 
 
 def rehearsable_profiles() -> list[str]:
     """Names of the profiles a rehearsal has stand-ins for."""
-
     return [name for name, p in PROFILES.items() if _family_of(p.base_model) and p.dataset == ALPACA_ID]
 
 
@@ -204,7 +203,6 @@ def _family_of(base_model: str) -> str | None:
 
 def standin_paths(profile_name: str, root: Path | None = None) -> StandinPaths:
     """The stand-in model and dataset folders for a GPU profile, built once and cached by content key."""
-
     profile = get_profile(profile_name)
     family = _family_of(profile.base_model)
     if family is None or profile.dataset != ALPACA_ID:
@@ -261,7 +259,6 @@ def scaled(profile: Any) -> Any:
 
 def target_hardware(profile: Any) -> Any:
     """The described GPU the profile is made for."""
-
     if not profile.rehearsal_target:
         raise ValueError(f"no target GPU for profile {profile.name!r}: rehearsable profiles: {', '.join(TARGETS)}")
     return DESCRIBED[profile.rehearsal_target]
@@ -282,7 +279,6 @@ def decide_for(profile: Any | None) -> None:
 
 def decision_target() -> Any:
     """The described GPU precision is decided for in a rehearsal (`decide_for`); None outside one."""
-
     name = os.environ.get(TARGET_ENV, "")
     return DESCRIBED.get(name) if active() and name else None
 

@@ -314,7 +314,6 @@ def get_profile(name: str, hardware: Any | None = None) -> Profile:
 
 def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
     """The profile "auto" picks for this hardware, and why."""
-
     hw = hardware if hardware is not None else probe()
     if hw.device != "cuda":
         return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"

@@ -234,7 +234,6 @@ def llamacpp_installed() -> bool:
 
 def gguf_for(model_dir: str | Path, folder: str | Path, file_type: str = SERVE_FILE_TYPE) -> Path:
     """The model folder as a GGUF file in `folder` (exported once, then reused)."""
-
     model_dir = Path(model_dir)
     path = Path(folder) / f"{model_dir.name}-{file_type}.gguf"
     if not path.exists() or path.stat().st_mtime < (model_dir / "config.json").stat().st_mtime:
@@ -246,7 +245,6 @@ def gguf_spec(
     gguf: str | Path, profile: Profile, served_name: str, file_type: str = SERVE_FILE_TYPE, note: str = ""
 ) -> Any:
     """llama.cpp's server settings for one GGUF file, with the profile's context length."""
-
     return LlamaCppSpec(
         model=str(gguf),
         served_model_name=served_name,
@@ -268,5 +266,4 @@ def gguf_server(
     note: str = "",
 ) -> ServerProcess:
     """A (not yet started) llama.cpp server for one GGUF file."""
-
     return LlamaCppServer(gguf_spec(gguf, profile, served_name, file_type, note), log_dir, log_name, timeout)

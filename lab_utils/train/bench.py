@@ -81,7 +81,6 @@ def _count_batch_tokens(trainer: Any) -> list[int]:
 
 def example_lengths(profile: Profile, model_path: str | None = None) -> list[int]:
     """Tokens per training example (prompt + response + EOS) with the base model's tokenizer."""
-
     records, _, _ = split_for_training(profile)  # what training reads (hub data: bad rows skipped)
     lengths = token_lengths(records, load_tokenizer(model_path or resolve_model_path(profile)))
     return [n for n in lengths if n <= profile.train.max_seq_length]  # over-long examples are dropped in training
@@ -120,7 +119,6 @@ def run(profile: Profile, steps: int = 20, model_path: str | None = None) -> lis
     """The benchmark where it costs least. On a GPU, in a child process (`compare_in_subprocess`): five trainers' GPU
     memory goes back to the device when it ends. On a CPU, in this process: the pocket model's trainers are freed
     between modes, and a child would first import the training stack again (about 7 s on a 2-core CPU)."""
-
     if _cuda_available():
         return compare_in_subprocess(profile, steps, model_path)
     if reason := skip_reason(profile):

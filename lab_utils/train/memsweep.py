@@ -205,7 +205,6 @@ MAX_SWEEP_PARAMS = 8.1e9
 
 def sweep_model(base_model: str) -> tuple[str, str | None]:
     """The hub model the sweep trains for a profile's base, and a note when it is a smaller stand-in."""
-
     dims = dims_for_model(base_model)
     if dims is not None and dims.n_params() > MAX_SWEEP_PARAMS:
         return SWEEP_STAND_IN, (
@@ -231,7 +230,6 @@ def memory_budget_mb(hw: Any) -> float:
 
 def precision_note(config: SweepConfig, hw: Any) -> str | None:
     """Where the bf16 rows run in fp16 instead: a GPU below compute capability 8.0 (T4, V100)."""
-
     if uses_bf16(config) and compute_dtype(hw) == "float16":
         return f"runs in fp16 on {hw.name} (no native bf16): the same bytes per value"
     return None
