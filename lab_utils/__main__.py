@@ -92,20 +92,6 @@ def _cmd_write_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_merge(args: argparse.Namespace) -> int:
-    """Merge a trained adapter into its base model for serving."""
-    from lab_utils.lab.runconfig import resolve
-    from lab_utils.models.merge import check_merged, merge_adapter
-    from lab_utils.train.sft import merge_dtype
-
-    cfg = resolve(args.profile)
-    out = merge_adapter(
-        cfg.base_model_path(), args.adapter, args.output, dtype=args.dtype or merge_dtype(cfg.profile.train)
-    )
-    print(json.dumps({"merged_dir": str(out), **check_merged(out)}, indent=2))
-    return 0
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)write a run's report.html and report.md."""
     from lab_utils.course.report import write_report
@@ -188,12 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="", help="your own Alpaca-format JSON/JSONL file (default: the profile's data)")
     p.add_argument("--folder", default="", help="where config.yaml and data/ go (default: runs/config-<profile>)")
     p.set_defaults(func=_cmd_write_config)
-    p = sub.add_parser("merge", help="merge an adapter into its base model (safetensors, chat template)")
-    p.add_argument("--profile", default="auto")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 for bf16/QLoRA runs, else fp32")
-    p.set_defaults(func=_cmd_merge)
     p = sub.add_parser("report", help="write report.html and report.md for a run folder")
     p.add_argument("run", nargs="?", default="runs/latest")
     p.set_defaults(func=_cmd_report)

@@ -19,7 +19,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
@@ -137,7 +136,7 @@ def main() -> None:
     tok.save_pretrained(str(out / "merged.partial"))  # with the SFT model's chat template
     (out / "merged.partial").rename(out / "merged")
 
-    merged = merged.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    merged = merged.to("cpu" if config["dpo"]["use_cpu"] else "cuda").eval()
     for question in args.ask:
         inputs = tok(PROMPT.format(instruction=question), return_tensors="pt").to(merged.device)
         new = merged.generate(**inputs, max_new_tokens=48, do_sample=False)[0, inputs["input_ids"].shape[1] :]

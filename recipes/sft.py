@@ -2,12 +2,10 @@
 
 Usage: python recipes/sft.py --config runs/latest/config.yaml [--data my.jsonl] [--output-dir out] [--max-steps N]
 
-The config file is the one notebook 02 writes (runs/<run>/config.yaml). Its sections feed `from_pretrained` (model),
-`BitsAndBytesConfig` (bnb, for QLoRA), `LoraConfig` (lora) and `SFTConfig` (sft) with the libraries' own argument names:
-copy it and edit it for your own run. --data: your own .json/.jsonl file of Alpaca records ({"instruction", "input",
-"output"}) or {"prompt", "completion"} pairs, 5% of it held out. Writes OUT/adapter (LoRA/QLoRA), OUT/log_history.json
-and OUT/merged, a model folder (safetensors, with the Alpaca chat template) that transformers, vLLM or
-`python recipes/serve.py OUT/merged` load as is. Runs under `accelerate launch` too (DDP, FSDP2, DeepSpeed ZeRO-3).
+The config file is the one notebook 02 writes: its sections feed `from_pretrained` (model), `BitsAndBytesConfig` (bnb),
+`LoraConfig` (lora) and `SFTConfig` (sft) with the libraries' own argument names. --data: your own .json/.jsonl of
+Alpaca records or {"prompt", "completion"} pairs, 5% held out. Writes OUT/adapter, OUT/log_history.json and OUT/merged
+(safetensors and the chat template: transformers, vLLM and recipes/serve.py load it). Runs under `accelerate launch`.
 """
 
 import argparse
@@ -18,7 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
@@ -92,7 +89,37 @@ def load_data(data: dict, tok, seed: int) -> tuple[Dataset, Dataset]:
     return Dataset.from_list(train), Dataset.from_list(evals)
 
 
-def main() -> None:
+def fp32_adapters(model) -> int:
+    """fp16's loss scaler cannot unscale bf16 gradients, and TRL makes a 4-bit model's adapters bf16: QLoRA on a T4
+    crashed at its first step (pytorch#127176). fp32 trainable weights, PEFT's own default, fix it."""
+    for param in (trainable := [q for q in model.parameters() if q.requires_grad]):
+        param.data = param.data.float()
+    return len(trainable)
+
+
+def build(config: dict, name: str = "the config", **changes) -> tuple[SFTTrainer, AutoTokenizer, Dataset]:
+    """The tokenizer, the data, the SFTConfig (with `changes`), the model and the SFTTrainer, from the config's sections."""
+    tok = AutoTokenizer.from_pretrained(config["model"]["pretrained_model_name_or_path"])
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = config["tokenizer"]["pad_token"]  # pad == EOS would mask EOS out of the labels (trl#1623)
+    train, evals = load_data(config["data"], tok, config["sft"].get("seed", 42))
+    try:  # the config first: it sets up the distributed state (FSDP, ZeRO-3, the local rank) the model loads into
+        args = SFTConfig(**{**config["sft"], **changes})
+    except (TypeError, ValueError) as e:
+        fail(f"{name}: section sft: {e}")
+    quant = BitsAndBytesConfig(**config["bnb"]) if config["method"] == "qlora" else None  # QLoRA: a 4-bit NF4 base
+    model = AutoModelForCausalLM.from_pretrained(**config["model"], quantization_config=quant)
+    lora = LoraConfig(**config["lora"]) if config["method"] != "full" else None  # full: every weight trains
+    trainer = SFTTrainer(model, args, train_dataset=train, eval_dataset=evals, processing_class=tok, peft_config=lora)
+    if args.fp16:  # a T4's QLoRA
+        fp32_adapters(trainer.model)
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
+    if labels[labels != -100][-1] != tok.eos_token_id:
+        fail("EOS is not supervised: the model would never learn to stop")
+    return trainer, tok, train
+
+
+def main(argv: list[str] | None = None) -> None:
     """Parse the command line, train, save, merge and ask."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a run's config.yaml (notebook 02 writes runs/<run>/config.yaml)")
@@ -100,7 +127,7 @@ def main() -> None:
     p.add_argument("--output-dir", help="instead of the config's sft.output_dir")
     p.add_argument("--max-steps", type=int, help="instead of the config's sft.max_steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         config = yaml.safe_load(Path(args.config).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -115,27 +142,7 @@ def main() -> None:
         sharded = "true" in (os.environ.get("ACCELERATE_USE_FSDP"), os.environ.get("ACCELERATE_USE_DEEPSPEED"))
         config["model"]["device_map"] = None if sharded else {"": int(os.environ.get("LOCAL_RANK", "0"))}
     out = Path(config["sft"]["output_dir"])
-
-    tok = AutoTokenizer.from_pretrained(config["model"]["pretrained_model_name_or_path"])
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        tok.pad_token = config["tokenizer"]["pad_token"]  # pad == EOS would mask EOS out of the labels (trl#1623)
-    train, evals = load_data(config["data"], tok, config["sft"].get("seed", 42))
-    try:  # the config first: it sets up the distributed state (FSDP, ZeRO-3, the local rank) the model loads into
-        sft_args = SFTConfig(**config["sft"])
-    except (TypeError, ValueError) as e:
-        fail(f"{args.config}: section sft: {e}")
-    quant = BitsAndBytesConfig(**config["bnb"]) if config["method"] == "qlora" else None  # QLoRA: a 4-bit NF4 base
-    model = AutoModelForCausalLM.from_pretrained(**config["model"], quantization_config=quant)
-    adapter = LoraConfig(**config["lora"]) if config["method"] != "full" else None  # full: every weight trains
-    trainer = SFTTrainer(
-        model, sft_args, train_dataset=train, eval_dataset=evals, processing_class=tok, peft_config=adapter
-    )
-    if sft_args.fp16:  # fp16's loss scaler needs fp32 trainable weights; TRL makes a 4-bit model's adapters bf16
-        for param in (q for q in trainer.model.parameters() if q.requires_grad):
-            param.data = param.data.float()
-    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
-    if labels[labels != -100][-1] != tok.eos_token_id:
-        fail("EOS is not supervised: the model would never learn to stop")
+    trainer, tok, train = build(config, args.config)
     # FSDP2 and ZeRO-3 cannot evaluate a model before training prepares it (transformers#39961): skip that one eval.
     before = None if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled else trainer.evaluate()["eval_loss"]
     resume = get_last_checkpoint(str(out)) if args.resume and out.is_dir() else None
@@ -147,7 +154,7 @@ def main() -> None:
         how = trainer.accelerator.distributed_type.value  # NO, MULTI_CPU or MULTI_GPU (DDP), FSDP, DEEPSPEED
         trainable = sum(getattr(q, "ds_numel", q.numel()) for q in trainer.model.parameters() if q.requires_grad)
         print(
-            f"{len(train)} examples; step {trainer.state.global_step} of {sft_args.max_steps} on {sft_args.world_size} "
+            f"{len(train)} examples; step {trainer.state.global_step} of {trainer.args.max_steps} on {trainer.args.world_size} "
             f"process(es) ({how})" + (f", resumed from {Path(resume).name}" if resume else "") + f"; {trainable:,} "
             f"trainable parameters; eval loss {shown} -> {after:.4f}"
         )
@@ -165,7 +172,7 @@ def main() -> None:
     tok.save_pretrained(str(partial))
     shutil.rmtree(out / "adapter", ignore_errors=True)
     partial.rename(out / "adapter")
-    del model, trainer, adapter
+    del trainer
     gc.collect()  # TRL's rebound forward keeps the trained model alive until collected: free it before the merge loads
     if not config["merge"]["merge"]:
         print(f"adapter in {out / 'adapter'}; not merged: serve it beside the base (vLLM --enable-lora)")
@@ -192,11 +199,9 @@ def main() -> None:
     (out / "merged.partial").rename(out / "merged")
 
     # One greedy answer, prompted through the chat template exactly as a server will.
-    merged = merged.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    merged = merged.to("cpu" if config["sft"]["use_cpu"] else "cuda").eval()
     text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
-    inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(
-        merged.device
-    )  # the template writes BOS itself
+    inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(merged.device)  # the template writes BOS
     new = merged.generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     answer = tok.decode(new, skip_special_tokens=True)
     print(f"{QUESTION!r} -> {answer!r} ({len(new)} new tokens, stopped at EOS: {new[-1].item() == tok.eos_token_id})")

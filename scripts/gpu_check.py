@@ -19,15 +19,15 @@ Stages, with their planned time on an H200 and [their limit] in seconds (the lim
   c1_fork     ~35 [75]   C1: what the fork server imports before it forks (a fresh interpreter); importing
                          bitsandbytes initializes CUDA; a plain fork after CUDA init fails in the child; the lab's
                          fork server trains a sweep row on the GPU
-  lora20      ~40 [90]   20 bf16 LoRA steps on pocket through train.train: CUDA peak, finite losses, the model freed
-                         when train returns (C4), merge and merge check on CUDA, FP8 next-token agreement (C8)
+  lora20      ~40 [90]   20 bf16 LoRA steps on pocket through recipes/sft.py: CUDA peak, finite losses, the trained model
+                         freed before the merge (C4), merge check on CUDA, FP8 next-token agreement (C8)
   build8b     ~50 [120]  a random Llama-3-8B-shaped model built on the GPU at llama3-8b's settings: the FP8
                          simulation's peak (C5), 3 steps and one eval batch of 16, each peak + 1 GB within 24 GB
   fullft      ~40 [90]   one full fine-tuning step of a random 1.5B fp32 Llama as sweep row 1 trains it (fused AdamW),
                          projected to row 1 of the 8B sweep; torch's foreach AdamW beside it (C2); row 2
                          (bf16 mixed): are autocast's bf16 weight copies alive at the CUDA peak?
   qlora_fp16  ~30 [75]   QLoRA in fp16 as on a T4: without the fix (TRL's bf16 adapters), then 8 steps with
-                         adapters_for_fp16: fp32 adapters, finite losses, the grad scaler (C3)
+                         the recipe's fp32_adapters: fp32 adapters, finite losses, the grad scaler (C3)
   w1_params   ~10 [30]   count_params of a 4-bit pocket model, 16-bit and uint8 storage, against its config (W1)
 With the unpacking (~10 s) about 4 minutes planned, 8 at most. The device run, with the `run` tool carrying
 [".gpu-check"] and a timeout_s of 560:

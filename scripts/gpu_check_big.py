@@ -46,6 +46,23 @@ def random_llama(dims: Any, tokenizer: Any, dtype: str, device: str) -> Any:
         return tiny_llama(tokenizer, dtype=dtype, max_position_embeddings=8192, rope_theta=500000.0, **shape)
 
 
+def sft_trainer(
+    ctx: Context, settings: Any, model: Any, tok: Any, train: Any, out: str, evals: Any = None, **args: Any
+) -> Any:
+    """TRL's SFTTrainer as the recipe builds it, on a model built in memory: the settings' `SFTConfig` arguments for
+    this machine (`train.sft_kwargs`, with `args`), LoRA's `LoraConfig` unless the method is full."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from lab_utils.train.sft import lora_kwargs, sft_kwargs
+
+    config = SFTConfig(**sft_kwargs(settings, out, ctx.hardware, ctx.hardware, **args))
+    adapter = None if settings.method == "full" else LoraConfig(**lora_kwargs(settings))
+    return SFTTrainer(
+        model=model, args=config, train_dataset=train, eval_dataset=evals, processing_class=tok, peft_config=adapter
+    )
+
+
 def pocket_dataset(n: int) -> Any:
     """The first `n` pocket records as TRL's prompt/completion rows (each batch is then padded to the full length)."""
     from datasets import Dataset
@@ -92,14 +109,13 @@ def build8b(ctx: Context) -> None:
     from lab_utils.models.memory import CUDA_OVERHEAD_GB, estimate_for_settings, profile_peak_gb
     from lab_utils.run.profiles import ModelDims, get_profile
     from lab_utils.train.meter import PeakMemory
-    from lab_utils.train.sft import make_trainer, sft_config
 
     prof = get_profile("llama3-8b")
     dims = ModelDims(**QUICK_SHAPE) if ctx.quick else prof.model.dims
     settings = replace(prof.train, max_steps=3, batching="padded", **(QUICK_8B_SETTINGS if ctx.quick else {}))
     tok = load_tokenizer(pocket_path())
     with ctx.timed("build"):
-        model = random_llama(dims, tok, load_dtype(settings.method, settings.bf16), ctx.device)
+        model = random_llama(dims, tok, load_dtype(settings.method, settings.bf16, ctx.hardware), ctx.device)
     n_params = sum(p.numel() for p in model.parameters())
     ctx.put(shape=dims.__dict__, params=n_params)
     ctx.put(
@@ -124,8 +140,8 @@ def build8b(ctx: Context) -> None:
     train_ds = pocket_dataset(per_step * settings.max_steps)
     eval_ds = pocket_dataset(settings.eval_batch_size)
     overrides = {"save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
-    args = sft_config(settings, ctx.work / "build8b", pad_to_multiple_of=settings.max_seq_length, **overrides)
-    trainer = make_trainer(settings, model, tok, args, train_ds, eval_ds)
+    out, pad = str(ctx.work / "build8b"), settings.max_seq_length
+    trainer = sft_trainer(ctx, settings, model, tok, train_ds, out, eval_ds, pad_to_multiple_of=pad, **overrides)
     meter = PeakMemory()
     with ctx.timed("train"), meter:
         trainer.train()
@@ -174,7 +190,7 @@ def fullft(ctx: Context) -> None:
     from lab_utils.train import memsweep
     from lab_utils.train.meter import PeakMemory
     from lab_utils.train.optstate import state_allocator
-    from lab_utils.train.sft import make_trainer, optimizer_for, sft_config
+    from lab_utils.train.sft import optimizer_for
 
     dims = ModelDims(**(QUICK_SHAPE if ctx.quick else FULLFT_SHAPE))
     seq_len = SWEEP_SEQ_LEN
@@ -187,8 +203,12 @@ def fullft(ctx: Context) -> None:
         """One measured step on a fresh model: nothing of an earlier run's state is carried over."""
         model = random_llama(dims, tok, "float32", ctx.device)
         ctx.check(f"{label}: the model has the configured parameter count", model.num_parameters() == n_params)
-        args = sft_config(settings, ctx.work / label, pad_to_multiple_of=seq_len, **memsweep.MEASURE_OVERRIDES, **optim)
-        trainer = make_trainer(settings, model, tok, args, data, callbacks=[state_allocator()])
+        measure = {**memsweep.MEASURE_OVERRIDES, **optim}
+        trainer = sft_trainer(
+            ctx, settings, model, tok, data, str(ctx.work / label), pad_to_multiple_of=seq_len, **measure
+        )
+        trainer.add_callback(state_allocator())
+        args = trainer.args
         meter = PeakMemory()
         with ctx.timed(f"{label}_step"), meter:
             trainer.train()
@@ -200,7 +220,7 @@ def fullft(ctx: Context) -> None:
         free()
         return meter.peak_mb()
 
-    chosen = optimizer_for(settings.method, settings.optim)
+    chosen = optimizer_for(settings.method, settings.optim, ctx.cuda)
     copies = autocast_copy_bytes(dims, "bf16")
     peak = step("lab")
     estimate = estimate_for_settings(dims, settings).total_mb

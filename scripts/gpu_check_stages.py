@@ -41,6 +41,15 @@ class Context:
         self.figures: dict[str, Any] = {}
         self.checks: dict[str, bool] = {}
 
+    @property
+    def hardware(self) -> Any:
+        """This machine, probed once: what the stages' arguments are decided for (the check is its own entry point)."""
+        if not hasattr(self, "_hardware"):
+            from lab_utils.run.hardware import probe
+
+            self._hardware = probe()
+        return self._hardware
+
     def put(self, **figures: Any) -> None:
         """Record figures (JSON-able values)."""
         self.figures.update(figures)
@@ -105,9 +114,11 @@ def heldout_prompts(n: int) -> list[str]:
 # The fork server's preamble (train/forkserver.py `serve`), in a fresh interpreter: the modules a GPU machine's server
 # imports before it forks, then what it imports unconditionally. Run on a CPU too, with the GPU's list.
 PRELOAD_PROBE = """
-import json, sys
+import json, os, sys
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # asked through NVML: the question does not initialize CUDA
+import torch
 from lab_utils.train import forkserver as f
-gpu = f._gpu_present()
+gpu = torch.cuda.is_available()
 preloaded = f.preload_modules(True)
 f.preload(cuda=True)  # exactly what the server imports before it forks, with a GPU
 import torch
@@ -173,11 +184,14 @@ def c1_fork(ctx: Context) -> None:
     plain = _python_json(PLAIN_FORK, timeout=120)["child"]
     ctx.put(plain_fork_child=plain)
     ctx.check("a plain fork after CUDA initialization fails in the child", "re-initialize CUDA" in plain)
+    from lab_utils.run.hardware import probe
     from lab_utils.train import memsweep
 
+    here = probe().to_dict()  # the GPU decides for itself
     request = {"config": "7 LoRA", "model": pocket_path(), "data": POCKET_DATA, "steps": 1, "seq_len": 64}
+    request.update(hardware=here, machine=here)
     try:
-        with memsweep.ForkServer(ctx.work / "forkserver.log") as server:
+        with memsweep.ForkServer(ctx.work / "forkserver.log", cuda=True) as server:
             row = server.run(request, "gpu-check row", timeout=150)
         ctx.put(fork_server_import_seconds=server.import_seconds, fork_server_row=row)
         ctx.check("the fork server's child trained a row on the GPU", row.get("cuda_max_allocated_mb", 0) > 0)
@@ -190,19 +204,38 @@ def c1_fork(ctx: Context) -> None:
 # --- lora20 -----------------------------------------------------------------------------------------------------------
 
 
+def recipe_config(ctx: Context, name: str, prof: Any, target: Any = None, **sft: Any) -> tuple[Path, Any]:
+    """The run's config.yaml for `prof` on this machine (precision decided for `target`, default this machine), as 02
+    writes it, with some SFTConfig values changed; and the resolved run."""
+    from dataclasses import replace
+
+    import yaml
+
+    from lab_utils.lab import config_file, runconfig
+
+    cfg = replace(runconfig.resolve("pocket", ctx.hardware), profile=prof, target=target)
+    path, _ = config_file.write_config(cfg, ctx.work / name, ctx.work / f"{name}-config")
+    config = yaml.safe_load(path.read_text())
+    config["sft"].update(sft)
+    path.write_text(yaml.safe_dump(config))
+    return path, cfg
+
+
 def lora20(ctx: Context) -> None:
-    """LoRA in bf16 on the pocket model through the lab's `train.train` (02's trainer builder): GPU peak, finite
-    losses, the model freed when `train` returns (C4), the merge and the merge check on CUDA, and the FP8 simulation's
-    next-token agreement with the tokenizer's output moved to the GPU (C8). On a CPU: 3 steps of 4 examples in fp32
-    (bf16 is emulated on most CPUs, 25-50x slower) on the data's first 96 records."""
+    """LoRA in bf16 on the pocket model through `recipes/sft.py` (what 02's cells run): GPU peak, finite losses, the
+    trained model freed before the merge loads its base (C4), the merge and the merge check on CUDA, and the FP8
+    simulation's next-token agreement with the tokenizer's output moved to the GPU (C8). On a CPU: 3 steps of 4
+    examples in fp32 (bf16 is emulated on most CPUs, 25-50x slower) on the data's first 96 records."""
     require("trl", "datasets", "peft")
+    import contextlib
+    import gc
+    import io
+    import re
     import weakref
 
-    from transformers import TrainerCallback
-
-    from lab_utils.models.loading import free
+    from lab_utils.run.paths import recipe
     from lab_utils.run.profiles import get_profile
-    from lab_utils.train.sft import merge_dtype, train
+    from lab_utils.train.meter import PeakMemory
 
     steps = 3 if ctx.quick else 20
     prof = get_profile("pocket").with_train(
@@ -212,54 +245,66 @@ def lora20(ctx: Context) -> None:
         small = ctx.work / "pocket_small.jsonl"
         small.write_text("\n".join((ROOT / POCKET_DATA).read_text().splitlines()[:96]) + "\n")
         prof = replace(prof, dataset=str(small)).with_train(per_device_batch_size=4)
-    refs: list[Any] = []
+    path, cfg = recipe_config(ctx, "lora20", prof, save_strategy="no", eval_strategy="no")
+    sft, loaded, alive = recipe("sft"), [], []
+    real = sft.AutoModelForCausalLM
 
-    class Watch(TrainerCallback):  # weak references only: the check must not keep the model alive itself
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            refs.append(weakref.ref(model))
-            if hasattr(model, "get_base_model"):
-                refs.append(weakref.ref(model.get_base_model()))
+    class Watched:  # every model the recipe loads (weak references), and which are alive when the next one loads
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            alive.append([r() is not None for r in loaded])
+            model = real.from_pretrained(*args, **kwargs)
+            loaded.append(weakref.ref(model))
+            return model
 
-    with ctx.timed("train"):
-        result = train(prof, ctx.work / "lora20", callbacks=[Watch()], save_strategy="no", eval_strategy="no")
-    free()
-    alive = [r() is not None for r in refs]
+    sft.AutoModelForCausalLM, meter, printed = Watched, PeakMemory(), io.StringIO()
+    gc.disable()  # freed by the recipe itself, not by a lucky automatic collection
+    try:
+        with ctx.timed("train"), meter, contextlib.redirect_stdout(printed):
+            sft.main(["--config", str(path)])
+    finally:
+        gc.enable()
+        sft.AutoModelForCausalLM = real
+    print(printed.getvalue(), end="")
+    found = re.search(r"eval loss ([\d.naninf]+) -> ([\d.naninf]+)", printed.getvalue())
+    before, after = (float(x) for x in found.groups()) if found else (None, None)
+    out = ctx.work / "lora20"
+    logs = json.loads((out / "log_history.json").read_text())
+    losses = [r["loss"] for r in logs if "loss" in r]
+    freed = len(alive) == 2 and alive[1] == [False]
     ctx.put(
-        steps=result.steps,
-        train_loss_first=result.train_loss_first,
-        train_loss_last=result.train_loss_last,
-        eval_loss_before=result.eval_loss_before,
-        eval_loss=result.eval_loss,
-        peak_memory_mb=result.peak_memory_mb,
-        peak_memory_kind=result.peak_memory_kind,
-        train_tokens_per_s=result.train_tokens_per_s,
-        trainable_params=result.trainable_params,
-        total_params=result.total_params,
-        model_refs=len(refs),
-        model_freed=bool(refs) and not any(alive),
+        steps=max(r.get("step", 0) for r in logs),
+        train_loss_first=losses[0] if losses else None,
+        train_loss_last=losses[-1] if losses else None,
+        eval_loss_before=before,
+        eval_loss=after,
+        peak_memory_mb=round(meter.peak_mb(), 1),
+        peak_memory_kind=meter.kind,
+        models_loaded=len(loaded),
+        model_freed=freed,
     )
-    ctx.check(f"{steps} steps ran", result.steps == steps)
-    ctx.check("train and eval losses are finite", finite(result.train_loss_last) and finite(result.eval_loss))
-    ctx.check("the trained model is freed when train() returns (C4)", bool(refs) and not any(alive))
+    ctx.check(f"{steps} steps ran", ctx.figures["steps"] == steps)
+    ctx.check("train and eval losses are finite", bool(losses) and all(map(finite, (losses[-1], after, before))))
+    ctx.check("the trained model is freed before the merge loads the base (C4)", freed)
     if ctx.cuda:
         ctx.put(cuda_allocated_after_train_mb=cuda_mb("allocated"))
-        ctx.check("the peak is CUDA's", result.peak_memory_kind == "cuda_max_allocated" and result.peak_memory_mb > 0)
-    _merge_and_fp8(ctx, result.adapter_dir, merge_dtype(prof.train))
+        ctx.check("the peak is CUDA's", meter.kind == "cuda_max_allocated" and meter.peak_mb() > 0)
+    _merge_and_fp8(ctx, out, cfg)
 
 
-def _merge_and_fp8(ctx: Context, adapter_dir: str, dtype: str) -> None:
-    """02's merge (`merge.merge_adapter`), the folder's serving facts, the merge check (merged vs base + adapter, one
+def _merge_and_fp8(ctx: Context, out: Path, cfg: Any) -> None:
+    """The recipe's merged folder (`out/merged`): its serving facts, the merge check (merged vs base + adapter, one
     model at a time, on the GPU where there is one), then 04's FP8 simulation on the merged model."""
     import torch
+    import yaml
 
     from lab_utils.measure import fp8
     from lab_utils.measure.evaluate import merge_check
     from lab_utils.models.loading import free, load_for_eval
-    from lab_utils.models.merge import check_merged, merge_adapter
+    from lab_utils.models.merge import check_merged
 
-    base = pocket_path()
-    with ctx.timed("merge"):
-        merged = merge_adapter(base, adapter_dir, ctx.work / "merged", dtype=dtype)
+    base, merged, adapter_dir = pocket_path(), out / "merged", str(out / "adapter")
+    dtype = yaml.safe_load((ctx.work / "lora20-config" / "config.yaml").read_text())["merge"]["dtype"]
     facts = check_merged(merged)
     ctx.put(merge_dtype=dtype, merged_facts=facts)
     ctx.check("the merged folder is servable", facts["safetensors_only"] and facts["has_chat_template"])
@@ -267,9 +312,8 @@ def _merge_and_fp8(ctx: Context, adapter_dir: str, dtype: str) -> None:
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats()
     with ctx.timed("merge_check"):
-        check = merge_check(
-            str(merged), base, adapter_dir, heldout_prompts(2 if ctx.quick else 8), 8 if ctx.quick else 32
-        )
+        prompts = heldout_prompts(2 if ctx.quick else 8)
+        check = merge_check(str(merged), base, adapter_dir, prompts, 8 if ctx.quick else 32, load=cfg.eval_load)
     ctx.put(merge_check=check, merge_check_cuda_peak_mb=cuda_mb() if ctx.cuda else None)
     ctx.check("merged and base + adapter agree (greedy >= 0.5)", check["greedy_agreement"] >= 0.5)
     bound = 1e-3 if check["dtype"] == dtype == "float32" else 1.0  # fp32: exact up to rounding; 16-bit: rounded once
@@ -277,7 +321,7 @@ def _merge_and_fp8(ctx: Context, adapter_dir: str, dtype: str) -> None:
     if ctx.cuda:
         ctx.check("the merge check ran on the GPU in 16 bits", check["dtype"] == dtype and cuda_mb() > 0)
 
-    model, tok = load_for_eval(str(merged))
+    model, tok = load_for_eval(str(merged), cfg.eval_load)
     texts = heldout_prompts(4) + ["The capital of France is Paris.", "Water boils at 100 degrees."]
     with ctx.timed("fp8"):
         reference = fp8.greedy_tokens(model, tok, texts)
@@ -302,30 +346,31 @@ def _merge_and_fp8(ctx: Context, adapter_dir: str, dtype: str) -> None:
 
 
 def qlora_fp16(ctx: Context) -> None:
-    """C3: QLoRA under fp16 mixed precision, as on a T4 (this GPU is told to compute in fp16): bitsandbytes' 4-bit
-    base, TRL's trainer, the lab's `adapters_for_fp16`; a few steps with finite losses and the grad scaler working.
+    """C3: QLoRA under fp16 mixed precision, as on a T4 (precision decided for a described T4 on this GPU): bitsandbytes'
+    4-bit base, TRL's trainer, the recipe's `fp32_adapters`; a few steps with finite losses and the grad scaler working.
     Without the fix first, to show what it fixes. On a CPU: TRL's bf16 cast and the fix on the CPU's 4-bit path."""
     require("trl", "datasets", "peft", "bitsandbytes")
-    import types
-
     import torch
+    import yaml
 
     from lab_utils.models.loading import free
+    from lab_utils.run.hardware import DESCRIBED
+    from lab_utils.run.paths import recipe
     from lab_utils.run.profiles import get_profile
-    from lab_utils.train import sft
-    from lab_utils.train.precision import adapters_for_fp16
 
     steps = 2 if ctx.quick else 8
     prof = get_profile("pocket").with_train(method="qlora", max_steps=steps, bf16=True, logging_steps=1)
     overrides = {"save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True}
+    sft = recipe("sft")
     if not ctx.cuda:
-        trainer, _ = sft.build_trainer(prof, ctx.work / "qlora", **overrides)
+        path, _ = recipe_config(ctx, "qlora", prof, **overrides)
+        trainer, _, _ = sft.build(yaml.safe_load(path.read_text()))
         adapters = [p for p in trainer.model.parameters() if p.requires_grad]
         frozen = [p.dtype for p in trainer.model.parameters() if not p.requires_grad]
         ctx.put(adapters=len(adapters), adapter_dtypes_from_trl=sorted({str(p.dtype) for p in adapters}))
         ctx.check("TRL casts the 4-bit model's adapters to bf16", {p.dtype for p in adapters} == {torch.bfloat16})
-        ctx.check("not fp16 here: the adapters are left as TRL made them", adapters_for_fp16(trainer) == 0)
-        cast = adapters_for_fp16(types.SimpleNamespace(args=types.SimpleNamespace(fp16=True), model=trainer.model))
+        ctx.check("not fp16 here: the adapters are left as TRL made them", not trainer.args.fp16)
+        cast = sft.fp32_adapters(trainer.model)
         ctx.put(cast_under_fp16=cast, adapter_dtypes_fixed=sorted({str(p.dtype) for p in adapters}))
         ctx.check(
             "under fp16 every adapter is fp32", cast == len(adapters) and {p.dtype for p in adapters} == {torch.float32}
@@ -337,13 +382,13 @@ def qlora_fp16(ctx: Context) -> None:
         ctx.put(trained="not here: the fp16 loss scaler, what C3 is about, runs on CUDA only")
         return
 
-    from lab_utils.run import hardware
-
-    hardware.compute_dtype = lambda hw: "float16"  # as on a T4: fp16 autocast, fp16 4-bit compute and storage
-    # Without the fix: TRL's adapters as it made them.
-    sft.adapters_for_fp16 = lambda trainer: 0
+    # As on a T4: fp16 autocast, fp16 4-bit compute and storage (decided for the described T4, run on this GPU).
+    path, _ = recipe_config(ctx, "qlora", prof, target=DESCRIBED["t4"], **overrides)
+    config = yaml.safe_load(path.read_text())
+    fix = sft.fp32_adapters
+    sft.fp32_adapters = lambda model: 0  # without the fix: TRL's adapters as it made them
     try:
-        trainer, _ = sft.build_trainer(prof.with_train(max_steps=1), ctx.work / "qlora-nofix", **overrides)
+        trainer, _, _ = sft.build(config, max_steps=1)
         ctx.put(
             without_fix_adapter_dtypes=sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})
         )
@@ -355,8 +400,8 @@ def qlora_fp16(ctx: Context) -> None:
         del trainer
         free()
     finally:
-        sft.adapters_for_fp16 = adapters_for_fp16
-    trainer, _ = sft.build_trainer(prof, ctx.work / "qlora", **overrides)
+        sft.fp32_adapters = fix
+    trainer, _, _ = sft.build(config)
     adapters = [p for p in trainer.model.parameters() if p.requires_grad]
     ctx.put(
         fp16=trainer.args.fp16,
@@ -365,7 +410,7 @@ def qlora_fp16(ctx: Context) -> None:
     )
     ctx.put(adapter_dtypes=sorted({str(p.dtype) for p in adapters}), adapters=len(adapters))
     ctx.check("training runs in fp16 mixed precision", trainer.args.fp16 and not trainer.args.bf16)
-    ctx.check("the adapters are fp32 (adapters_for_fp16)", {p.dtype for p in adapters} == {torch.float32})
+    ctx.check("the adapters are fp32 (fp32_adapters)", {p.dtype for p in adapters} == {torch.float32})
     ctx.check("the base is 4-bit", any(p.__class__.__name__ == "Params4bit" for p in trainer.model.parameters()))
     trainer.train()
     logs = trainer.state.log_history
@@ -387,23 +432,27 @@ def qlora_fp16(ctx: Context) -> None:
 
 def w1_params(ctx: Context) -> None:
     """W1: QLoRA's parameter count (`count_params`) is the configured model's, whatever `bnb_4bit_quant_storage`
-    packs the 4-bit weights in: the lab's own load (`load_model(..., "qlora")`, 16-bit storage) and uint8 storage."""
+    packs the 4-bit weights in: the lab's own load (the config's `bnb` section, 16-bit storage) and uint8 storage."""
     require("bitsandbytes")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-    from lab_utils.models.loading import half_dtype, load_model
+    from lab_utils.models.loading import bnb_kwargs, load_kwargs
+    from lab_utils.run.hardware import compute_dtype
     from lab_utils.run.profiles import ModelDims
     from lab_utils.train.sft import count_params
 
     path = pocket_path()
     configured = ModelDims.from_config(AutoConfig.from_pretrained(path)).n_params()
     dense = AutoModelForCausalLM.from_pretrained(path).num_parameters()
-    lab = load_model(path, "qlora", bf16=True)
+    bnb = BitsAndBytesConfig(**bnb_kwargs("qlora", ctx.hardware))
+    lab = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=bnb, **load_kwargs("qlora", True, ctx.hardware, ctx.cuda)
+    )
     storage = str(lab.config.quantization_config.bnb_4bit_quant_storage)
     four = [p for p in lab.parameters() if p.__class__.__name__ == "Params4bit"]
     old_rule = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in lab.parameters())
-    compute = getattr(torch, half_dtype())
+    compute = getattr(torch, compute_dtype(ctx.hardware))
     quant = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=torch.uint8
     )

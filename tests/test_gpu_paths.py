@@ -22,7 +22,6 @@ GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 @pytest.fixture
 def rehearsing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAB_REHEARSAL", "1")
-    monkeypatch.setenv("LAB_REHEARSAL_TARGET", "")  # resolve() sets it; restored (removed) after the test
     monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
 
 
@@ -101,8 +100,10 @@ def test_sweep_skips_what_does_not_fit_the_target_gpu_and_sweeps_at_most_8b() ->
 def test_full_fine_tuning_keeps_fp32_master_weights() -> None:
     from lab_utils.models.loading import load_dtype
 
-    assert load_dtype("full", bf16=True) == "float32"  # bf16 only in autocast
-    assert load_dtype("lora", bf16=True) == "bfloat16" and load_dtype("lora", bf16=False) == "float32"
+    h100 = DESCRIBED["h100"]
+    assert load_dtype("full", True, h100) == "float32"  # bf16 only in autocast
+    assert load_dtype("lora", True, h100) == "bfloat16" and load_dtype("lora", False, h100) == "float32"
+    assert load_dtype("lora", True, DESCRIBED["t4"]) == "float16"
 
 
 def test_rehearsal_scales_the_profile_and_decides_for_its_gpu(rehearsing: None) -> None:
@@ -150,7 +151,6 @@ def test_a_rehearsal_gets_a_cell_limit_the_real_gpu_run_does_not(monkeypatch: py
 
     assert profile_cell_timeout("llama3-8b") is None  # a real training cell runs for hours
     monkeypatch.setenv("LAB_REHEARSAL", "1")
-    monkeypatch.setenv("LAB_REHEARSAL_TARGET", "")  # resolve() sets it; restored (removed) after the test
     assert profile_cell_timeout("llama3-8b") == PROFILES["pocket"].cell_timeout_s
 
 
@@ -178,34 +178,34 @@ def test_the_smoke_scripts_fp8_step_runs(tmp_path: Path) -> None:
     assert out["next_token_agreement"] > 0.5 and 0.45 < out["summary"]["memory_ratio"] < 0.55
 
 
-def test_adamw_on_cuda_is_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adamw_on_cuda_is_the_fused_kernel() -> None:
     """Issue 19, C2: on CUDA, torch's foreach AdamW allocates temporary fp32 copies of the state at each step (32 GB
     more for a full 8B on an H200); the fused kernel updates in place. The CPU keeps its one-tensor-at-a-time AdamW."""
     from lab_utils import train
     from lab_utils.models import memory
     from lab_utils.run.profiles import PROFILES
 
-    assert train.optimizer_for("full", "adamw_torch") == "adamw_torch"  # this CPU
-    monkeypatch.setattr("lab_utils.train.sft._cuda_available", lambda: True)
-    assert train.optimizer_for("full", "adamw_torch") == "adamw_torch_fused"
-    assert train.optimizer_for("lora", "adamw_torch") == "adamw_torch_fused"
-    assert train.optimizer_for("qlora", "adamw_torch") == "paged_adamw_8bit"
-    assert train.optimizer_for("lora", "adamw_bnb_8bit") == "adamw_bnb_8bit"
-    prof = PROFILES["llama3-8b"]
-    assert train.sft_kwargs(prof.train, "/tmp/x")["optim"] == "adamw_torch_fused"
+    assert train.optimizer_for("full", "adamw_torch", cuda=False) == "adamw_torch"  # a CPU
+    assert train.optimizer_for("full", "adamw_torch", cuda=True) == "adamw_torch_fused"
+    assert train.optimizer_for("lora", "adamw_torch", cuda=True) == "adamw_torch_fused"
+    assert train.optimizer_for("qlora", "adamw_torch", cuda=True) == "paged_adamw_8bit"
+    assert train.optimizer_for("lora", "adamw_bnb_8bit", cuda=True) == "adamw_bnb_8bit"
+    prof, h100 = PROFILES["llama3-8b"], DESCRIBED["h100"]
+    assert train.sft_kwargs(prof.train, "/tmp/x", h100, h100)["optim"] == "adamw_torch_fused"
     fused = memory.estimate_for_settings(prof.model.dims, replace(prof.train, optim="adamw_torch_fused"))
     assert fused == memory.estimate_for_settings(prof.model.dims, prof.train), "the same state, counted the same"
 
 
 def test_qlora_profiles_load_transformers_models_in_4bit_in_every_notebook() -> None:
     """Issue 19, C6: on a T4, 04 and 06 loaded the merged 8B in 16 bits (16 GB on a ~15 GB GPU). Every notebook call
-    that loads a model for transformers passes the profile's `evaluates_in_4bit`, and 04's FP8 simulation (which
+    that loads a model for transformers passes the run's `eval_load` (NF4 where the profile `evaluates_in_4bit`), and
+    04's FP8 simulation (which
     rounds 16-bit weights) is skipped for a 4-bit model."""
     calls = {"04_vllm_serving": "models.load_for_eval(", "06_export": "enginecmp.hf_answers("}
     for name, call in calls.items():
         cells = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())["cells"]
         lines = [ln for c in cells for ln in "".join(c["source"]).splitlines() if call in ln]
-        assert lines and all("four_bit=" in ln for ln in lines), (name, lines)
+        assert lines and all("cfg.eval_load" in ln or "load=load" in ln for ln in lines), (name, lines)
     src = (REPO / "notebooks" / "04_vllm_serving.ipynb").read_text()
     assert "if trained.merged and not prof.evaluates_in_4bit:" in src
 
@@ -213,26 +213,29 @@ def test_qlora_profiles_load_transformers_models_in_4bit_in_every_notebook() -> 
 def test_the_engine_comparisons_reference_runs_in_4bit(tmp_path: Path) -> None:
     """06's transformers reference, loaded in NF4 as a QLoRA profile evaluates (bitsandbytes' CPU path here)."""
     from lab_utils.measure import enginecmp
+    from lab_utils.models.loading import EvalLoad
 
     prompts = [data.format_prompt("First, tell me the capital of France")]
     answers, speed, _ = enginecmp.hf_answers(
-        str(REPO / "models" / "pocket-base"), prompts, 4, 4, n_bench=1, four_bit=True
+        str(REPO / "models" / "pocket-base"), prompts, 4, 4, n_bench=1, load=EvalLoad("cpu", "float32", True)
     )
     assert len(answers) == 1 and answers[0].n_tokens > 0 and speed > 0
 
 
-def test_a_rehearsal_decides_precision_for_its_target_gpu(rehearsing: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rehearsal_decides_precision_for_its_target_gpu(rehearsing: None) -> None:
     """W3: in a T4 rehearsal, 02 and 07 train in fp16 autocast and load and merge in float16 on this CPU, as the T4
-    would; an RTX 4090 rehearsal stays bf16; outside a rehearsal this machine decides."""
+    would; an RTX 4090 rehearsal stays bf16. Decided by `resolve` alone, from the hardware it is given: nothing below
+    it reads the environment again."""
+    from lab_utils.lab import config_file
     from lab_utils.lab.runconfig import resolve
-    from lab_utils.models.loading import half_dtype
     from lab_utils.train.precision import mixed_precision
 
-    here = half_dtype()
     t4 = resolve("llama3-8b-qlora", DESCRIBED["cpu"])
-    assert t4.decision_hardware.name == "Tesla T4" and half_dtype() == "float16"
-    assert mixed_precision(t4.profile.train) == {"bf16": False, "fp16": True}
-    assert resolve("llama3-8b", DESCRIBED["cpu"]) and half_dtype() == "bfloat16"
-    assert resolve("llama3-8b-qlora", DESCRIBED["cpu"]) and resolve("pocket") and half_dtype() == here, "pocket: here"
-    monkeypatch.delenv("LAB_REHEARSAL")
-    assert half_dtype() == here, "outside a rehearsal the target is ignored"
+    assert t4.decision_hardware.name == "Tesla T4"
+    assert mixed_precision(t4.profile.train, t4.decision_hardware) == {"bf16": False, "fp16": True}
+    assert t4.eval_load.four_bit and t4.eval_load.compute_dtype == "float16" and t4.eval_load.device == "cpu"
+    values = config_file.sections(t4, Path("out"), {"train_file": "t", "eval_file": "e"}, "<pad>")
+    assert values["sft"]["fp16"] is True and values["merge"]["dtype"] == "float16"
+    spark = resolve("llama3-8b", DESCRIBED["cpu"])
+    assert mixed_precision(spark.profile.train, spark.decision_hardware) == {"bf16": True, "fp16": False}
+    assert resolve("pocket", DESCRIBED["cpu"]).target is None, "pocket is never rehearsed: this machine decides"

@@ -157,9 +157,14 @@ def test_choose_profile_for_described_hardware(name: str, profile: str) -> None:
 
 
 @pytest.mark.cpu_only
-def test_choose_profile_probes_this_machine() -> None:
-    """With no hardware given, choose_profile probes this CPU machine and picks pocket."""
-    assert choose_profile()[0] == "pocket"
+def test_choose_profile_picks_pocket_for_this_machine() -> None:
+    """This CPU machine, probed, gets the pocket profile; "auto" without a machine is an error, not a probe."""
+    from lab_utils.run.hardware import probe
+    from lab_utils.run.profiles import get_profile
+
+    assert choose_profile(probe())[0] == "pocket"
+    with pytest.raises(ValueError, match="give its hardware"):
+        get_profile("auto")
 
 
 @pytest.mark.parametrize(
@@ -221,4 +226,5 @@ def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch:
     assert hardware.flash_attention_usable(h100) is False  # installed but broken: training falls back
     monkeypatch.setattr(hardware, "flash_attn_importable", lambda: True)
     assert hardware.flash_attention_usable(h100) is True
-    assert train.resolve_batching("auto") == "group_by_length"  # this CPU machine: no FlashAttention
+    assert train.resolve_batching("auto", hardware.probe()) == "group_by_length"  # this CPU machine: no FlashAttention
+    assert train.resolve_batching("auto", h100) == "padding_free"  # flash_attn imports (patched above)

@@ -78,6 +78,35 @@ def test_modules_stay_small() -> None:
     assert not big, f"modules over 500 lines: {big}"
 
 
+# Hardware is decided once, by `runconfig.resolve` (issue 28, criterion 4). Below it nothing probes the machine, reads
+# the rehearsal switch or decides on CUDA; these are the places that may, each for a reason that is not a decision.
+HARDWARE_QUESTIONS = re.compile(r"\bprobe\(\)|LAB_REHEARSAL|cuda\.is_available\(\)")
+ALLOWED_QUESTIONS = {
+    "lab_utils/run/hardware.py": "probe() itself: what it asks is the probing",
+    "lab_utils/lab/runconfig.py": "resolve: probes once and reads the rehearsal switch, for every decision below it",
+    "lab_utils/lab/runner.py": "sets the rehearsal switch for the notebooks' kernels (above resolve)",
+    "lab_utils/train/meter.py": "measures: reads CUDA's peak where there is CUDA, else the process's memory",
+    "lab_utils/train/memsweep.py": "measures: the free memory of the GPU the sweep runs on",
+    "lab_utils/models/loading.py": "cleans up: free() returns cached CUDA memory where there is CUDA",
+    "lab_utils/models/pocket.py": "measures: records the machine a pocket model was built on",
+}
+
+
+def test_hardware_is_decided_in_one_place() -> None:
+    """Below `resolve`, `lab_utils` and the recipes neither probe, nor read LAB_REHEARSAL*, nor decide on
+    `torch.cuda.is_available()`: the resolved hardware is passed down (and written into the run's config file). The
+    places that only measure or clean up are listed, with their reasons."""
+    found: dict[str, list[str]] = {}
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "recipes").glob("*.py")]):
+        name = path.relative_to(ROOT).as_posix()
+        hits = [ln.strip() for ln in path.read_text().splitlines() if HARDWARE_QUESTIONS.search(ln)]
+        if hits and name not in ALLOWED_QUESTIONS:
+            found[name] = hits
+    assert not found, f"hardware questions below resolve: {found}"
+    for name in ALLOWED_QUESTIONS:  # the list stays true: each allowed place still asks
+        assert HARDWARE_QUESTIONS.search((ROOT / name).read_text()), f"{name} no longer asks: drop it from the list"
+
+
 @pytest.mark.parametrize("stem", sorted(LESSON_CALLS))
 def test_notebooks_show_the_calls_they_teach(stem: str) -> None:
     source = "\n".join(code_cells(stem))
@@ -115,9 +144,10 @@ def test_notebook_02_spreads_the_config_files_sections() -> None:
     assert "lab_utils" not in source and not re.search(r"\b(train|models|merge|runconfig|cfg|prof|settings)\.", source)
     assert not re.search(r"learning_rate\s*=|per_device_train_batch_size\s*=|lora_alpha\s*=|\br\s*=\s*\d", source)
     assert all(call in source for call in LESSON_CALLS["02_sft"]), "every call 02 teaches stands in a lesson cell"
-    for module in ("train/memsweep.py", "train/bench.py", "train/views.py"):
-        text = (PACKAGE / module).read_text()
-        assert "SFTTrainer(" not in text, f"{module} builds its own trainer instead of train.make_trainer"
+    for module in ("train/memsweep.py", "train/bench.py"):  # they train with the recipe's code, not a copy of it
+        assert 'recipe("sft").build(' in (PACKAGE / module).read_text(), module
+    builders = [p.relative_to(PACKAGE).as_posix() for p in MODULES if "SFTTrainer(" in p.read_text()]
+    assert builders == ["train/views.py"], "only 01's collator view builds a trainer (it trains nothing)"
     for name in ("show_call", "recipe_command", "sft_args", "lora_args"):
         assert name not in "\n".join(code_cells("02_sft")), f"02 still uses {name}"
 

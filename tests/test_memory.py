@@ -251,7 +251,7 @@ def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: s
 def test_fork_server_reports_a_failing_run(tmp_path) -> None:
     from lab_utils import memsweep
 
-    with memsweep.ForkServer(tmp_path / "w.log") as server:
+    with memsweep.ForkServer(tmp_path / "w.log", cuda=False) as server:
         with pytest.raises(memsweep.SweepWorkerError, match="failed"):
             request = {"config": memsweep.CONFIGS[0].name, "model": str(tmp_path / "no-such-model"), "steps": 1}
             server.run({**request, "data": "data/pocket_alpaca/train.jsonl", "seq_len": 32}, "no model")
@@ -271,7 +271,7 @@ def test_the_estimator_takes_the_labs_train_settings() -> None:
     direct = estimate_training_memory(dims, "lora", "fp32", "adamw", 16, 256, False, 16, attention="sdpa")
     assert estimate_for_settings(dims, settings).total_mb == direct.total_mb
     qlora = estimate_for_settings(dims, replace(settings, method="qlora", bf16=True))
-    assert qlora.optimizer_mb < direct.optimizer_mb, "QLoRA trains with paged 8-bit AdamW, as train.sft_config sets"
+    assert qlora.optimizer_mb < direct.optimizer_mb, "QLoRA trains with paged 8-bit AdamW, as train.sft_kwargs sets"
     with pytest.raises(ValueError, match="optimizers"):
         estimate_for_settings(dims, replace(settings, optim="adafactor"))
 

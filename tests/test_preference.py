@@ -12,6 +12,7 @@ from lab_utils.data.pocket_data import COUNTRIES, SFT_COUNTRIES, capital_fact
 from lab_utils.data.standin import PREFERENCE_DEFECTS, PREFERENCE_ROWS, preference_rows
 from lab_utils.measure import behaviour
 from lab_utils.measure.evaluate import Answer
+from lab_utils.run.hardware import DESCRIBED
 from lab_utils.run.profiles import PROFILES, Profile
 from lab_utils.train import dpo
 
@@ -81,7 +82,7 @@ def test_a_rehearsal_loads_the_hub_schema_stand_in(monkeypatch: pytest.MonkeyPat
 
 def test_dpo_arguments_come_from_the_profile() -> None:
     prof = PROFILES["pocket"]
-    args = dpo.dpo_kwargs(prof.preference, prof.train, "out")
+    args = dpo.dpo_kwargs(prof.preference, prof.train, "out", DESCRIBED["cpu"], DESCRIBED["cpu"])
     assert args["loss_type"] == ["sigmoid", "sft"] and args["loss_weights"] == [1.0, 1.0]
     assert args["beta"] == prof.preference.beta and args["max_steps"] == prof.preference.max_steps
     assert args["bf16"] is False and args["use_cpu"] is True
@@ -95,7 +96,7 @@ def test_dpo_arguments_come_from_the_profile() -> None:
     assert dpo.settings_for(prof).learning_rate == prof.preference.learning_rate
     # The GPU profiles: bf16 as their SFT, the hub dataset mixed in; 70B merges nothing, so 07 is skipped there.
     gpu = PROFILES["llama3-8b"]
-    assert dpo.dpo_kwargs(gpu.preference, gpu.train, "out")["bf16"] is True
+    assert dpo.dpo_kwargs(gpu.preference, gpu.train, "out", DESCRIBED["h100"], DESCRIBED["h100"])["bf16"] is True
     assert not PROFILES["llama3-70b-qlora"].tunes_preferences and gpu.tunes_preferences
 
 

@@ -1,10 +1,12 @@
-"""SFT on the pocket model: EOS supervised in a collated batch, padding-free is exact, resume, merge, DDP, FSDP2, ZeRO-3."""
+"""SFT on the pocket model through the recipe (`recipes/sft.py`): EOS supervised in a collated batch, padding-free is
+exact, resume, the trained model freed before the merge, the merge, QLoRA and full, DDP, FSDP2, ZeRO-3."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,35 +14,60 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from lab_utils import data, merge, train
-from lab_utils.run.paths import REPO_ROOT
+from lab_utils.lab import config_file, runconfig
+from lab_utils.run.hardware import DESCRIBED, probe
+from lab_utils.run.paths import REPO_ROOT, recipe
 from lab_utils.run.profiles import get_profile
 
 pytestmark = pytest.mark.slow
 POCKET = get_profile("pocket")
 
 
+HERE = probe()
+
+
+@pytest.fixture(scope="module")
+def pocket_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The pocket run's config.yaml, as 02 writes it, and what writing it read from the data."""
+    folder = tmp_path_factory.mktemp("pocket-config")
+    return config_file.write_config(runconfig.resolve("pocket"), folder / "sft", folder)
+
+
+def config_for(path: Path, tmp_path: Path, **sft: Any) -> Path:
+    """A copy of a config file with some of its SFTConfig values changed, no merge unless asked."""
+    config = yaml.safe_load(path.read_text())
+    config["merge"]["merge"] = sft.pop("merge", False)
+    config["sft"].update(output_dir=str(tmp_path / "run"), **sft)
+    out = tmp_path / "config.yaml"
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
 @pytest.mark.cpu_only
-def test_sft_config_turns_trl_defaults_off_explicitly(tmp_path: Path) -> None:
-    cfg = train.sft_config(POCKET.train, tmp_path)
+def test_sft_kwargs_turn_trl_defaults_off_explicitly(tmp_path: Path) -> None:
+    from trl import SFTConfig
+
+    cfg = SFTConfig(**train.sft_kwargs(POCKET.train, tmp_path, HERE, HERE))
     assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # TRL defaults both to True
     assert cfg.completion_only_loss is True and cfg.report_to == []
     # On a CPU the lab batches by length (measured faster than padding-free there); on a GPU with FlashAttention it
     # goes padding-free.
-    assert train.resolve_batching("auto") == "group_by_length"
+    assert train.resolve_batching("auto", HERE) == "group_by_length"
     assert cfg.train_sampling_strategy == "group_by_length" and cfg.padding_free is False
-    pf = train.sft_config(POCKET.with_train(batching="padding_free").train, tmp_path)
+    pf = SFTConfig(**train.sft_kwargs(POCKET.with_train(batching="padding_free").train, tmp_path, HERE, HERE))
     assert pf.padding_free is True and pf.max_length is None
     with pytest.raises(ValueError, match="batching must be"):
-        train.resolve_batching("magic")
-    qlora = train.sft_config(POCKET.with_train(method="qlora").train, tmp_path)
+        train.resolve_batching("magic", HERE)
+    qlora = SFTConfig(**train.sft_kwargs(POCKET.with_train(method="qlora").train, tmp_path, HERE, HERE))
     assert qlora.optim == "paged_adamw_8bit"
 
 
-def test_trainer_collated_batch_supervises_eos_not_prompt(pocket_model: str, tmp_path: Path) -> None:
-    trainer, info = train.build_trainer(POCKET, tmp_path, model_path=pocket_model)
-    tok = trainer.processing_class
+def test_the_recipes_collated_batch_supervises_eos_not_prompt(pocket_config: tuple[Path, dict[str, Any]]) -> None:
+    path, info = pocket_config
+    trainer, tok, _ = recipe("sft").build(yaml.safe_load(path.read_text()))
     assert tok.pad_token_id != tok.eos_token_id
     examples = [trainer.train_dataset[i] for i in range(8)]
     batch = trainer.data_collator(examples)
@@ -54,16 +81,12 @@ def test_trainer_collated_batch_supervises_eos_not_prompt(pocket_model: str, tmp
         )
         assert all(t == -100 for t, i in zip(labels, ids) if i == tok.pad_token_id), "padding is never supervised"
     assert info["n_train"] + info["n_eval"] >= 2000
-
-
-def test_padding_free_loss_equals_padded_loss(pocket_model: str, tmp_path: Path) -> None:
-    trainer, _ = train.build_trainer(POCKET, tmp_path, model_path=pocket_model)
+    # Padding-free batches give the same loss as padded ones (position ids tell the examples apart).
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    examples = [trainer.train_dataset[i] for i in range(6)]
-    pad_id = trainer.processing_class.pad_token_id
-    flat = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)(examples)
-    padded = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=False)(examples)
+    examples = examples[:6]
+    flat = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=False)(examples)
     model = trainer.model.eval()
     with torch.no_grad():
         flat_loss = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], labels=flat["labels"]).loss
@@ -75,7 +98,9 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_step(pocket_model: str, tmp_path: Path) -> None:
+def test_an_interrupted_recipe_resumes_to_the_same_step(
+    pocket_config: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from transformers import TrainerCallback
 
     class StopAt(TrainerCallback):
@@ -83,39 +108,50 @@ def test_interrupted_run_resumes_to_the_same_step(pocket_model: str, tmp_path: P
             if state.global_step == 7:
                 raise _Interrupt("simulated crash")
 
-    prof = POCKET.with_train(max_steps=12, save_steps=4, eval_steps=12, logging_steps=2)
+    path = config_for(pocket_config[0], tmp_path, max_steps=12, save_steps=4, eval_steps=12, logging_steps=2)
+    sft, run = recipe("sft"), tmp_path / "run"
+    trainer, _, _ = sft.build(yaml.safe_load(path.read_text()))
+    trainer.add_callback(StopAt())
     with pytest.raises(_Interrupt):
-        train.train(prof, tmp_path, model_path=pocket_model, callbacks=[StopAt()])
-    assert not (tmp_path / "adapter").exists(), "a crashed run leaves no adapter that looks whole"
-    assert train.last_checkpoint(tmp_path).endswith("checkpoint-4")
-    result = train.train(prof, tmp_path, resume=True, model_path=pocket_model)
-    assert result.resumed_from.endswith("checkpoint-4") and result.steps == 12
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    saved = json.loads((tmp_path / train.METRICS_FILE).read_text())
-    assert saved["steps"] == 12 and saved["train_tokens_per_s"] > 0
+        trainer.train()
+    del trainer
+    assert not (run / "adapter").exists(), "a crashed run leaves no adapter that looks whole"
+    assert train.last_checkpoint(run).endswith("checkpoint-4")
+    sft.main(["--config", str(path), "--resume"])
+    line = capsys.readouterr().out
+    assert "step 12 of 12" in line and "resumed from checkpoint-4" in line, line
+    assert (run / "adapter" / "adapter_model.safetensors").exists() and not list(run.glob("*.partial"))
+    steps = [r["step"] for r in json.loads((run / "log_history.json").read_text()) if "loss" in r]
+    assert steps[-1] == 12 and len(steps) == len(set(steps)), "the resumed history ends at 12, no step twice"
 
 
-def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path: Path) -> None:
+def test_the_recipe_frees_the_trained_model_and_merges_with_template_eos_and_no_quantization(
+    pocket_config: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gc
     import weakref
 
-    from transformers import TrainerCallback
+    sft, loaded, alive = recipe("sft"), [], []
+    real = sft.AutoModelForCausalLM
 
-    trained: list[Any] = []
+    class Watched:  # every model the recipe loads, and which earlier ones are alive when the next loads
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            alive.append([r() is not None for r in loaded])
+            model = real.from_pretrained(*args, **kwargs)
+            loaded.append(weakref.ref(model))
+            return model
 
-    class Grab(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            trained.append(weakref.ref(model))
-
-    prof = POCKET.with_train(max_steps=3, save_steps=100, eval_steps=100)
-    gc.disable()  # freed by train itself (its references dropped, its collection), not by a lucky automatic collection
+    monkeypatch.setattr(sft, "AutoModelForCausalLM", Watched)
+    path = config_for(pocket_config[0], tmp_path, max_steps=3, save_steps=100, eval_steps=100, merge=True)
+    gc.disable()  # freed by the recipe itself (its references dropped, its collection), not by a lucky collection
     try:
-        result = train.train(prof, tmp_path, model_path=pocket_model, callbacks=[Grab()])
+        sft.main(["--config", str(path)])
     finally:
         gc.enable()
-    # Issue 19, C4: TRL's rebound forward keeps the model alive after `del trainer` until a collection; train collects.
-    assert len(trained) == 1 and trained[0]() is None, "the trained model is freed when train returns"
-    out = merge.merge_adapter(pocket_model, result.adapter_dir, tmp_path / "merged", dtype="float32")
+    # Issue 19, C4: TRL's rebound forward keeps the model alive after `del trainer` until a collection.
+    assert alive == [[], [False]], "the trained model is freed before the merge loads the base"
+    out = tmp_path / "run" / "merged"
     facts = merge.check_merged(out)
     assert facts["safetensors_only"] is True and facts["has_quantization_config"] is False
     assert facts["has_chat_template"] is True
@@ -131,7 +167,7 @@ def test_merge_has_template_eos_and_no_quantization(pocket_model: str, tmp_path:
     system = [{"role": "system", "content": "You are a helpful assistant."}, *messages]
     expected = training_prompt.replace(data.ALPACA_SYSTEM_DEFAULT, "You are a helpful assistant.")
     assert tok.apply_chat_template(system, tokenize=False) == tok.bos_token + expected
-    assert not list(tmp_path.glob("*.partial")), "no temporary folders left behind"
+    assert not list((tmp_path / "run").glob("*.partial")), "no temporary folders left behind"
 
 
 TWO_CPU_PROCESSES = {"num_processes": 2, "mixed_precision": "no", "use_cpu": True}
@@ -268,38 +304,37 @@ def test_deepspeed_zero3_trains_and_saves_whole_on_two_cpu_processes(launch_conf
 
 
 @pytest.mark.parametrize("method", ["qlora", "full"])
-def test_other_methods_train_and_merge(method: str, pocket_model: str, tmp_path: Path) -> None:
-    prof = POCKET.with_train(method=method, max_steps=3, save_steps=100, eval_steps=100, logging_steps=1)
-    result = train.train(prof, tmp_path, model_path=pocket_model)
-    assert result.steps == 3 and result.method == method
+def test_other_methods_train_and_merge(method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    written, _ = config_file.write_config(runconfig.resolve("pocket", method=method), tmp_path / "sft", tmp_path)
+    path = config_for(written, tmp_path, max_steps=3, save_steps=100, eval_steps=100, logging_steps=1, merge=True)
+    recipe("sft").main(["--config", str(path)])
+    printed = capsys.readouterr().out
+    trainable = int(re.search(r"([\d,]+) trainable parameters", printed).group(1).replace(",", ""))
+    total = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "merged")).num_parameters()
+    assert "step 3 of 3" in printed
     if method == "full":
-        assert result.trainable_params == result.total_params
+        assert trainable == total
     else:  # QLoRA: the adapters train, the 4-bit base is frozen
-        assert result.trainable_params < 0.2 * result.total_params
-    out = merge.merge_adapter(
-        pocket_model, result.adapter_dir, tmp_path / "merged", dtype=train.merge_dtype(prof.train)
-    )
-    facts = merge.check_merged(out)
+        assert trainable < 0.2 * total
+        merged_in = yaml.safe_load(written.read_text())["merge"]["dtype"]
+        assert merged_in == "bfloat16", "QLoRA merges into a 16-bit base, never a 4-bit one"
+    facts = merge.check_merged(tmp_path / "run" / "merged")
     assert facts["has_quantization_config"] is False and facts["safetensors_only"] and facts["has_chat_template"]
-    if method == "qlora":
-        assert train.merge_dtype(prof.train) == "bfloat16", "QLoRA merges into a bf16 base, never a 4-bit one"
 
 
-def test_qlora_adapters_are_fp32_under_fp16(pocket_model: str, tmp_path: Path) -> None:
+def test_qlora_adapters_are_fp32_under_fp16(pocket_config: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """Issue 19, C3: TRL casts a 4-bit model's adapters to bf16 (seen here, on the CPU's 4-bit path); under fp16 mixed
-    precision (a T4) they go back to fp32, which fp16's loss scaler needs; under bf16 or fp32 nothing changes."""
-    import types
-
-    import torch
-
-    prof = POCKET.with_train(method="qlora", max_steps=1)
-    trainer, _ = train.build_trainer(prof, tmp_path, model_path=pocket_model, save_strategy="no", eval_strategy="no")
+    precision (a T4) the recipe puts them back to fp32, which fp16's loss scaler needs."""
+    written, _ = config_file.write_config(runconfig.resolve("pocket", method="qlora"), tmp_path / "sft", tmp_path)
+    sft = recipe("sft")
+    config = yaml.safe_load(config_for(written, tmp_path, max_steps=1, eval_strategy="no").read_text())
+    trainer, _, _ = sft.build(config)
     adapters = [p for p in trainer.model.parameters() if p.requires_grad]
     assert adapters and {p.dtype for p in adapters} == {torch.bfloat16}, "TRL's cast, which the fix undoes on fp16"
-    assert train.adapters_for_fp16(trainer) == 0, "not fp16 here: left as TRL made them"
     frozen_before = [p.dtype for p in trainer.model.parameters() if not p.requires_grad]
-    as_on_a_t4 = types.SimpleNamespace(args=types.SimpleNamespace(fp16=True), model=trainer.model)
-    assert train.adapters_for_fp16(as_on_a_t4) == len(adapters)
+    assert sft.fp32_adapters(trainer.model) == len(adapters)
     assert {p.dtype for p in adapters} == {torch.float32}
     assert [p.dtype for p in trainer.model.parameters() if not p.requires_grad] == frozen_before, "base untouched"
 
@@ -339,7 +374,7 @@ def test_the_batching_benchmark_is_skipped_where_no_batch_holds_padding(capsys: 
 
     seventy = get_profile("llama3-70b-qlora")
     assert seventy.train.per_device_batch_size == 1
-    assert bench.compare_in_subprocess(seventy, 12, model_path="/no/such/model") == [], "nothing loads, nothing runs"
+    assert bench.run(seventy, "/no/such/config.yaml", 12, HERE, model_path="/no/such/model") == [], "nothing runs"
     assert "no batch holds padding" in capsys.readouterr().out
     assert bench.skip_reason(get_profile("pocket")) == bench.skip_reason(get_profile("llama3-8b")) == ""
 
@@ -354,10 +389,10 @@ def test_the_batching_benchmark_runs_in_a_child_on_a_gpu_and_in_process_on_a_cpu
     calls: list[str] = []
     monkeypatch.setattr(bench, "compare", lambda *a, **k: calls.append("here") or [{"mode": "x"}])
     monkeypatch.setattr(bench, "compare_in_subprocess", lambda *a, **k: calls.append("child") or [{"mode": "y"}])
+    monkeypatch.setattr(bench, "longest_example", lambda *a, **k: 100)
     pocket = get_profile("pocket")
-    monkeypatch.setattr(bench, "_cuda_available", lambda: False)
-    assert bench.run(pocket, 3) == [{"mode": "x"}] and calls == ["here"]
+    assert bench.run(pocket, "c.yaml", 3, DESCRIBED["cpu"]) == [{"mode": "x"}] and calls == ["here"]
     assert "in this process" in capsys.readouterr().out
-    assert bench.run(get_profile("llama3-70b-qlora"), 3) == [] and calls == ["here"], "skipped: nothing runs"
-    monkeypatch.setattr(bench, "_cuda_available", lambda: True)
-    assert bench.run(get_profile("llama3-8b"), 3) == [{"mode": "y"}] and calls == ["here", "child"]
+    assert bench.run(get_profile("llama3-70b-qlora"), "c.yaml", 3, DESCRIBED["h100"]) == [] and calls == ["here"]
+    assert bench.run(get_profile("llama3-8b"), "c.yaml", 3, DESCRIBED["h100"]) == [{"mode": "y"}]
+    assert calls == ["here", "child"]

@@ -14,7 +14,7 @@ from typing import Any
 from lab_utils.data.alpaca import clean, is_hub_id, load_heldout
 from lab_utils.lab.readiness import require
 from lab_utils.models import rehearsal
-from lab_utils.models.loading import resolve_model_path
+from lab_utils.models.loading import EvalLoad, eval_load, resolve_model_path
 from lab_utils.run.hardware import Hardware, probe
 from lab_utils.run.paths import repo_path
 from lab_utils.run.profiles import Profile, choose_profile, get_profile
@@ -28,6 +28,8 @@ from lab_utils.train.sft import split_for_training
 # are trimmed. One switch, LAB_CLASS=1: `make lab QUICK=1` sets it for every notebook, and a Jupyter session started
 # with it (`LAB_CLASS=1 make jupyter`) gets the same values. Each notebook's parameters by the prefix of its name.
 CLASS_ENV = "LAB_CLASS"
+# A rehearsal: a GPU profile's flow on this machine with stand-ins, decided for its GPU (`make lab REHEARSAL=1`).
+REHEARSAL_ENV = "LAB_REHEARSAL"
 CLASS_MODE: dict[str, dict[str, Any]] = {
     "02": {"max_steps": 100, "benchmark_steps": 8},
     "03": {"configs": "1,3,5,7,8"},
@@ -91,6 +93,12 @@ class RunConfig:
         """The hardware memory and feature decisions are made for: the profile's target GPU in a rehearsal, else this
         machine."""
         return self.target or self.hardware
+
+    @property
+    def eval_load(self) -> EvalLoad:
+        """How a model loads to be evaluated here: fp32 on a CPU, 16-bit on a GPU, NF4 for a QLoRA profile (as it
+        trained: a 16-bit 8B does not fit the 16 GB GPU it is for)."""
+        return eval_load(self.hardware, self.decision_hardware, self.profile.evaluates_in_4bit)
 
     def trained(self, merged_dir: str = "", adapter_dir: str = "") -> TrainedRun:
         """What 02 trained for this run's profile and rehearsal flag (see `trained`)."""
@@ -192,8 +200,8 @@ def resolve(
     else:
         name, reason = profile, "asked for by name"
     prof = get_profile(name)
-    rehearsing = rehearsal.active() and not prof.is_pocket
-    rehearsal.decide_for(prof if rehearsing else None)  # precision in this process and its children: the target's
+    asked = os.environ.get(REHEARSAL_ENV, "").strip().lower() in ("1", "true", "yes")
+    rehearsing = asked and not prof.is_pocket
     if rehearsing:
         prof = rehearsal.scaled(prof)
         reason += "; rehearsal with stand-ins (LAB_REHEARSAL=1)"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.course.report import write_report
-from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, class_mode, resolve
+from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, REHEARSAL_ENV, class_mode, resolve
 from lab_utils.run.paths import REPO_ROOT
 from lab_utils.run.results import RESULTS_MIME, load_results
 
@@ -257,7 +257,7 @@ def run_lab(
     `QUICK_PARAMETERS` (said in the log). `dataset`: your own Alpaca-format file (or hub id) for every notebook that
     takes a `dataset` parameter (01 shows and validates it, 02 trains on it)."""
     if rehearsal:
-        with _env(LAB_REHEARSAL="1"):
+        with _env(**{REHEARSAL_ENV: "1"}):
             return run_lab(profile, notebooks, run_root, cell_timeout, quick=quick, dataset=dataset)
     quick = quick or class_mode()  # LAB_CLASS=1 in the environment is class mode too
     if quick and not class_mode():

@@ -10,7 +10,7 @@ from typing import Any
 
 from lab_utils.measure.compare import Answer, ask_all, measures
 from lab_utils.measure.evaluate import generate
-from lab_utils.models.loading import free, load_for_eval
+from lab_utils.models.loading import EvalLoad, free, load_for_eval
 from lab_utils.serve.loadtest import hf_sequential_tokens_per_s, throughput_sweep
 
 
@@ -72,17 +72,18 @@ def hf_answers(
     max_tokens: int,
     bench_max_tokens: int,
     n_bench: int = 8,
-    four_bit: bool = False,
+    *,
+    load: EvalLoad,
 ) -> tuple[list[Answer], float, float]:
     """transformers greedy answers (the reference), its tokens/s one prompt at a time forced to `bench_max_tokens` (as
-    the servers' load test), and the memory the model added to this process (MB). `four_bit`: loaded in NF4, as a
-    QLoRA profile evaluates (its 16-bit 8B does not fit the 16 GB GPU it is for: issue 19, C6)."""
+    the servers' load test), and the memory the model added to this process (MB). Loaded as `load` says: NF4 where a
+    QLoRA profile evaluates so (its 16-bit 8B does not fit the 16 GB GPU it is for: issue 19, C6)."""
     import time
 
     import psutil
 
     before = psutil.Process().memory_info().rss
-    model, tokenizer = load_for_eval(model_dir, four_bit=four_bit)
+    model, tokenizer = load_for_eval(model_dir, load)
     resident = round((psutil.Process().memory_info().rss - before) / 1e6, 1)
     try:
         out = []

@@ -9,7 +9,7 @@ from typing import Any
 
 from lab_utils.data.alpaca import format_prompt
 from lab_utils.data.pocket_data import SEED_PROMPT
-from lab_utils.models.loading import free, load_for_eval
+from lab_utils.models.loading import EvalLoad, free, load_for_eval
 
 REFERENCE_QUESTION = SEED_PROMPT  # the reference tutorial's question
 
@@ -86,11 +86,11 @@ def generation_agreement(a: list[Answer], b: list[Answer]) -> float:
 
 
 def answers(
-    model_path: str, prompts: list[str], max_new_tokens: int, adapter_dir: str | None = None, four_bit: bool = False
+    model_path: str, prompts: list[str], max_new_tokens: int, *, load: EvalLoad, adapter_dir: str | None = None
 ) -> list[Answer]:
-    """Load one model (or base + adapter; in 4-bit with `four_bit`), answer every prompt greedily, and free it before
-    returning: one model in memory at a time (two 8B models at once do not fit a 24 GB GPU)."""
-    model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
+    """Load one model (or base + adapter) as `load` says (the run's `eval_load`), answer every prompt greedily, and free
+    it before returning: one model in memory at a time (two 8B models at once do not fit a 24 GB GPU)."""
+    model, tokenizer = load_for_eval(model_path, load, adapter_dir)
     try:
         return generate(model, tokenizer, prompts, max_new_tokens)
     finally:
@@ -98,19 +98,19 @@ def answers(
         free()
 
 
-def reference_answer(model_path: str, max_new_tokens: int) -> Answer:
+def reference_answer(model_path: str, max_new_tokens: int, *, load: EvalLoad) -> Answer:
     """The seed tutorial's question, answered greedily by one model: the lab's whole story in one prompt."""
-    return answers(model_path, prompts_for([{"instruction": REFERENCE_QUESTION}]), max_new_tokens)[0]
+    return answers(model_path, prompts_for([{"instruction": REFERENCE_QUESTION}]), max_new_tokens, load=load)[0]
 
 
 def _answers_and_last_logits(
-    model_path: str, prompts: list[str], max_new_tokens: int, adapter_dir: str | None = None, four_bit: bool = False
+    model_path: str, prompts: list[str], max_new_tokens: int, load: EvalLoad, adapter_dir: str | None = None
 ) -> tuple[list[Answer], Any, str]:
     """One load of one model: its greedy answers, its next-token logits (fp32, on the CPU) at the end of each prompt,
     and the dtype it ran in; freed before returning."""
     import torch
 
-    model, tokenizer = load_for_eval(model_path, adapter_dir, four_bit)
+    model, tokenizer = load_for_eval(model_path, load, adapter_dir)
     try:
         rows = []
         with torch.no_grad():
@@ -130,20 +130,21 @@ def merge_check(
     adapter_dir: str,
     prompts: list[str],
     max_new_tokens: int = 32,
-    four_bit: bool = False,
+    *,
+    load: EvalLoad,
 ) -> dict[str, Any]:
     """Does the merged model behave as base + adapter? Greedy agreement and the largest next-token logit difference,
     one model in memory at a time. In fp32 the merge is exact up to rounding (differences ~1e-5, agreement 1.0).
     Merged in bf16, W + BA is rounded to bf16 once, while base + adapter adds the adapter's output in the forward
     pass: logits differ by a few hundredths to tenths, and a greedy token can flip where two candidates are nearly
-    tied, so agreement a little under 1.0 is expected there. In 4-bit (`four_bit`, the QLoRA profile on 16 GB) the
+    tied, so agreement a little under 1.0 is expected there. In 4-bit (`load.four_bit`, the QLoRA profile on 16 GB) the
     merged weights W + BA are quantized, unlike the base's W under the adapter: expect larger differences still."""
-    merged, a, dtype = _answers_and_last_logits(merged_dir, prompts, max_new_tokens, four_bit=four_bit)
-    adapted, b, _ = _answers_and_last_logits(base_path, prompts, max_new_tokens, adapter_dir, four_bit)
+    merged, a, dtype = _answers_and_last_logits(merged_dir, prompts, max_new_tokens, load)
+    adapted, b, _ = _answers_and_last_logits(base_path, prompts, max_new_tokens, load, adapter_dir)
     return {
         "greedy_agreement": generation_agreement(merged, adapted),
         "max_logit_difference": float((a - b).abs().max()),
-        "dtype": "nf4" if four_bit else dtype,
+        "dtype": "nf4" if load.four_bit else dtype,
         "n_prompts": len(prompts),
     }
 

@@ -3,12 +3,13 @@ adapter unmerged, and a model for evaluation; the tokenizer with a pad token dis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab_utils.models import rehearsal
 from lab_utils.models.pocket import pocket_model_path
-from lab_utils.run.hardware import Hardware, compute_dtype, probe
+from lab_utils.run.hardware import Hardware, compute_dtype
 from lab_utils.run.profiles import Profile
 
 
@@ -42,68 +43,52 @@ def distinct_pad_token(tokenizer: Any) -> str:
     return reserved if reserved in tokenizer.get_vocab() else tokenizer.unk_token or tokenizer.eos_token
 
 
-def half_dtype(hardware: Hardware | None = None) -> str:
-    """The 16-bit float `hardware` computes in (the resolved run's decision hardware): bfloat16, except float16 on a CUDA
-    GPU below compute capability 8.0 (T4, V100), where bf16 is only emulated and vLLM refuses it. Without it: this
-    machine's, or in a rehearsal the target GPU's (a T4 rehearsal trains and merges in float16 on the CPU)."""
-    return compute_dtype(hardware or rehearsal.decision_target() or probe())
-
-
-def _placement(method: str, cuda: bool | None = None) -> dict[str, Any]:
-    """Where each process puts a 4-bit model: under plain DDP each rank on its own GPU (otherwise bitsandbytes puts
-    every rank's model on cuda:0); under DeepSpeed or FSDP the launcher places and shards it (no device_map)."""
+def _placement(method: str, cuda: bool) -> dict[str, Any]:
+    """Where each process puts a 4-bit model on a GPU (`cuda`): under plain DDP each rank on its own GPU (otherwise
+    bitsandbytes puts every rank's model on cuda:0); under DeepSpeed or FSDP the launcher places and shards it."""
     import os
 
-    import torch
-
-    if method != "qlora" or not (torch.cuda.is_available() if cuda is None else cuda):
+    if method != "qlora" or not cuda:
         return {}
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" or os.environ.get("ACCELERATE_USE_FSDP") == "true":
         return {}
     return {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
-def load_dtype(method: str, bf16: bool, hardware: Hardware | None = None) -> str:
+def load_dtype(method: str, bf16: bool, hardware: Hardware) -> str:
     """The dtype the base model's weights load in. Full fine-tuning trains every weight: fp32 master weights, with
     bf16 only in autocast (4 + 2 + 4 + 8: the 18 bytes per parameter the lab teaches for the HF Trainer's mixed
     precision; pure-bf16 AdamW would lose small updates).
-    LoRA and QLoRA freeze the base, so it loads in the 16-bit compute dtype when training runs in mixed precision."""
+    LoRA and QLoRA freeze the base, so it loads in `hardware`'s 16-bit compute dtype when training runs in mixed
+    precision (`hardware`: the run's decision hardware, a rehearsal's target GPU)."""
     if method == "full" or not bf16:
         return "float32"
-    return half_dtype(hardware)
+    return compute_dtype(hardware)
 
 
-def bnb_kwargs(method: str, hardware: Hardware | None = None) -> dict[str, Any]:
-    """`BitsAndBytesConfig` arguments for QLoRA (4-bit NF4, double quantization, computing in the 16-bit compute dtype);
-    empty for LoRA and full fine-tuning, which load no quantized weights."""
-    if method != "qlora":
-        return {}
+def bnb_kwargs(method: str, hardware: Hardware) -> dict[str, Any]:
+    """`BitsAndBytesConfig` arguments for QLoRA (4-bit NF4, double quantization, computing in `hardware`'s 16-bit
+    compute dtype); empty for LoRA and full fine-tuning, which load no quantized weights."""
+    return nf4_kwargs(compute_dtype(hardware)) if method == "qlora" else {}
+
+
+def nf4_kwargs(compute: str) -> dict[str, Any]:
+    """4-bit NF4 with double quantization, computing in `compute` (a 16-bit float's name)."""
     import torch
 
-    compute = getattr(torch, half_dtype(hardware))
+    dtype = getattr(torch, compute)
     return {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": "nf4",
         "bnb_4bit_use_double_quant": True,
-        "bnb_4bit_compute_dtype": compute,
+        "bnb_4bit_compute_dtype": dtype,
         # 4-bit weights stored in the compute dtype: FSDP and ZeRO-3 can then shard them like the other weights.
-        "bnb_4bit_quant_storage": compute,
+        "bnb_4bit_quant_storage": dtype,
     }
 
 
-def nf4_config() -> Any:
-    """QLoRA's `BitsAndBytesConfig` (`bnb_kwargs("qlora")`), for loading a model in 4-bit to evaluate it."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(**bnb_kwargs("qlora"))
-
-
 def load_kwargs(
-    method: str,
-    bf16: bool,
-    attn_implementation: str | None = None,
-    hardware: Hardware | None = None,
-    cuda: bool | None = None,
+    method: str, bf16: bool, hardware: Hardware, cuda: bool, attn_implementation: str | None = None
 ) -> dict[str, Any]:
     """`from_pretrained` arguments for the base model to train, besides its quantization config: the weights' dtype
     (`load_dtype`, for `hardware`), where each process puts a 4-bit model (on a GPU: `cuda`), and the attention kernel
@@ -116,16 +101,23 @@ def load_kwargs(
     return kwargs
 
 
-def load_model(model_path: str, method: str, bf16: bool, attn_implementation: str | None = None) -> Any:
-    """The base model for training, loaded as notebook 02 shows (`load_kwargs`, and `bnb_kwargs` for QLoRA). Call it
-    after the `SFTConfig` is made, so DeepSpeed ZeRO-3 and FSDP see the model load."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+@dataclass(frozen=True)
+class EvalLoad:
+    """How a model loads to be evaluated, decided once by `resolve` (`eval_load`): on which device, in which dtype,
+    and whether in 4-bit NF4 (computing in `compute_dtype`), as a QLoRA profile trained."""
 
-    bnb = bnb_kwargs(method)
-    quant = BitsAndBytesConfig(**bnb) if bnb else None
-    return AutoModelForCausalLM.from_pretrained(
-        model_path, quantization_config=quant, **load_kwargs(method, bf16, attn_implementation)
-    )
+    device: str
+    dtype: str
+    four_bit: bool = False
+    compute_dtype: str = "bfloat16"
+
+
+def eval_load(machine: Hardware, decision: Hardware, four_bit: bool = False) -> EvalLoad:
+    """fp32 on a CPU, the 16-bit compute dtype on a GPU (`machine`, the one the process runs on); NF4's compute dtype is
+    the decision hardware's (a T4 rehearsal evaluates 4-bit in float16, as the T4 would)."""
+    cuda = machine.device == "cuda"
+    dtype = compute_dtype(machine) if cuda else "float32"
+    return EvalLoad("cuda" if cuda else "cpu", dtype, four_bit, compute_dtype(decision))
 
 
 def free() -> None:
@@ -140,33 +132,27 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def load_base_and_adapter(
-    base_path: str, adapter_dir: str | Path, dtype: str = "bfloat16", four_bit: bool = False
-) -> Any:
-    """The base model in `dtype` (or 4-bit NF4 with `four_bit`, as QLoRA trained) with the adapter applied, not
+def load_base_and_adapter(base_path: str, adapter_dir: str | Path, load: EvalLoad) -> Any:
+    """The base model as `load` says (in 4-bit NF4 where it says so, as QLoRA trained) with the adapter applied, not
     merged."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"quantization_config": nf4_config()} if four_bit else {}
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype), **kwargs)
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    return PeftModel.from_pretrained(_from_pretrained(base_path, load), str(adapter_dir))
 
 
-def load_for_eval(path: str, adapter_dir: str | None = None, four_bit: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) in fp32 on CPU or 16-bit on a GPU; with `adapter_dir`, base+adapter unmerged. `four_bit`
-    loads the weights in NF4, as QLoRA trained: an 8B model then takes ~6 GB instead of 16 (the 16 GB profile)."""
+def _from_pretrained(path: str, load: EvalLoad) -> Any:
+    """A model's weights in `load`'s dtype, or in NF4."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    cuda = torch.cuda.is_available()
-    dtype = half_dtype() if cuda else "float32"
-    kwargs: dict[str, Any] = {"quantization_config": nf4_config()} if four_bit else {}
-    if adapter_dir:
-        model = load_base_and_adapter(path, adapter_dir, dtype, four_bit)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
-    if cuda and not four_bit:  # bitsandbytes places a 4-bit model on the GPU itself
-        model = model.to("cuda")
+    quant = BitsAndBytesConfig(**nf4_kwargs(load.compute_dtype)) if load.four_bit else None
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, load.dtype), quantization_config=quant)
+
+
+def load_for_eval(path: str, load: EvalLoad, adapter_dir: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) as `load` says (fp32 on a CPU, 16-bit on a GPU; NF4 for a QLoRA profile: an 8B model then
+    takes ~6 GB instead of 16); with `adapter_dir`, base+adapter unmerged."""
+    model = load_base_and_adapter(path, adapter_dir, load) if adapter_dir else _from_pretrained(path, load)
+    if load.device != "cpu" and not load.four_bit:  # bitsandbytes places a 4-bit model on the GPU itself
+        model = model.to(load.device)
     return model, load_tokenizer(adapter_dir or path)

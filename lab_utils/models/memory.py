@@ -231,7 +231,7 @@ def estimate_for_settings(dims: ModelDims, settings: Any, attention: str = "sdpa
     LoRA rank): the same object notebook 02 and the memory sweep train with."""
     optim = settings.optim
     if settings.method == "qlora" and optim == "adamw_torch":
-        optim = "paged_adamw_8bit"  # as train.sft_config does for QLoRA
+        optim = "paged_adamw_8bit"  # as train.sft_kwargs does for QLoRA
     if optim not in OPTIM_NAMES:
         raise ValueError(f"the estimator knows the optimizers {sorted(OPTIM_NAMES)}, not {optim!r}")
     return estimate_training_memory(

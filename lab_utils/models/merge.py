@@ -1,4 +1,5 @@
-"""Merging a LoRA adapter into its base, into a folder vLLM serves as is."""
+"""What a merged folder must hold for vLLM, and how the fine-tuned model is served (merged, or the adapter beside the
+base). The merge itself is written in 02's cells and `recipes/sft.py`."""
 
 from __future__ import annotations
 
@@ -8,47 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data.alpaca import ALPACA_CHAT_TEMPLATE
-from lab_utils.run.paths import atomic_write_text, staged
+from lab_utils.run.paths import atomic_write_text
 from lab_utils.run.profiles import Profile
-
-
-def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Notebook 02's merge cells in one call: the base in `dtype` + the adapter, `merge_and_unload()`, made ready to serve
-    (`prepare_to_serve`) and saved (safetensors, tokenizer, chat template) by a staged write."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (Path(adapter_dir) / "adapter_config.json").exists():
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-        model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    else:  # full fine-tuning saved a whole model: nothing to merge, only the serving files to add
-        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=getattr(torch, dtype))
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    prepare_to_serve(model, tokenizer)
-    with staged(out_dir) as tmp:
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)  # writes the chat template to chat_template.jinja
-    return Path(out_dir)
-
-
-def prepare_to_serve(model: Any, tokenizer: Any) -> None:
-    """What vLLM needs of a merged model, set in place: the training prompt as chat template, no leftover
-    `quantization_config` (vLLM misreads it, vllm#19050), and the EOS the model learned in the config and in a greedy
-    `generation_config` (read with `--generation-config auto`)."""
-    from transformers import GenerationConfig
-
-    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
 
 
 def check_merged(merged_dir: str | Path) -> dict[str, Any]:

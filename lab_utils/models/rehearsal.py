@@ -9,7 +9,6 @@ rows). The weights are random: a rehearsal tests the plumbing, not what the mode
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,17 +215,11 @@ def standin_paths(profile_name: str, root: Path | None = None) -> StandinPaths:
     return StandinPaths(profile_name, profile.base_model, profile.dataset, model, dataset)
 
 
-# --- a rehearsal run: the switch, the scaled-down profile, the GPU it is made for ------------------------------------
+# --- a rehearsal run: the scaled-down profile and the GPU it is made for (the switch is read by `runconfig.resolve`) ---
 
-ENV = "LAB_REHEARSAL"
 # The GPU each rehearsable profile is made for (a key of hardware.DESCRIBED): memory and feature decisions in a
 # rehearsal (which memory-sweep rows fit, bf16 or fp16, FP8) are made for it.
 TARGETS = {name: p.rehearsal_target for name, p in PROFILES.items() if p.rehearsal_target}
-
-
-def active() -> bool:
-    """True when this process runs a rehearsal (LAB_REHEARSAL=1, set by `make lab REHEARSAL=1`)."""
-    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def scaled(profile: Any) -> Any:
@@ -262,25 +255,6 @@ def target_hardware(profile: Any) -> Any:
     if not profile.rehearsal_target:
         raise ValueError(f"no target GPU for profile {profile.name!r}: rehearsable profiles: {', '.join(TARGETS)}")
     return DESCRIBED[profile.rehearsal_target]
-
-
-TARGET_ENV = "LAB_REHEARSAL_TARGET"
-
-
-def decide_for(profile: Any | None) -> None:
-    """Make this process's (and its children's) precision decisions for the profile's target GPU (`decision_target`):
-    a T4 rehearsal then trains in fp16 autocast and loads, merges and evaluates in float16 on this CPU, as the T4 would,
-    so the fp16 path runs before a T4 does (issue 19, W3). None (not a rehearsal): this machine decides again."""
-    if profile is None:
-        os.environ.pop(TARGET_ENV, None)
-    else:
-        os.environ[TARGET_ENV] = profile.rehearsal_target
-
-
-def decision_target() -> Any:
-    """The described GPU precision is decided for in a rehearsal (`decide_for`); None outside one."""
-    name = os.environ.get(TARGET_ENV, "")
-    return DESCRIBED.get(name) if active() and name else None
 
 
 def model_standin(model_id: str, root: Path | None = None) -> Path:

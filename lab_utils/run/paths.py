@@ -29,6 +29,21 @@ def repo_path(path: str | Path) -> Path:
     return REPO_ROOT / p
 
 
+def recipe(name: str) -> Any:
+    """A recipe of `recipes/` imported as a module (`recipe("sft").build`): the lab measures the code the learner takes
+    home, not a copy of it."""
+    import importlib.util
+    import sys
+
+    module = f"lab_recipe_{name}"
+    if module not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module, REPO_ROOT / "recipes" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        sys.modules[module] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module])
+    return sys.modules[module]
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file (UTF-8, "\\n" line ends, readable by all) so that readers never see it half-written."""
     path = Path(path)

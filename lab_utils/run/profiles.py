@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lab_utils.run.hardware import probe
+from lab_utils.run.hardware import Hardware
 
 Method = Literal["lora", "qlora", "full"]
 
@@ -303,18 +303,19 @@ PROFILES: dict[str, Profile] = load_profiles()
 LLAMA3_8B = PROFILES["llama3-8b"].model  # the facts the GPU check and the memory tests compare against
 
 
-def get_profile(name: str, hardware: Any | None = None) -> Profile:
-    """Look up a profile by name; "auto" picks the largest one the hardware can run."""
+def get_profile(name: str, hardware: Hardware | None = None) -> Profile:
+    """Look up a profile by name; "auto" picks the largest one `hardware` can run."""
     if name == "auto":
+        if hardware is None:
+            raise ValueError('profile "auto" is picked for a machine: give its hardware (runconfig.resolve does)')
         return PROFILES[choose_profile(hardware)[0]]
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; choose one of: auto, {', '.join(PROFILES)}")
     return PROFILES[name]
 
 
-def choose_profile(hardware: Any | None = None) -> tuple[str, str]:
+def choose_profile(hw: Hardware) -> tuple[str, str]:
     """The profile "auto" picks for this hardware, and why."""
-    hw = hardware if hardware is not None else probe()
     if hw.device != "cuda":
         return "pocket", f"no CUDA GPU found ({hw.name}): the pocket profile runs the whole lab offline on a CPU"
     mem = hw.memory_gb

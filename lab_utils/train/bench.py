@@ -9,9 +9,10 @@ from typing import Any
 
 from lab_utils.data.alpaca import token_lengths
 from lab_utils.models.loading import free, load_tokenizer, resolve_model_path
-from lab_utils.run.paths import atomic_write_json
+from lab_utils.run.hardware import Hardware
+from lab_utils.run.paths import atomic_write_json, recipe
 from lab_utils.run.profiles import Profile
-from lab_utils.train.sft import _cuda_available, batching_kwargs, build_trainer, resolve_batching, split_for_training
+from lab_utils.train.sft import batching_kwargs, split_for_training
 
 # mode -> SFTConfig changes, measured on the same model, data, batch size and steps.
 MODES: dict[str, dict[str, Any]] = {
@@ -28,17 +29,18 @@ BASELINE = "naive: pad to batch's longest"
 LAB_MODE_NAMES = {"padding_free": "padding-free", "group_by_length": "length-grouped batches"}
 
 
-def measure(profile: Profile, mode: str, steps: int, model_path: str | None = None) -> dict[str, Any]:
-    """Train `steps` steps in one batching mode; report useful (non-padding) tokens/s and the tokens the model processed
-    (padding included), counted at the collator, so the padding each mode costs is a measured figure."""
+def measure(config: dict[str, Any], mode: str, steps: int, longest: int) -> dict[str, Any]:
+    """Train `steps` steps in one batching mode with the recipe's trainer (`recipes/sft.py`'s `build`, from the run's
+    config file); report useful (non-padding) tokens/s and the tokens the model processed (padding included), counted
+    at the collator, so the padding each mode costs is a measured figure. `longest`: the data's longest example."""
     changes = dict(MODES[mode])
     if changes.get("pad_to_multiple_of") == "DATA_MAX":
-        changes["pad_to_multiple_of"] = longest_example(profile, model_path)
+        changes["pad_to_multiple_of"] = longest
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, _ = build_trainer(
-            profile.with_train(max_steps=steps),
-            tmp,
-            model_path=model_path,
+        trainer, _, _ = recipe("sft").build(
+            config,
+            output_dir=tmp,
+            max_steps=steps,
             save_strategy="no",
             eval_strategy="no",
             logging_steps=steps,
@@ -91,16 +93,24 @@ def longest_example(profile: Profile, model_path: str | None = None) -> int:
     return max(example_lengths(profile, model_path))
 
 
-def compare(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+def lab_mode(config: dict[str, Any]) -> str:
+    """The benchmark's name for the batching the run's config file trains with."""
+    sft = config["sft"]
+    return "padding-free" if sft.get("padding_free") else LAB_MODE_NAMES.get(sft.get("train_sampling_strategy"), "")
+
+
+def compare(config_path: str | Path, steps: int, longest: int) -> list[dict[str, Any]]:
     """Every mode, one after the other in this process, with the speed-up over the dynamic-padding baseline. A short
     unmeasured warm-up comes first, so the first mode measured does not pay for the process's first training steps."""
-    measure(profile, BASELINE, min(steps, 3), model_path)
-    rows = [measure(profile, mode, steps, model_path) for mode in MODES]
+    import yaml
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    measure(config, BASELINE, min(steps, 3), longest)
+    rows = [measure(config, mode, steps, longest) for mode in MODES]
     naive = next(r["tokens_per_s"] for r in rows if r["mode"] == BASELINE)
-    lab = LAB_MODE_NAMES.get(resolve_batching(profile.train.batching))
     for row in rows:
         row["speedup_vs_naive"] = round(row["tokens_per_s"] / naive, 2)
-        row["lab_default"] = row["mode"] == lab
+        row["lab_default"] = row["mode"] == lab_mode(config)
     return rows
 
 
@@ -115,49 +125,44 @@ def skip_reason(profile: Profile) -> str:
     return ""
 
 
-def run(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
-    """The benchmark where it costs least. On a GPU, in a child process (`compare_in_subprocess`): five trainers' GPU
-    memory goes back to the device when it ends. On a CPU, in this process: the pocket model's trainers are freed
-    between modes, and a child would first import the training stack again (about 7 s on a 2-core CPU)."""
-    if _cuda_available():
-        return compare_in_subprocess(profile, steps, model_path)
+def run(
+    profile: Profile, config_path: str | Path, steps: int, machine: Hardware, model_path: str | None = None
+) -> list[dict[str, Any]]:
+    """The benchmark where it costs least. On a GPU (`machine`), in a child process (`compare_in_subprocess`): five
+    trainers' GPU memory goes back to the device when it ends. On a CPU, in this process: the pocket model's trainers
+    are freed between modes, and a child would first import the training stack again (about 7 s on a 2-core CPU)."""
     if reason := skip_reason(profile):
         print(f"throughput benchmark skipped: {reason}")
         return []
+    longest = longest_example(profile, model_path)
+    if machine.device == "cuda":
+        return compare_in_subprocess(config_path, steps, longest)
     print("throughput benchmark in this process (a CPU: a child process would import the training stack again)")
-    return compare(profile, steps, model_path)
+    return compare(config_path, steps, longest)
 
 
-def compare_in_subprocess(profile: Profile, steps: int = 20, model_path: str | None = None) -> list[dict[str, Any]]:
+def compare_in_subprocess(config_path: str | Path, steps: int, longest: int) -> list[dict[str, Any]]:
     """`compare` in a child process: its four trainers' memory is returned to the system (and the GPU) when it ends,
-    so the notebook's own process keeps only what it had. The child's output streams through. Nothing runs (and []
-    comes back, with the reason printed) where the comparison cannot show anything (`skip_reason`)."""
+    so the notebook's own process keeps only what it had. The child's output streams through."""
     import json
     import subprocess
     import sys
 
-    if reason := skip_reason(profile):
-        print(f"throughput benchmark skipped: {reason}")
-        return []
     with tempfile.TemporaryDirectory() as tmp:
-        request = Path(tmp) / "request.json"
         answer = Path(tmp) / "rows.json"
-        request.write_text(json.dumps({"profile": profile.to_dict(), "steps": steps, "model_path": model_path}))
-        done = subprocess.run([sys.executable, "-m", "lab_utils.train.bench", str(request), str(answer)], check=False)
+        argv = [sys.executable, "-m", "lab_utils.train.bench", str(config_path), str(steps), str(longest), str(answer)]
+        done = subprocess.run(argv, check=False)
         if done.returncode != 0 or not answer.exists():
             raise RuntimeError(f"the throughput benchmark's process failed (exit code {done.returncode}): see above")
         return list(json.loads(answer.read_text()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lab_utils.train.bench REQUEST.json ROWS.json`: run `compare` for the request, write its rows."""
-    import json
+    """`python -m lab_utils.train.bench CONFIG.yaml STEPS LONGEST ROWS.json`: run `compare`, write its rows."""
     import sys
 
-    request_path, rows_path = (argv if argv is not None else sys.argv[1:])[:2]
-    request = json.loads(Path(request_path).read_text())
-    rows = compare(Profile.from_dict(request["profile"]), int(request["steps"]), request.get("model_path"))
-    atomic_write_json(rows_path, rows)
+    config_path, steps, longest, rows_path = (argv if argv is not None else sys.argv[1:])[:4]
+    atomic_write_json(rows_path, compare(config_path, int(steps), int(longest)))
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from lab_utils.run.hardware import Hardware
 from lab_utils.run.profiles import PreferenceSettings, Profile, TrainSettings
-from lab_utils.train.sft import LORA_TARGETS, _cuda_available, mixed_precision, optimizer_for
+from lab_utils.train.sft import LORA_TARGETS, mixed_precision, optimizer_for
 
 
 def dpo_lora_kwargs(pref: PreferenceSettings) -> dict[str, Any]:
@@ -28,14 +28,14 @@ def dpo_kwargs(
     pref: PreferenceSettings,
     train: TrainSettings,
     output_dir: str | Path,
-    hardware: Hardware | None = None,
-    machine: Hardware | None = None,
+    hardware: Hardware,
+    machine: Hardware,
     **overrides: Any,
 ) -> dict[str, Any]:
     """`DPOConfig` arguments: β, the loss, the learning rate and the lengths from the profile's preference settings;
     the precision and gradient checkpointing from its SFT settings (the same hardware decisions as 02: `hardware`
     decides precision, `machine` the device)."""
-    cuda = machine.device == "cuda" if machine else _cuda_available()
+    cuda = machine.device == "cuda"
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         beta=pref.beta,

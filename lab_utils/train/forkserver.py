@@ -40,14 +40,6 @@ def preload(cuda: bool) -> None:
         import trl  # noqa: F401 - the SFTTrainer's module tree
 
 
-def _gpu_present() -> bool:
-    """A CUDA GPU is visible, asked through NVML so that the question itself does not initialize CUDA."""
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import torch
-
-    return torch.cuda.is_available()
-
-
 _TAG = "@@lab-memsweep "
 
 
@@ -58,11 +50,12 @@ class SweepWorkerError(RuntimeError):
 class ForkServer:
     """A process that imports the training stack once, then forks one fresh child per configuration.
 
-    `with ForkServer(log) as server: server.run(config, ...)`. Children write their result to a pipe; their stdout and
+    `with ForkServer(log, cuda) as server: server.run(config, ...)`. Children write their result to a pipe; their stdout and
     stderr go to the log file. The server is stopped (with any child) when the block ends, even after an error."""
 
-    def __init__(self, log_path: str | Path, module: str = "lab_utils.train.memsweep") -> None:
+    def __init__(self, log_path: str | Path, cuda: bool, module: str = "lab_utils.train.memsweep") -> None:
         self.log_path = Path(log_path)
+        self.cuda = cuda  # the machine has a CUDA GPU (the run's resolved hardware): what the server preloads
         self.module = module  # its `main(["--serve"])` calls `serve` with the child's work
         self.proc: subprocess.Popen[str] | None = None
         self.import_seconds: float | None = None
@@ -72,7 +65,7 @@ class ForkServer:
         log = open(self.log_path, "ab")
         env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--serve"],
+            [sys.executable, "-m", self.module, "--serve"] + (["--cuda"] if self.cuda else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -138,10 +131,10 @@ class ForkServer:
         return reply["result"]
 
 
-def serve(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
-    """The fork server's loop: import once, then for each request line fork a child that runs `handler` on it."""
+def serve(handler: Callable[[dict[str, Any]], dict[str, Any]], cuda: bool) -> int:
+    """The fork server's loop: import once (`cuda`: for a GPU machine), then for each request line fork a child that
+    runs `handler` on it."""
     t0 = time.perf_counter()
-    cuda = _gpu_present()
     preload(cuda)
     import torch
 

@@ -1,4 +1,4 @@
-"""Notebook 03's reading of the memory sweep, generated from the rows that ran: what each technique changed in the
+"""Notebook 03's reading of the memory sweep, generated from the rows that ran (and its plot): what each technique changed in the
 measured peak beside what the estimator predicted, and which comparisons a run without some rows cannot make.
 
 Any subset of the nine configurations reads true (class mode runs 1, 3, 5, 7 and 8): a row is compared with the
@@ -138,3 +138,26 @@ def reading(rows: list[dict[str, Any]]) -> str:
             "several rows shows their techniques together, not each one's share."
         )
     return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]]) -> Any:
+    """Measured vs estimated peak memory, and tokens/s, per configuration."""
+    import matplotlib.pyplot as plt
+
+    ran = [r for r in rows if r["ran"]]
+    names = [r["name"] for r in ran]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    ys = range(len(ran))
+    a.barh([y + 0.2 for y in ys], [r["peak_memory_mb"] for r in ran], height=0.4, label="measured", color="#4477aa")
+    a.barh(
+        [y - 0.2 for y in ys], [r["estimated_memory_mb"] for r in ran], height=0.4, label="estimated", color="#bbbbbb"
+    )
+    a.set_yticks(list(ys), names)
+    a.invert_yaxis()
+    a.set_xlabel("peak memory above idle (MB)")
+    a.legend()
+    b.barh(list(ys), [r["tokens_per_s"] for r in ran], color="#228833")
+    b.set_xlabel("tokens/s")
+    fig.suptitle("What each technique buys: memory and speed on this machine")
+    fig.tight_layout()
+    return fig

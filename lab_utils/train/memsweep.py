@@ -4,8 +4,6 @@ The processes come from a fork server: one Python process imports torch, transfo
 once, before any model exists, then forks a child per configuration. Each child starts from the same idle state,
 measures its own baseline after the fork and exits when done, so one run's memory cannot leak into the next, and
 the imports (about 11 s on a slow CPU) are paid once instead of nine times.
-
-Run one configuration by hand: `python -m lab_utils.train.memsweep --model DIR --config "7 LoRA" --steps 2`.
 """
 
 from __future__ import annotations
@@ -19,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
-from lab_utils.models.loading import bnb_kwargs, load_model
+from lab_utils.models.loading import bnb_kwargs, distinct_pad_token, load_kwargs
 from lab_utils.models.memory import ModelDims, dims_for_model, estimate_for_settings
 from lab_utils.models.pocket import PocketConfig, make_model
 from lab_utils.models.tiny import save_probe_model
-from lab_utils.run.hardware import compute_dtype
+from lab_utils.run.hardware import Hardware, compute_dtype
+from lab_utils.run.paths import recipe
 from lab_utils.run.profiles import TrainSettings
 from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
 from lab_utils.train.meter import PeakMemory
 from lab_utils.train.optstate import state_allocator
-from lab_utils.train.sft import lora_kwargs, make_trainer, sft_config, sft_kwargs
+from lab_utils.train.sft import lora_kwargs, sft_kwargs
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class SweepConfig:
 
     def settings(self, steps: int, seq_len: int, base: TrainSettings = TrainSettings()) -> TrainSettings:
         """The lab's training settings for this row (LoRA rank, alpha and targets from `base`): the sweep trains
-        through the same `train.sft_config` as notebook 02, so a new row is one line in CONFIGS."""
+        through the same `train.sft_kwargs` as notebook 02, so a new row is one line in CONFIGS."""
         return replace(
             base,
             method=self.method,
@@ -85,7 +84,7 @@ MEASURE_OVERRIDES: dict[str, Any] = {
 # it saves on a model this small.
 EFFECTIVE_BATCH = 2
 # Each row adds one technique to the row it names (the "+" rows build up, as in the notebook's story); a new row is one
-# line here: it is trained through train.sft_config and estimated like every other.
+# line here: it is trained through train.sft_kwargs and estimated like every other.
 BASE = SweepConfig("1 baseline: full fp32")
 BF16 = replace(BASE, name="2 + bf16 mixed precision", precision="bf16")
 CHECKPOINTING = replace(BF16, name="3 + gradient checkpointing", gradient_checkpointing=True)
@@ -104,20 +103,24 @@ CONFIGS: list[SweepConfig] = [
 ]
 
 
-def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int) -> Any:
+def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int, hardware: Hardware, machine: Hardware) -> Any:
     """Each row as the library arguments it trains with, generated from the definitions that run (`settings` through
-    `train.sft_kwargs`, `lora_kwargs`, `models.bnb_kwargs`): `SFTConfig`'s values that differ from row 1, the
-    `LoraConfig` and the `BitsAndBytesConfig`."""
+    `train.sft_kwargs`, `lora_kwargs`, `models.bnb_kwargs`, for the run's decision `hardware` and `machine`):
+    `SFTConfig`'s values that differ from row 1, the `LoraConfig` and the `BitsAndBytesConfig`."""
     import pandas as pd
 
     def kwargs(config: SweepConfig) -> dict[str, Any]:
-        return sft_kwargs(config.settings(steps, seq_len), "out", pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
+        return sft_args(config, steps, seq_len, "out", hardware, machine)
 
     base, rows = kwargs(BASE), []
     for config in configs:
         sft, settings = kwargs(config), config.settings(steps, seq_len)
         lora = lora_kwargs(settings)
-        bnb = {k: str(v).replace("torch.", "") for k, v in bnb_kwargs(config.method).items() if k != "load_in_4bit"}
+        bnb = {
+            k: str(v).replace("torch.", "")
+            for k, v in bnb_kwargs(config.method, hardware).items()
+            if k != "load_in_4bit"
+        }
         rows.append(
             {
                 "configuration": config.name,
@@ -176,11 +179,6 @@ def max_positions(model_dir: str) -> int:
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
-
-
-def model_params(model_dir: str) -> int:
-    """Parameter count of the sweep's model, from its config."""
-    return model_dims(model_dir).n_params()
 
 
 def skip_reason(
@@ -283,25 +281,47 @@ def select_configs(numbers: str) -> list[SweepConfig]:
     return [by_number[n] for n in wanted]
 
 
-def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int) -> dict[str, Any]:
-    """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline."""
+def sft_args(
+    config: SweepConfig, steps: int, seq_len: int, output_dir: str, hardware: Hardware, machine: Hardware
+) -> dict[str, Any]:
+    """The `SFTConfig` arguments a row trains with: its settings, every sequence padded to `seq_len`."""
+    settings = config.settings(steps, seq_len)
+    return sft_kwargs(settings, output_dir, hardware, machine, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
+
+
+def run_config(
+    config: SweepConfig, model_dir: str, data_path: str, steps: int, seq_len: int, hardware: Hardware, machine: Hardware
+) -> dict[str, Any]:
+    """Train `steps` optimizer steps under `config` in this process; measure peak RSS above the idle baseline.
+    Precision is decided for `hardware` (a rehearsal's target), the device for `machine`."""
     import tempfile
 
     import torch
-    from datasets import Dataset
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(data_path, skip_bad=skips_bad_rows(data_path))  # hub data: bad rows skipped
     n = steps * EFFECTIVE_BATCH  # the same first examples for every configuration: step k sees the same data
-    ds = Dataset.from_list([to_prompt_completion(clean(r)) for r in records[:n]])
     meter = PeakMemory()  # the idle baseline: after the fork, before the model loads
-    # fp32 weights (bf16 runs are mixed precision over fp32 masters); QLoRA: NF4 weights, bf16 compute.
     settings = config.settings(steps, seq_len)
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(settings, tmp, pad_to_multiple_of=seq_len, **MEASURE_OVERRIDES)
-        model = load_model(model_dir, config.method, bf16=config.method == "qlora")
-        trainer = make_trainer(settings, model, tok, args, ds, callbacks=[state_allocator()])
+        data = Path(tmp) / "data.jsonl"
+        data.write_text("".join(json.dumps(to_prompt_completion(clean(r))) + "\n" for r in records[:n]))
+        # The recipe's sections for this row: fp32 weights (bf16 rows are mixed precision over fp32 masters), QLoRA's
+        # NF4 weights computing in the 16-bit dtype; trained by the recipe's own trainer builder.
+        load = load_kwargs(config.method, config.method == "qlora", hardware, machine.device == "cuda")
+        pad = distinct_pad_token(AutoTokenizer.from_pretrained(model_dir))
+        sections = {
+            "method": config.method,
+            "model": {"pretrained_model_name_or_path": model_dir, **load},
+            "tokenizer": {"pad_token": pad},
+            "data": {"train_file": str(data), "eval_file": str(data), "max_length": seq_len},
+            "bnb": bnb_kwargs("qlora", hardware),
+            "lora": lora_kwargs(settings),
+            "sft": sft_args(config, steps, seq_len, tmp, hardware, machine),
+        }
+        trainer, _, _ = recipe("sft").build(sections)
+        trainer.add_callback(state_allocator())
+        model = trainer.model
         t0 = time.perf_counter()
         with meter:
             trainer.train()
@@ -327,11 +347,17 @@ def run_config(config: SweepConfig, model_dir: str, data_path: str, steps: int, 
 def _run_request(request: dict[str, Any]) -> dict[str, Any]:
     """The fork server's child: one configuration of the sweep, as `sweep` requested it."""
     config = next(c for c in CONFIGS if c.name == request["config"])
-    return run_config(config, request["model"], request["data"], request["steps"], request["seq_len"])
+    hardware, machine = (
+        Hardware(**{**d, "compute_capability": tuple(d["compute_capability"] or ()) or None})
+        for d in (request["hardware"], request["machine"])
+    )  # JSON made the tuple a list
+    return run_config(
+        config, request["model"], request["data"], request["steps"], request["seq_len"], hardware, machine
+    )
 
 
 def fixed_overhead_mb(
-    server: ForkServer, model_dir: str, data_path: str, steps: int, seq_len: int, timeout: float
+    server: ForkServer, model_dir: str, data_path: str, steps: int, seq_len: int, timeout: float, on: dict[str, Any]
 ) -> float:
     """What training costs on this machine beyond the estimator's terms (autograd, the trainer, allocator slack): the
     baseline row trained on a 1-layer, 32-wide model with the same tokenizer and data, its peak minus its estimate
@@ -340,7 +366,7 @@ def fixed_overhead_mb(
 
     with tempfile.TemporaryDirectory() as tmp:
         probe_dir = str(save_probe_model(model_dir, tmp))
-        request = {"config": BASE.name, "model": probe_dir, "data": data_path, "steps": steps, "seq_len": seq_len}
+        request = {"config": BASE.name, "model": probe_dir, "data": data_path, "steps": steps, "seq_len": seq_len, **on}
         try:
             measured = server.run(request, "fixed-overhead probe", timeout=timeout)["peak_memory_mb"]
         except SweepWorkerError:
@@ -367,22 +393,21 @@ def sweep(
     profile's GPU and real model while it trains a stand-in here."""
     import tempfile
 
-    from transformers import AutoConfig
-
-    dims = ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
+    dims = model_dims(model_dir)
     target = target or hw
     budget = memory_budget_mb(target)
     chosen = configs or CONFIGS
     log = Path(log_dir or tempfile.mkdtemp()) / "memsweep-worker.log"
     rows = []
     t0 = time.perf_counter()
-    with ForkServer(log) as server:
+    with ForkServer(log, hw.device == "cuda") as server:
         say = print if progress else (lambda *a, **k: None)
         say(
             f"memory sweep: training stack imported once in {server.import_seconds} s; {len(chosen)} configurations",
             flush=True,
         )
-        overhead = fixed_overhead_mb(server, model_dir, data_path, steps, seq_len, timeout)
+        on = {"hardware": target.to_dict(), "machine": hw.to_dict()}  # what the children decide for
+        overhead = fixed_overhead_mb(server, model_dir, data_path, steps, seq_len, timeout, on)
         say(
             f"memory sweep: this machine's fixed training overhead, measured on a tiny model: {overhead:.0f} MB",
             flush=True,
@@ -417,6 +442,7 @@ def sweep(
                 "data": data_path,
                 "steps": n_steps,
                 "seq_len": seq_len,
+                **on,
             }
             try:
                 row.update(server.run(request, config.name, timeout=timeout))
@@ -445,46 +471,15 @@ def sweep(
     return rows
 
 
-def plot(rows: list[dict[str, Any]]) -> Any:
-    """Measured vs estimated peak memory, and tokens/s, per configuration."""
-    import matplotlib.pyplot as plt
-
-    ran = [r for r in rows if r["ran"]]
-    names = [r["name"] for r in ran]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    ys = range(len(ran))
-    a.barh([y + 0.2 for y in ys], [r["peak_memory_mb"] for r in ran], height=0.4, label="measured", color="#4477aa")
-    a.barh(
-        [y - 0.2 for y in ys], [r["estimated_memory_mb"] for r in ran], height=0.4, label="estimated", color="#bbbbbb"
-    )
-    a.set_yticks(list(ys), names)
-    a.invert_yaxis()
-    a.set_xlabel("peak memory above idle (MB)")
-    a.legend()
-    b.barh(list(ys), [r["tokens_per_s"] for r in ran], color="#228833")
-    b.set_xlabel("tokens/s")
-    fig.suptitle("What each technique buys: memory and speed on this machine")
-    fig.tight_layout()
-    return fig
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Worker entry point: run one configuration and print its measurements as JSON."""
+    """The fork server's entry point (`python -m lab_utils.train.memsweep --serve`, started by `sweep`)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", action="store_true", help="run as the sweep's fork server (reads requests on stdin)")
-    parser.add_argument("--model")
-    parser.add_argument("--data")
-    parser.add_argument("--config", choices=[c.name for c in CONFIGS])
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--cuda", action="store_true", help="the machine has a CUDA GPU (preload for it)")
     args = parser.parse_args(argv)
-    if args.serve:
-        return serve(_run_request)
-    if not (args.model and args.data and args.config):
-        parser.error("--model, --data and --config are required (or --serve)")
-    config = next(c for c in CONFIGS if c.name == args.config)
-    print(json.dumps(run_config(config, args.model, args.data, args.steps, args.seq_len)), flush=True)
-    return 0
+    if not args.serve:
+        parser.error("--serve is the only mode: the sweep itself runs from notebook 03 (`memsweep.sweep`)")
+    return serve(_run_request, args.cuda)
 
 
 if __name__ == "__main__":

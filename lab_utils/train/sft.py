@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,14 @@ from lab_utils.data.alpaca import (
     to_prompt_completion,
 )
 from lab_utils.data.standin import hub_source
-from lab_utils.models.loading import free, half_dtype, load_kwargs, load_model, load_tokenizer, resolve_model_path
+from lab_utils.models.loading import load_kwargs
 from lab_utils.models.memory import LORA_TARGET_SETS
-from lab_utils.run.hardware import Hardware, flash_attention_usable, probe
-from lab_utils.run.paths import atomic_write_json, staged
+from lab_utils.run.hardware import Hardware, compute_dtype, flash_attention_usable
+from lab_utils.run.paths import atomic_write_json
 from lab_utils.run.profiles import Profile, TrainSettings
 from lab_utils.run.results import versions
 from lab_utils.train.meter import PeakMemory
-from lab_utils.train.precision import adapters_for_fp16, mixed_precision, trained_precision
+from lab_utils.train.precision import mixed_precision, trained_precision
 
 LORA_TARGETS = list(LORA_TARGET_SETS["all-linear"])  # every linear projection; the estimator counts the same set
 CONFIG_FILE = "lab_train_config.json"
@@ -69,13 +68,13 @@ def lora_kwargs(settings: TrainSettings) -> dict[str, Any]:
     return {**tuned, "target_modules": list(LORA_TARGETS), "bias": "none", "task_type": "CAUSAL_LM"}
 
 
-def optimizer_for(method: str, optim: str, cuda: bool | None = None) -> str:
+def optimizer_for(method: str, optim: str, cuda: bool) -> str:
     """transformers' `optim`: QLoRA's AdamW becomes paged 8-bit AdamW; on CUDA, `adamw_torch` becomes the fused kernel.
     torch's CUDA default, foreach, allocates temporary fp32 copies of the state each step (32 GB for a full 8B), which
     the estimator does not count (issue 19, C2: H200 rows 1-4 ran out of memory); the CPU's AdamW stays."""
     if method == "qlora" and optim == "adamw_torch":
         return "paged_adamw_8bit"
-    if optim == "adamw_torch" and (_cuda_available() if cuda is None else cuda):
+    if optim == "adamw_torch" and cuda:
         return "adamw_torch_fused"
     return optim
 
@@ -83,14 +82,14 @@ def optimizer_for(method: str, optim: str, cuda: bool | None = None) -> str:
 def sft_kwargs(
     settings: TrainSettings,
     output_dir: str | Path,
-    hardware: Hardware | None = None,
-    machine: Hardware | None = None,
+    hardware: Hardware,
+    machine: Hardware,
     **overrides: Any,
 ) -> dict[str, Any]:
     """`SFTConfig` arguments from the profile's settings, every default TRL changes set explicitly: the one source of
     02's config file, 03's sweep, the batching benchmark and 01's view of the collator. `hardware` decides precision (a
-    rehearsal's target GPU), `machine` the device, optimizer kernel and batching (None: this process finds out)."""
-    cuda = machine.device == "cuda" if machine else None
+    rehearsal's target GPU), `machine` (the one it runs on) the device, optimizer kernel and batching."""
+    cuda = machine.device == "cuda"
     optim = optimizer_for(settings.method, settings.optim, cuda)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -119,7 +118,7 @@ def sft_kwargs(
         data_seed=settings.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        use_cpu=not (_cuda_available() if cuda is None else cuda),
+        use_cpu=not cuda,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
     )
@@ -128,75 +127,29 @@ def sft_kwargs(
     return kwargs
 
 
-def sft_config(settings: TrainSettings, output_dir: str | Path, **overrides: Any) -> Any:
-    """TRL's `SFTConfig` from `sft_kwargs`."""
-    from trl import SFTConfig
-
-    return SFTConfig(**sft_kwargs(settings, output_dir, **overrides))
-
-
-def model_kwargs(
-    settings: TrainSettings, hardware: Hardware | None = None, machine: Hardware | None = None
-) -> dict[str, Any]:
+def model_kwargs(settings: TrainSettings, hardware: Hardware, machine: Hardware) -> dict[str, Any]:
     """`from_pretrained` arguments for the base model to train (besides QLoRA's `BitsAndBytesConfig`): its dtype (for
     `hardware`), a 4-bit model's placement per rank, and FlashAttention-2 where padding-free batches use it (`machine`)."""
-    cuda = machine.device == "cuda" if machine else None
-    return load_kwargs(settings.method, settings.bf16, attention_for(settings, machine), hardware, cuda)
+    cuda = machine.device == "cuda"
+    return load_kwargs(settings.method, settings.bf16, hardware, cuda, attention_for(settings, machine))
 
 
-def attention_for(settings: TrainSettings, machine: Hardware | None = None) -> str | None:
+def attention_for(settings: TrainSettings, machine: Hardware) -> str | None:
     """FlashAttention-2 for padding-free batches on a GPU with flash_attn installed; None (the default) otherwise."""
     padding_free = resolve_batching(settings.batching, machine) == "padding_free"
-    return "flash_attention_2" if padding_free and _flash_attn_usable(machine) else None
-
-
-def make_trainer(
-    settings: TrainSettings,
-    model: Any,
-    tokenizer: Any,
-    args: Any,
-    train_dataset: Any,
-    eval_dataset: Any = None,
-    callbacks: list[Any] | None = None,
-) -> Any:
-    """TRL's `SFTTrainer` as notebook 02's cells build it (`args` an `SFTConfig(**sft_kwargs(...))` made before the model
-    loaded, `LoraConfig(**lora_kwargs)`): the one trainer builder of the batching benchmark, the memory sweep, 01's
-    collator view and the command line."""
-    from peft import LoraConfig
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=None if settings.method == "full" else LoraConfig(**lora_kwargs(settings)),
-        callbacks=callbacks,
-    )
-    adapters_for_fp16(trainer)
-    return trainer
+    return "flash_attention_2" if padding_free and flash_attention_usable(machine) else None
 
 
 BATCHING_MODES = ("padding_free", "group_by_length", "padded")
 
 
-def resolve_batching(batching: str, machine: Hardware | None = None) -> str:
+def resolve_batching(batching: str, machine: Hardware) -> str:
     """The batching mode for "auto": padding-free with FlashAttention on a GPU, length-grouped batches otherwise."""
     if batching != "auto":
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be auto or one of {BATCHING_MODES}, got {batching!r}")
         return batching
-    return "padding_free" if _flash_attn_usable(machine) else "group_by_length"
-
-
-def _flash_attn_usable(machine: Hardware | None = None) -> bool:
-    """A GPU that runs FlashAttention-2 and a flash_attn package that imports: what padding-free batches are made for."""
-    if machine is not None:
-        return flash_attention_usable(machine)
-    if not _cuda_available():
-        return False
-    return flash_attention_usable(probe())
+    return "padding_free" if flash_attention_usable(machine) else "group_by_length"
 
 
 def batching_kwargs(mode: str) -> dict[str, Any]:
@@ -206,13 +159,6 @@ def batching_kwargs(mode: str) -> dict[str, Any]:
         return {"padding_free": True, "packing": False, "max_length": None}
     strategy = "group_by_length" if mode == "group_by_length" else "random"
     return {"padding_free": False, "packing": False, "train_sampling_strategy": strategy}
-
-
-def _cuda_available() -> bool:
-    """True when torch sees a CUDA device."""
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def split_for_training(
@@ -255,25 +201,6 @@ def load_splits(profile: Profile, tokenizer: Any, skip_bad: bool | None = None) 
     if report.n_skipped:
         print(report.summary())
     return to_ds(train), to_ds(evals), info
-
-
-def build_trainer(
-    profile: Profile,
-    output_dir: str | Path,
-    model_path: str | None = None,
-    skip_bad: bool | None = None,
-    **config_overrides: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """An SFTTrainer for the profile (model, tokenizer, data, LoRA/QLoRA/full), ready to train: notebook 02's cells,
-    in one call, for the benchmark and the command line."""
-    model_path = model_path or resolve_model_path(profile)
-    tokenizer = load_tokenizer(model_path)
-    # The config first: it sets up the distributed state (DeepSpeed ZeRO-3, FSDP, the local rank) the model loads into.
-    args = sft_config(profile.train, output_dir, **config_overrides)
-    model = load_model(model_path, profile.train.method, profile.train.bf16, attention_for(profile.train))
-    train_ds, eval_ds, info = load_splits(profile, tokenizer, skip_bad=skip_bad)
-    info["model_path"] = model_path
-    return make_trainer(profile.train, model, tokenizer, args, train_ds, eval_ds), info
 
 
 def count_params(model: Any) -> tuple[int, int]:
@@ -374,46 +301,9 @@ def summarize(
     return result
 
 
-def train(
-    profile: Profile,
-    output_dir: str | Path,
-    resume: bool = False,
-    skip_bad: bool | None = None,
-    model_path: str | None = None,
-    callbacks: list[Any] | None = None,
-    **config_overrides: Any,
-) -> TrainResult:
-    """Notebook 02's training cells in one call (the command line's `train`): fine-tune the profile's base model and
-    save the adapter (or full model) atomically under output_dir/adapter."""
-    resume_from = prepare_output_dir(output_dir, resume, profile.train.save_steps)
-    meter = PeakMemory()  # idle baseline before the model loads, as in the memory sweep
-    trainer, info = build_trainer(profile, output_dir, model_path, skip_bad, **config_overrides)
-    for callback in callbacks or []:
-        trainer.add_callback(callback)
-    record_config(trainer, profile, info)
-    eval_before = None if resume_from else loss_before_training(trainer)
-    tokens_before = tokens_seen_at(resume_from)  # read now: training may rotate that checkpoint away
-    t0 = time.perf_counter()
-    with meter:
-        trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - t0
-    result = summarize(trainer, profile, meter, seconds, eval_before, resume_from, info, tokens_before)
-    save_atomically(trainer, Path(output_dir) / "adapter")
-    del trainer
-    free()  # TRL keeps a reference to the model through its rebound forward: collect it now
-    return result
-
-
 def fsdp_version(trainer: Any) -> int | None:
     """1 or 2 when the trainer shards with FSDP, else None."""
     return getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) if trainer.is_fsdp_enabled else None
-
-
-def loss_before_training(trainer: Any) -> float | None:
-    """The eval loss before any training (the final one is judged against it); None under FSDP2, which cannot evaluate
-    a model not yet prepared with its optimizer (transformers#39961), and DeepSpeed, whose engine is then missing in
-    training (both found by the 2-process CPU tests)."""
-    return None if fsdp_version(trainer) == 2 or trainer.is_deepspeed_enabled else trainer.evaluate().get("eval_loss")
 
 
 def tokens_seen_at(checkpoint: str | None) -> int:
@@ -424,24 +314,7 @@ def tokens_seen_at(checkpoint: str | None) -> int:
     return int(state.get("num_input_tokens_seen", 0) or 0)
 
 
-def save_atomically(trainer: Any, target: Path) -> Path:
-    """Save the trained adapter (or model) and tokenizer to `target` via a temporary folder and a rename. Every rank
-    calls it: under DeepSpeed ZeRO-3 and FSDP the weights are gathered from all ranks (a save on rank 0 alone hangs
-    or writes nothing); the main process alone stages the folder (`staged`) and renames it into place."""
-    if not trainer.is_world_process_zero():
-        trainer.accelerator.wait_for_everyone()
-        trainer.save_model(str(target.with_name(target.name + ".partial")))  # the main process's staged folder
-        trainer.accelerator.wait_for_everyone()
-        return target
-    with staged(target) as tmp:
-        trainer.accelerator.wait_for_everyone()
-        trainer.save_model(str(tmp))
-        trainer.accelerator.wait_for_everyone()
-        trainer.processing_class.save_pretrained(str(tmp))
-    return target
-
-
-def merge_dtype(settings: TrainSettings, hardware: Hardware | None = None) -> str:
+def merge_dtype(settings: TrainSettings, hardware: Hardware) -> str:
     """Precision to merge in: the 16-bit compute dtype when training ran in mixed precision or QLoRA (never 4-bit);
     fp32 for an fp32 run."""
-    return half_dtype(hardware) if settings.bf16 or settings.method == "qlora" else "float32"
+    return compute_dtype(hardware) if settings.bf16 or settings.method == "qlora" else "float32"

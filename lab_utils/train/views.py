@@ -8,8 +8,9 @@ from typing import Any
 
 from lab_utils.data.alpaca import clean, to_prompt_completion
 from lab_utils.models.tiny import tiny_llama
+from lab_utils.run.hardware import DESCRIBED
 from lab_utils.run.profiles import TrainSettings
-from lab_utils.train.sft import make_trainer, sft_config
+from lab_utils.train.sft import sft_kwargs
 
 # One line per hyperparameter, shown beside its value in notebook 02.
 HYPERPARAMETER_NOTES: dict[str, str] = {
@@ -102,7 +103,7 @@ def plot_learning_rate(log_history: list[dict[str, Any]], warmup_steps: int, tit
 
 
 def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: Any) -> tuple[Any, list[Any]]:
-    """Run records through TRL's own SFT preprocessing and collator, configured by `sft_config` from the run's
+    """Run records through TRL's own SFT preprocessing and collator, configured by `sft_kwargs` from the run's
     `TrainSettings` (as notebook 02 trains); return (batch, tokenized examples).
 
     A tiny stand-in model with the tokenizer's vocabulary lets TRL build its pipeline without loading the real
@@ -112,6 +113,7 @@ def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: A
     from dataclasses import replace
 
     from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
 
     stand_in = tiny_llama(
         tokenizer,
@@ -127,8 +129,9 @@ def collated_examples(tokenizer: Any, records: list[dict[str, Any]], settings: A
         settings, per_device_batch_size=len(records), bf16=False, gradient_checkpointing=False, batching="padded"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(view, tmp, use_cpu=True, eval_strategy="no", save_strategy="no")
-        trainer = make_trainer(replace(view, method="full"), stand_in, tokenizer, args, ds)
+        cpu = DESCRIBED["cpu"]  # the view runs on the CPU, whatever trains
+        args = SFTConfig(**sft_kwargs(view, tmp, cpu, cpu, eval_strategy="no", save_strategy="no"))
+        trainer = SFTTrainer(model=stand_in, args=args, train_dataset=ds, processing_class=tokenizer)
         examples = [trainer.train_dataset[i] for i in range(len(records))]
         batch = trainer.data_collator(examples)
     return batch, examples
