@@ -1,6 +1,6 @@
 """lab_utils: the plumbing behind the fine-tuning lab's notebooks, in stage subpackages layered bottom to top.
 
-`run` (paths, hardware, profiles, results) < `data` < `models` < `train` < `serve` < `measure` < `course` (quizzes,
+`core` (paths, hardware, profiles, results) < `data` < `models` < `train` < `serve` < `measure` < `course` (quizzes,
 report, headline figures, diagrams) < `lab` (the run configuration and its file, readiness, runner): a stage imports
 only the stages below it (import-linter checks it in `make test`; the contract is in pyproject.toml). A notebook imports modules by their short name
 (`from lab_utils import train, evaluate`), resolved here.
@@ -14,7 +14,7 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-STAGES = ("run", "data", "models", "train", "serve", "measure", "course", "lab")  # bottom to top
+STAGES = ("core", "data", "models", "train", "serve", "measure", "course", "lab")  # bottom to top
 # Stages whose package re-exports its main module take the stage's own name (`from lab_utils import train`).
 MODULES: dict[str, str] = {
     **{

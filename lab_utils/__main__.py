@@ -63,8 +63,8 @@ def _cmd_strip(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     """Print the hardware probe and the feature matrix."""
+    from lab_utils.core.hardware import feature_table
     from lab_utils.lab.runconfig import resolve
-    from lab_utils.run.hardware import feature_table
 
     cfg = resolve("auto")
     print(json.dumps(cfg.hardware.to_dict(), indent=2))
@@ -111,8 +111,8 @@ def _cmd_compare_runs(args: argparse.Namespace) -> int:
 
 def _cmd_prefetch(args: argparse.Namespace) -> int:
     """Download a profile's hub model and data ahead of class, then report what is cached."""
+    from lab_utils.core.profiles import get_profile
     from lab_utils.lab.readiness import cache_report, prefetch
-    from lab_utils.run.profiles import get_profile
 
     prof = get_profile(args.profile)
     if not args.report_only:
@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_answer_key(args: argparse.Namespace) -> int:
     """Write every notebook's quiz answers to one Markdown file."""
+    from lab_utils.core.paths import atomic_write_text
     from lab_utils.course.quiz import answer_key_markdown
-    from lab_utils.run.paths import atomic_write_text
 
     print(f"answer key: {atomic_write_text(args.out, answer_key_markdown() + chr(10))}")
     return 0
@@ -211,8 +211,8 @@ def _cmd_answer_key(args: argparse.Namespace) -> int:
 
 def _cmd_quiz_scores(args: argparse.Namespace) -> int:
     """Print one row per learner folder: each notebook's score before and after, the gain, and the predictions' hits."""
+    from lab_utils.core.paths import atomic_write_text
     from lab_utils.course.quiz import SCORES_FILE, room_csv, room_rows, room_table
-    from lab_utils.run.paths import atomic_write_text
 
     rows = room_rows(args.folders)
     if not rows:

@@ -105,9 +105,9 @@ def build8b(ctx: Context) -> None:
     require("trl", "datasets", "peft")
     import torch
 
+    from lab_utils.core.profiles import ModelDims, get_profile
     from lab_utils.models.loading import free, load_dtype, load_tokenizer
     from lab_utils.models.memory import CUDA_OVERHEAD_GB, estimate_for_settings, profile_peak_gb
-    from lab_utils.run.profiles import ModelDims, get_profile
     from lab_utils.train.meter import PeakMemory
 
     prof = get_profile("llama3-8b")
@@ -184,9 +184,9 @@ def fullft(ctx: Context) -> None:
     require("trl", "datasets")
     import torch
 
+    from lab_utils.core.profiles import LLAMA3_8B, ModelDims
     from lab_utils.models.loading import free, load_tokenizer
     from lab_utils.models.memory import autocast_copy_bytes, estimate_for_settings
-    from lab_utils.run.profiles import LLAMA3_8B, ModelDims
     from lab_utils.train import memsweep
     from lab_utils.train.meter import PeakMemory
     from lab_utils.train.optstate import state_allocator

@@ -45,7 +45,7 @@ class Context:
     def hardware(self) -> Any:
         """This machine, probed once: what the stages' arguments are decided for (the check is its own entry point)."""
         if not hasattr(self, "_hardware"):
-            from lab_utils.run.hardware import probe
+            from lab_utils.core.hardware import probe
 
             self._hardware = probe()
         return self._hardware
@@ -184,7 +184,7 @@ def c1_fork(ctx: Context) -> None:
     plain = _python_json(PLAIN_FORK, timeout=120)["child"]
     ctx.put(plain_fork_child=plain)
     ctx.check("a plain fork after CUDA initialization fails in the child", "re-initialize CUDA" in plain)
-    from lab_utils.run.hardware import probe
+    from lab_utils.core.hardware import probe
     from lab_utils.train import memsweep
 
     here = probe().to_dict()  # the GPU decides for itself
@@ -233,8 +233,8 @@ def lora20(ctx: Context) -> None:
     import re
     import weakref
 
-    from lab_utils.run.paths import recipe
-    from lab_utils.run.profiles import get_profile
+    from lab_utils.core.paths import recipe
+    from lab_utils.core.profiles import get_profile
     from lab_utils.train.meter import PeakMemory
 
     steps = 3 if ctx.quick else 20
@@ -353,10 +353,10 @@ def qlora_fp16(ctx: Context) -> None:
     import torch
     import yaml
 
+    from lab_utils.core.hardware import DESCRIBED
+    from lab_utils.core.paths import recipe
+    from lab_utils.core.profiles import get_profile
     from lab_utils.models.loading import free
-    from lab_utils.run.hardware import DESCRIBED
-    from lab_utils.run.paths import recipe
-    from lab_utils.run.profiles import get_profile
 
     steps = 2 if ctx.quick else 8
     prof = get_profile("pocket").with_train(method="qlora", max_steps=steps, bf16=True, logging_steps=1)
@@ -437,9 +437,9 @@ def w1_params(ctx: Context) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
+    from lab_utils.core.hardware import compute_dtype
+    from lab_utils.core.profiles import ModelDims
     from lab_utils.models.loading import bnb_kwargs, load_kwargs
-    from lab_utils.run.hardware import compute_dtype
-    from lab_utils.run.profiles import ModelDims
     from lab_utils.train.sft import count_params
 
     path = pocket_path()

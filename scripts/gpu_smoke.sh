@@ -80,7 +80,7 @@ import torch
 info |= {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
          "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
          "capability": list(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None}
-from lab_utils.run.hardware import flash_attn_importable
+from lab_utils.core.hardware import flash_attn_importable
 info["flash_attn_importable"] = flash_attn_importable()
 json.dump(info, open(os.path.join(os.environ["OUT"], "versions.json"), "w"), indent=2)
 print(json.dumps(info, indent=2))
@@ -107,7 +107,7 @@ SOFT=1 step ready 120 "$PY" -m lab_utils ready --profile pocket
 # --- training: the pocket profile on CUDA for a few steps --------------------------------------------------------------
 TRAIN_PY='
 import json, math, os, sys
-from lab_utils.run.profiles import get_profile
+from lab_utils.core.profiles import get_profile
 from lab_utils.train.sft import train
 name, method = sys.argv[1], sys.argv[2]
 steps = int(os.environ["SMOKE_STEPS"])

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from lab_utils.core.results import load_results
 from lab_utils.lab.runner import NOTEBOOK_DIR, execute_notebook
-from lab_utils.run.results import load_results
 
 # Test-size parameters per notebook (the pocket profile is the default on a CPU).
 TEST_PARAMETERS: dict[str, dict[str, Any]] = {

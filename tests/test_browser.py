@@ -47,7 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# The interactive run folder (lab_utils.run.results.run_dir() outside papermill): the test's quiz scores land there.
+# The interactive run folder (lab_utils.core.results.run_dir() outside papermill): the test's quiz scores land there.
 INTERACTIVE_RUNS = ROOT / "runs" / "interactive"
 # What ipywidgets' manager shows in place of a widget it cannot render (a widget or extension version mismatch).
 WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "Click to show javascript error")

@@ -61,7 +61,7 @@ def test_the_data_files_are_the_checked_split(written: tuple[Path, dict, dict]) 
 def test_resolve_decides_the_hardware_once_a_t4_gets_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
     """`resolve(hardware=<a T4>)` alone gives the file fp16 arguments (no environment variable read below it); an
     H100 gets bf16 and the fused AdamW; placement and the CPU flag follow the machine."""
-    from lab_utils.run.hardware import DESCRIBED
+    from lab_utils.core.hardware import DESCRIBED
 
     for name in ("LAB_REHEARSAL", "LAB_REHEARSAL_TARGET"):
         monkeypatch.delenv(name, raising=False)
@@ -84,8 +84,8 @@ def test_every_profiles_file_reads_back_as_written(name: str) -> None:
     """YAML reads every value back with its type (a learning rate of 5e-05 is a float, not a string)."""
     import yaml
 
-    from lab_utils.run.hardware import DESCRIBED
-    from lab_utils.run.profiles import PROFILES
+    from lab_utils.core.hardware import DESCRIBED
+    from lab_utils.core.profiles import PROFILES
 
     target = PROFILES[name].rehearsal_target
     cfg = runconfig.resolve(name, hardware=DESCRIBED[target] if target else None)

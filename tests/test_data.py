@@ -128,8 +128,8 @@ def test_pocket_dataset_loads_cleanly() -> None:
 
 def test_the_collation_view_is_built_like_training_and_supervises_eos(pocket_model: str) -> None:
     """Notebook 01's view goes through train.sft_kwargs and TRL's collator: the response and EOS count, the prompt not."""
+    from lab_utils.core.profiles import get_profile
     from lab_utils.models.loading import load_tokenizer
-    from lab_utils.run.profiles import get_profile
 
     tok = load_tokenizer(pocket_model)
     records = [{"instruction": "Name the capital of Peru.", "input": "", "output": "The capital of Peru is Lima."}] * 3

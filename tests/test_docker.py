@@ -109,8 +109,8 @@ def test_compose_runs_the_command_the_lab_builds() -> None:
     """The compose file and the notebooks start vLLM the same way: no hand-written flag drifts (it once lacked the
     default-temperature override)."""
     from lab_utils import serve
-    from lab_utils.run.hardware import DESCRIBED
-    from lab_utils.run.profiles import get_profile
+    from lab_utils.core.hardware import DESCRIBED
+    from lab_utils.core.profiles import get_profile
 
     spec = serve.spec_for(
         get_profile("llama3-8b"),

@@ -78,7 +78,7 @@ def test_lora20_trains_frees_merges_and_simulates_fp8(cpu_run: tuple[Any, dict[s
 
 @pytest.mark.slow
 def test_build8b_runs_the_8b_profiles_settings_on_a_scaled_shape(cpu_run: tuple[Any, dict[str, Any]]) -> None:
-    from lab_utils.run.profiles import ModelDims, get_profile
+    from lab_utils.core.profiles import ModelDims, get_profile
 
     f = figures(cpu_run, "build8b")
     big = script("gpu_check_big")
@@ -95,7 +95,7 @@ def test_build8b_runs_the_8b_profiles_settings_on_a_scaled_shape(cpu_run: tuple[
 
 @pytest.mark.slow
 def test_fullft_takes_the_labs_optimizer_and_projects_row_1(cpu_run: tuple[Any, dict[str, Any]]) -> None:
-    from lab_utils.run.profiles import LLAMA3_8B
+    from lab_utils.core.profiles import LLAMA3_8B
     from lab_utils.train import memsweep
 
     f = figures(cpu_run, "fullft")
@@ -106,8 +106,8 @@ def test_fullft_takes_the_labs_optimizer_and_projects_row_1(cpu_run: tuple[Any, 
     assert f["projected_8b_row1_gb"] > 0 and "foreach_peak_mb" not in f, "the foreach comparison is CUDA's"
     # Row 2 (bf16 mixed) runs on the same shape: the estimator's rise over row 1 is autocast's bf16 weight copies less
     # the activations bf16 halves; the measured rise is the GPU's figure (on a CPU, resident memory).
+    from lab_utils.core.profiles import ModelDims
     from lab_utils.models.memory import autocast_copy_bytes
-    from lab_utils.run.profiles import ModelDims
 
     assert math.isfinite(f["bf16_loss"]) and f["bf16_peak_mb"] > 0 and "bf16_estimate_error" in f
     copies = autocast_copy_bytes(ModelDims(**f["shape"]), "bf16") / 1e6  # the quick shape's

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lab_utils import data, memory, memsweep, profiles, rehearsal
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.paths import REPO_ROOT as REPO
+from lab_utils.core.profiles import PROFILES
 from lab_utils.data import standin
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.paths import REPO_ROOT as REPO
-from lab_utils.run.profiles import PROFILES
 
 GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 
@@ -182,8 +182,8 @@ def test_adamw_on_cuda_is_the_fused_kernel() -> None:
     """Issue 19, C2: on CUDA, torch's foreach AdamW allocates temporary fp32 copies of the state at each step (32 GB
     more for a full 8B on an H200); the fused kernel updates in place. The CPU keeps its one-tensor-at-a-time AdamW."""
     from lab_utils import train
+    from lab_utils.core.profiles import PROFILES
     from lab_utils.models import memory
-    from lab_utils.run.profiles import PROFILES
 
     assert train.optimizer_for("full", "adamw_torch", cuda=False) == "adamw_torch"  # a CPU
     assert train.optimizer_for("full", "adamw_torch", cuda=True) == "adamw_torch_fused"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lab_utils.run.hardware import DESCRIBED, Hardware, feature_table, features, fp8_mode, probe
-from lab_utils.run.profiles import choose_profile
+from lab_utils.core.hardware import DESCRIBED, Hardware, feature_table, features, fp8_mode, probe
+from lab_utils.core.profiles import choose_profile
 
 FEATURE_NAMES = {"bf16", "fp8_serving", "bnb_4bit", "bnb_8bit_optim", "vllm", "flash_attention", "multi_gpu"}
 
@@ -78,7 +78,7 @@ def test_fp8_reasons_name_the_cause() -> None:
 def test_compute_dtype(name: str, dtype: str) -> None:
     """float16 on a CUDA GPU below 8.0 (no native bf16, vLLM refuses bf16); bf16 elsewhere (a CPU's choice between
     bf16 and fp32 is made by the caller from bf16_native)."""
-    from lab_utils.run.hardware import compute_dtype
+    from lab_utils.core.hardware import compute_dtype
 
     assert compute_dtype(DESCRIBED[name]) == dtype
 
@@ -106,7 +106,7 @@ def test_probe_cuda_reports_native_bf16_only(cc: tuple[int, int], native: bool) 
     """On a T4, torch.cuda.is_bf16_supported() is True by emulation: the probe asks for native support only."""
     from types import SimpleNamespace
 
-    from lab_utils.run.hardware import _probe_cuda, compute_dtype
+    from lab_utils.core.hardware import _probe_cuda, compute_dtype
 
     hw = _probe_cuda(SimpleNamespace(cuda=_FakeCuda(cc)), 12.0)
     assert hw.bf16_supported is native and hw.bf16_native is native
@@ -159,8 +159,8 @@ def test_choose_profile_for_described_hardware(name: str, profile: str) -> None:
 @pytest.mark.cpu_only
 def test_choose_profile_picks_pocket_for_this_machine() -> None:
     """This CPU machine, probed, gets the pocket profile; "auto" without a machine is an error, not a probe."""
-    from lab_utils.run.hardware import probe
-    from lab_utils.run.profiles import get_profile
+    from lab_utils.core.hardware import probe
+    from lab_utils.core.profiles import get_profile
 
     assert choose_profile(probe())[0] == "pocket"
     with pytest.raises(ValueError, match="give its hardware"):
@@ -181,7 +181,7 @@ def test_choose_profile_picks_pocket_for_this_machine() -> None:
 def test_cpu_bf16_native_from_flags(
     flags: set[str], machine: str, native: bool, said: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lab_utils.run.hardware import cpu_bf16_native
+    from lab_utils.core.hardware import cpu_bf16_native
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     got, reason = cpu_bf16_native(flags, machine)
@@ -192,7 +192,7 @@ def test_cpu_bf16_native_from_flags(
 
 def test_onednn_isa_cap_makes_bf16_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off its bf16 kernels: how a fast CPU rehearses the slow machine."""
-    from lab_utils.run.hardware import cpu_bf16_native
+    from lab_utils.core.hardware import cpu_bf16_native
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_bf16_native({"avx512_bf16"}, "x86_64")[0] is False
@@ -201,7 +201,7 @@ def test_onednn_isa_cap_makes_bf16_emulated(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_probe_reports_native_bf16_with_its_reason() -> None:
-    from lab_utils.run.hardware import _bf16_feature, cpu_bf16_native
+    from lab_utils.core.hardware import _bf16_feature, cpu_bf16_native
 
     hw = probe()
     assert (hw.bf16_native, hw.bf16_reason) == cpu_bf16_native()

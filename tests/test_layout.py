@@ -45,7 +45,7 @@ def code_cells(stem: str) -> list[str]:
 
 
 def test_import_linter_keeps_the_layers_and_finds_no_circles() -> None:
-    """`lint-imports` (contracts in pyproject.toml): run < data < models < train < serve < measure < lab, no cycles."""
+    """`lint-imports` (contracts in pyproject.toml): core < data < models < train < serve < measure < course < lab, no cycles."""
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert exe, "import-linter is in the [test] extra"
     out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
@@ -58,12 +58,12 @@ def test_a_deferred_import_cannot_hide_a_layer_violation(tmp_path: Path) -> None
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     pkg = tmp_path / "lab_utils"
     shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (pkg / "run" / "sneaky.py").write_text("def f():\n    from lab_utils.lab import runner\n    return runner\n")
+    (pkg / "core" / "sneaky.py").write_text("def f():\n    from lab_utils.lab import runner\n    return runner\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     out = subprocess.run(
         [exe, "--no-cache"], cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)}
     )
-    assert out.returncode != 0 and "lab_utils.run.sneaky -> lab_utils.lab.runner" in out.stdout
+    assert out.returncode != 0 and "lab_utils.core.sneaky -> lab_utils.lab.runner" in out.stdout
 
 
 def test_the_readme_maps_every_module() -> None:
@@ -82,7 +82,7 @@ def test_modules_stay_small() -> None:
 # the rehearsal switch or decides on CUDA; these are the places that may, each for a reason that is not a decision.
 HARDWARE_QUESTIONS = re.compile(r"\bprobe\(\)|LAB_REHEARSAL|cuda\.is_available\(\)")
 ALLOWED_QUESTIONS = {
-    "lab_utils/run/hardware.py": "probe() itself: what it asks is the probing",
+    "lab_utils/core/hardware.py": "probe() itself: what it asks is the probing",
     "lab_utils/lab/runconfig.py": "resolve: probes once and reads the rehearsal switch, for every decision below it",
     "lab_utils/lab/runner.py": "sets the rehearsal switch for the notebooks' kernels (above resolve)",
     "lab_utils/train/meter.py": "measures: reads CUDA's peak where there is CUDA, else the process's memory",

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from lab_utils import api, bench, evaluate, fp8, loadtest, memsweep
-from lab_utils.run.profiles import get_profile
+from lab_utils.core.profiles import get_profile
 
 
 def test_answers_are_matched_on_meaning_not_punctuation() -> None:

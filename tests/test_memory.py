@@ -196,7 +196,7 @@ def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
     from dataclasses import replace
 
     from lab_utils import memsweep
-    from lab_utils.run.hardware import DESCRIBED
+    from lab_utils.core.hardware import DESCRIBED
 
     slow_cpu = DESCRIBED["cpu"]  # the AVX2-only EPYC: no native bf16
     fast_cpu = replace(slow_cpu, bf16_native=True)
@@ -213,7 +213,7 @@ def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
 @pytest.mark.slow
 def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: str) -> None:
     from lab_utils import memsweep
-    from lab_utils.run.hardware import probe
+    from lab_utils.core.hardware import probe
 
     configs = [c for c in memsweep.CONFIGS if c.name in ("1 baseline: full fp32", "7 LoRA")]
     rows = memsweep.sweep(
@@ -263,8 +263,8 @@ def test_fork_server_reports_a_failing_run(tmp_path) -> None:
 def test_the_estimator_takes_the_labs_train_settings() -> None:
     from dataclasses import replace
 
+    from lab_utils.core.profiles import get_profile
     from lab_utils.models.memory import estimate_for_settings
-    from lab_utils.run.profiles import get_profile
 
     dims = ModelDims(n_layers=4, hidden=256, intermediate=704, n_heads=4, n_kv_heads=4, vocab=2048, tie_embeddings=True)
     settings = get_profile("pocket").train  # LoRA, fp32, adamw_torch, batch 16 x 256
@@ -302,7 +302,7 @@ def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
     monkeypatch: pytest.MonkeyPatch, pocket_model: str
 ) -> None:
     from lab_utils import memsweep
-    from lab_utils.run.hardware import probe
+    from lab_utils.core.hardware import probe
 
     class FailingFirst:
         calls = 0

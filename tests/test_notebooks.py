@@ -172,7 +172,7 @@ def test_04_vllm_serving(lab_run) -> None:
     # The KV cache's blocks, from the served model's shapes (pocket: 2 x 4 layers x 4 KV heads x 64 x 2 bytes in bf16;
     # 4 bytes where vLLM serves in fp32, on a CPU without native bf16), and the server's own allocation: its 1 GiB holds
     # exactly the tokens that bytes-per-token predicts.
-    from lab_utils.run.hardware import probe
+    from lab_utils.core.hardware import probe
     from lab_utils.serve.vllm import serve_dtype
 
     served = serve_dtype("bfloat16", probe())[0]

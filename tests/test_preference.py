@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.profiles import PROFILES, Profile
 from lab_utils.data import preference
 from lab_utils.data.pocket_data import COUNTRIES, SFT_COUNTRIES, capital_fact
 from lab_utils.data.standin import PREFERENCE_DEFECTS, PREFERENCE_ROWS, preference_rows
 from lab_utils.measure import behaviour
 from lab_utils.measure.evaluate import Answer
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.profiles import PROFILES, Profile
 from lab_utils.train import dpo
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils.run.paths import REPO_ROOT
-from lab_utils.run.profiles import PROFILES, get_profile
+from lab_utils.core.paths import REPO_ROOT
+from lab_utils.core.profiles import PROFILES, get_profile
 
 
 def test_overrides_keep_the_profile_values_when_empty() -> None:
@@ -52,10 +52,10 @@ def test_adding_a_profile_is_adding_one_yaml_file(tmp_path: Path, monkeypatch: p
     run's config file and a profile handed to another process read it from there, nothing else changes."""
     import shutil
 
+    from lab_utils.core.hardware import DESCRIBED
+    from lab_utils.core.profiles import PROFILES_DIR, ModelDims, Profile, load_profiles
     from lab_utils.lab import config_file, readiness, runconfig
     from lab_utils.models import memory, rehearsal
-    from lab_utils.run.hardware import DESCRIBED
-    from lab_utils.run.profiles import PROFILES_DIR, ModelDims, Profile, load_profiles
 
     folder = tmp_path / "profiles"
     shutil.copytree(PROFILES_DIR, folder)
@@ -77,7 +77,7 @@ def test_adding_a_profile_is_adding_one_yaml_file(tmp_path: Path, monkeypatch: p
 
 def test_the_profile_files_are_the_profiles() -> None:
     """Every profile is one file of configs/profiles, named after it; the files hold the reference run's values."""
-    from lab_utils.run.profiles import PROFILES_DIR
+    from lab_utils.core.profiles import PROFILES_DIR
 
     assert {p.stem for p in PROFILES_DIR.glob("*.yaml")} == set(PROFILES)
     ref = get_profile("llama3-8b").train
@@ -86,7 +86,7 @@ def test_the_profile_files_are_the_profiles() -> None:
 
 
 def test_a_bad_profile_file_is_named_with_its_key(tmp_path: Path) -> None:
-    from lab_utils.run.profiles import ProfileError, profile_from_file
+    from lab_utils.core.profiles import ProfileError, profile_from_file
 
     (tmp_path / "typo.yaml").write_text(
         NEW_PROFILE.replace("name: model-7b", "name: typo").replace("  r: 8", "  rank: 8")

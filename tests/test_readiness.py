@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lab_utils import readiness
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.profiles import get_profile
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.profiles import get_profile
 
 
 def reachable(env: object) -> tuple[bool, str]:

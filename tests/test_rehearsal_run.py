@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from lab_utils.core.paths import REPO_ROOT
+from lab_utils.core.profiles import PREFERENCE_DATASET, get_profile
+from lab_utils.core.results import load_results
 from lab_utils.data.standin import standin_defects
 from lab_utils.lab.runner import execute_notebook
-from lab_utils.run.paths import REPO_ROOT
-from lab_utils.run.profiles import PREFERENCE_DATASET, get_profile
-from lab_utils.run.results import load_results
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.rehearsal, pytest.mark.server]
 

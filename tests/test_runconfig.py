@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from lab_utils import runconfig
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.paths import REPO_ROOT as REPO
-from lab_utils.run.paths import atomic_write_json
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.paths import REPO_ROOT as REPO
+from lab_utils.core.paths import atomic_write_json
 
 
 def test_resolve_applies_every_override_once() -> None:
@@ -107,8 +107,8 @@ def test_a_subset_run_takes_02_from_a_run_of_its_own_profile(
     import os
     import time
 
+    from lab_utils.core.profiles import PROFILES
     from lab_utils.models.rehearsal import scaled
-    from lab_utils.run.profiles import PROFILES
 
     def recorded_02(name: str, profile: Any) -> Path:
         folder = tmp_path / name
@@ -129,7 +129,7 @@ def test_a_subset_run_takes_02_from_a_run_of_its_own_profile(
     later = time.time() + 10
     os.utime(rehearsal_run / "results.json", (later, later))  # the rehearsal is the newest run
     monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path / "20260101-020000"))
-    monkeypatch.setattr("lab_utils.run.results.REPO_ROOT", tmp_path)  # no runs of this checkout's runs/ folder
+    monkeypatch.setattr("lab_utils.core.results.REPO_ROOT", tmp_path)  # no runs of this checkout's runs/ folder
     assert runconfig.trained().merged_dir == str(rehearsal_run / "sft" / "merged"), "no profile: the newest run"
     run = runconfig.trained(profile=PROFILES["pocket"])
     assert run.merged_dir == str(pocket_run / "sft" / "merged") and run.base_model == "pocket"

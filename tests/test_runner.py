@@ -10,8 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from lab_utils import runner
+from lab_utils.core.results import load_results
 from lab_utils.lab.notebooks import strip_notebook
-from lab_utils.run.results import load_results
 
 
 def make_notebook(path: Path, body: str) -> Path:
@@ -32,7 +32,7 @@ def test_unknown_parameter_fails_before_running(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_records_results_and_metadata(tmp_path: Path) -> None:
     book = make_notebook(
-        tmp_path / "98_t.ipynb", "from lab_utils.run.results import record\nrecord('98_t', doubled=x * 2)"
+        tmp_path / "98_t.ipynb", "from lab_utils.core.results import record\nrecord('98_t', doubled=x * 2)"
     )
     run = runner.execute_notebook(book, tmp_path / "run", {"x": 21}, cell_timeout=120)
     assert run.results["doubled"] == 42
@@ -64,7 +64,7 @@ def test_cell_timeout_names_the_cell_and_what_to_lower(tmp_path: Path, monkeypat
 
 
 def test_make_lab_takes_its_cell_limit_from_the_profile() -> None:
-    from lab_utils.run.profiles import PROFILES
+    from lab_utils.core.profiles import PROFILES
 
     assert runner.profile_cell_timeout("pocket") == PROFILES["pocket"].cell_timeout_s == 1800
     for name in ("llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"):
@@ -131,8 +131,8 @@ def test_a_subset_run_finds_results_in_the_newest_earlier_run(
     import os
     import time
 
-    from lab_utils.run.paths import atomic_write_json
-    from lab_utils.run.results import find_result
+    from lab_utils.core.paths import atomic_write_json
+    from lab_utils.core.results import find_result
 
     merged_old, merged_new = tmp_path / "merged-old", tmp_path / "merged-new"
     merged_old.mkdir(), merged_new.mkdir()
@@ -144,9 +144,9 @@ def test_a_subset_run_finds_results_in_the_newest_earlier_run(
         os.utime(folder / "results.json", (time.time() - 100 + i, time.time() - 100 + i))
     current.mkdir()
     monkeypatch.setenv("LAB_RUN_DIR", str(current))
-    import lab_utils.run.results
+    import lab_utils.core.results
 
-    monkeypatch.setattr(lab_utils.run.results, "REPO_ROOT", tmp_path / "repo")  # this checkout's runs/ stay out of it
+    monkeypatch.setattr(lab_utils.core.results, "REPO_ROOT", tmp_path / "repo")  # this checkout's runs/ stay out of it
     # The newest run whose recorded folder still exists wins, and the notebook says which run it came from.
     assert find_result("02_sft", "merged_dir") == str(merged_new)
     assert f"merged_dir from 02_sft in the earlier run {newer}" in capsys.readouterr().out

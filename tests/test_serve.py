@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lab_utils import serve
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.profiles import get_profile
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.profiles import get_profile
 from lab_utils.serve.process import ServerProcess, start_together
 
 LLAMA = get_profile("llama3-8b")

@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from lab_utils import data, merge, train
+from lab_utils.core.hardware import DESCRIBED, probe
+from lab_utils.core.paths import REPO_ROOT, recipe
+from lab_utils.core.profiles import get_profile
 from lab_utils.lab import config_file, runconfig
-from lab_utils.run.hardware import DESCRIBED, probe
-from lab_utils.run.paths import REPO_ROOT, recipe
-from lab_utils.run.profiles import get_profile
 
 pytestmark = pytest.mark.slow
 POCKET = get_profile("pocket")

@@ -22,9 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import atomic_write_json, atomic_write_text
+from lab_utils.core.results import load_results, run_dir
 from lab_utils.course.quizbank import BANK, NOTEBOOK_TITLES, STAGES, Prediction, Question, Quiz, Stage
-from lab_utils.run.paths import atomic_write_json, atomic_write_text
-from lab_utils.run.results import load_results, run_dir
 
 SCORES_FILE = "quiz_scores.json"
 ANSWER_KEY_FILE = "answer_key.md"

@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import atomic_write_text
+from lab_utils.core.results import load_results
 from lab_utils.course.headline import GGUF_RULE, finish_note, headline, seed_rows
 from lab_utils.measure.evaluate import REFERENCE_QUESTION, Answer
-from lab_utils.run.paths import atomic_write_text
-from lab_utils.run.results import load_results
 
 esc = html.escape
 STORY_INTRO = (

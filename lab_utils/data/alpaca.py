@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.paths import repo_path
+from lab_utils.core.paths import repo_path
 
 REQUIRED_FIELDS = ("instruction", "output")
 STRING_FIELDS = ("instruction", "input", "output")

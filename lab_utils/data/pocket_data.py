@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from lab_utils.run.paths import atomic_write_text
+from lab_utils.core.paths import atomic_write_text
 
 T = TypeVar("T")
 Record = dict[str, str]

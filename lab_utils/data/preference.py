@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import atomic_write_text
 from lab_utils.data.alpaca import format_prompt
 from lab_utils.data.pocket_data import (
     CAPITAL_TEMPLATES,
@@ -33,7 +34,6 @@ from lab_utils.data.pocket_data import (
     country_phrase,
 )
 from lab_utils.data.standin import preference_source
-from lab_utils.run.paths import atomic_write_text
 
 # Syllables that make names which read like countries but are none (checked against COUNTRIES below).
 _ONSETS = ("Bal", "Dor", "Fel", "Gar", "Kel", "Lur", "Mor", "Nav", "Pel", "Quen", "Ros", "Sel", "Tav", "Vor", "Zan")

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import atomic_write_json, cache_dir, staged
+from lab_utils.core.profiles import PREFERENCE_DATASET
 from lab_utils.data import pocket_data
 from lab_utils.data.alpaca import format_prompt
-from lab_utils.run.paths import atomic_write_json, cache_dir, staged
-from lab_utils.run.profiles import PREFERENCE_DATASET
 
 RECIPE_VERSION = "2"  # bump when a builder below changes what it writes, so cached stand-ins are rebuilt
 

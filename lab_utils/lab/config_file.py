@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
+from lab_utils.core.paths import atomic_write_text
+from lab_utils.core.profiles import PreferenceSettings
+from lab_utils.core.results import run_dir
 from lab_utils.data.alpaca import ALPACA_CHAT_TEMPLATE
 from lab_utils.lab.runconfig import RunConfig
 from lab_utils.models.loading import bnb_kwargs, load_tokenizer
-from lab_utils.run.paths import atomic_write_text
-from lab_utils.run.profiles import PreferenceSettings
-from lab_utils.run.results import run_dir
 from lab_utils.train.dpo import dpo_kwargs, dpo_lora_kwargs
 from lab_utils.train.sft import (
     load_splits,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab_utils.core.profiles import PROFILES
+from lab_utils.core.results import versions
 from lab_utils.course.quiz import is_interactive
 from lab_utils.models.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, lora_params
 from lab_utils.models.pocket import PocketConfig
-from lab_utils.run.profiles import PROFILES
-from lab_utils.run.results import versions
 
 __all__ = ["memory_calculator", "memory_table", "model_dims", "profiles_table", "versions_table"]
 

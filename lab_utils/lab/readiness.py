@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware
+from lab_utils.core.profiles import Profile
 from lab_utils.models.pocket import PocketError, is_built, model_dir, pocket_model_path, pocket_source
-from lab_utils.run.hardware import Hardware
-from lab_utils.run.profiles import Profile
 
 
 @dataclass(frozen=True)

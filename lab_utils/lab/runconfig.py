@@ -11,14 +11,14 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from lab_utils.core.hardware import Hardware, probe
+from lab_utils.core.paths import repo_path
+from lab_utils.core.profiles import Profile, choose_profile, get_profile
+from lab_utils.core.results import find_section, load_results
 from lab_utils.data.alpaca import clean, is_hub_id, load_heldout
 from lab_utils.lab.readiness import require
 from lab_utils.models import rehearsal
 from lab_utils.models.loading import EvalLoad, eval_load, resolve_model_path
-from lab_utils.run.hardware import Hardware, probe
-from lab_utils.run.paths import repo_path
-from lab_utils.run.profiles import Profile, choose_profile, get_profile
-from lab_utils.run.results import find_section, load_results
 from lab_utils.serve.engines import resolve as resolve_engine
 from lab_utils.serve.vllm import spec_for
 from lab_utils.train.sft import split_for_training

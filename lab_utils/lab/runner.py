@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import REPO_ROOT
+from lab_utils.core.results import RESULTS_MIME, load_results
 from lab_utils.course.report import write_report
 from lab_utils.lab.runconfig import CLASS_ENV, CLASS_MODE, REHEARSAL_ENV, class_mode, resolve
-from lab_utils.run.paths import REPO_ROOT
-from lab_utils.run.results import RESULTS_MIME, load_results
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "python3"

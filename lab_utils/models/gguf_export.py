@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.paths import staged
+from lab_utils.core.paths import staged
 
 FILE_TYPES = ("f32", "f16", "q8_0")
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware, compute_dtype
+from lab_utils.core.profiles import Profile
 from lab_utils.models import rehearsal
 from lab_utils.models.pocket import pocket_model_path
-from lab_utils.run.hardware import Hardware, compute_dtype
-from lab_utils.run.profiles import Profile
 
 
 def resolve_model_path(profile: Profile) -> str:

@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lab_utils.run.profiles import PROFILES, ModelDims
+from lab_utils.core.profiles import PROFILES, ModelDims
 
 MB = 1e6
 GB = 1e9
@@ -307,7 +307,7 @@ def profile_peak_gb(profile: Any) -> dict[str, float]:
     16-bit model at a time (02 frees each before the next), and the throughput benchmark runs in its own process."""
     dims = dims_for_model(profile.base_model)
     if dims is None:
-        raise KeyError(f"no dimensions known for {profile.base_model!r}: give its profile a `model` (run/profiles.py)")
+        raise KeyError(f"no dimensions known for {profile.base_model!r}: give its profile a `model` (core/profiles.py)")
     train = estimate_for_settings(dims, profile.train).total_mb / 1000
     serve_bytes = 1.0 if profile.serve.quantization == "auto" else 2.0
     # vLLM may use only gpu_memory_utilization of the device, and the weights must fit inside that share.

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import atomic_write_text
+from lab_utils.core.profiles import Profile
 from lab_utils.data.alpaca import ALPACA_CHAT_TEMPLATE
-from lab_utils.run.paths import atomic_write_text
-from lab_utils.run.profiles import Profile
 
 
 def check_merged(merged_dir: str | Path) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import cpu_bf16_native, probe
+from lab_utils.core.paths import REPO_ROOT, atomic_write_json, cache_dir, staged
+from lab_utils.core.results import versions
 from lab_utils.data.alpaca import format_prompt
 from lab_utils.data.pocket_data import COUNTRIES, capital_fact, make_pretraining_documents, make_sft_records
 from lab_utils.models.tiny import tiny_llama
-from lab_utils.run.hardware import cpu_bf16_native, probe
-from lab_utils.run.paths import REPO_ROOT, atomic_write_json, cache_dir, staged
-from lab_utils.run.results import versions
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 BUILD_INFO = "pocket_build.json"

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.paths import atomic_write_json, staged
+from lab_utils.core.profiles import PROFILES, get_profile
 from lab_utils.data.standin import (
     ALPACA_ID,
     RECIPE_VERSION,
@@ -28,9 +31,6 @@ from lab_utils.data.standin import (
 )
 from lab_utils.models import gguf_export
 from lab_utils.models.tiny import tiny_llama
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.paths import atomic_write_json, staged
-from lab_utils.run.profiles import PROFILES, get_profile
 
 # Llama 3's special tokens, in the order of their ids there (128000 ...): reserved tokens 0-3 sit before the header
 # tokens, 4 between them and <|eot_id|>, the rest after.

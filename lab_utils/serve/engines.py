@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware, vllm_build
+from lab_utils.core.profiles import Profile
 from lab_utils.models.gguf_export import export
 from lab_utils.models.loading import load_tokenizer
-from lab_utils.run.hardware import Hardware, vllm_build
-from lab_utils.run.profiles import Profile
 from lab_utils.serve import loadtest
 from lab_utils.serve.llamacpp import LlamaCppServer, LlamaCppSpec, build_command, installed, no_stop_fields
 from lab_utils.serve.process import ServerProcess, start_together

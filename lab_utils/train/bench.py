@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware
+from lab_utils.core.paths import atomic_write_json, recipe
+from lab_utils.core.profiles import Profile
 from lab_utils.data.alpaca import token_lengths
 from lab_utils.models.loading import free, load_tokenizer, resolve_model_path
-from lab_utils.run.hardware import Hardware
-from lab_utils.run.paths import atomic_write_json, recipe
-from lab_utils.run.profiles import Profile
 from lab_utils.train.sft import batching_kwargs, split_for_training
 
 # mode -> SFTConfig changes, measured on the same model, data, batch size and steps.

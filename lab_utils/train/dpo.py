@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.hardware import Hardware
-from lab_utils.run.profiles import PreferenceSettings, Profile, TrainSettings
+from lab_utils.core.hardware import Hardware
+from lab_utils.core.profiles import PreferenceSettings, Profile, TrainSettings
 from lab_utils.train.sft import LORA_TARGETS, mixed_precision, optimizer_for
 
 

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware, compute_dtype
+from lab_utils.core.paths import recipe
+from lab_utils.core.profiles import TrainSettings
 from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
 from lab_utils.models.loading import bnb_kwargs, distinct_pad_token, load_kwargs
 from lab_utils.models.memory import ModelDims, dims_for_model, estimate_for_settings
 from lab_utils.models.pocket import PocketConfig, make_model
 from lab_utils.models.tiny import save_probe_model
-from lab_utils.run.hardware import Hardware, compute_dtype
-from lab_utils.run.paths import recipe
-from lab_utils.run.profiles import TrainSettings
 from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
 from lab_utils.train.meter import PeakMemory
 from lab_utils.train.optstate import state_allocator

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab_utils.run.hardware import Hardware, compute_dtype
-from lab_utils.run.profiles import TrainSettings
+from lab_utils.core.hardware import Hardware, compute_dtype
+from lab_utils.core.profiles import TrainSettings
 
 
 def trained_precision(trainer: Any) -> dict[str, Any]:

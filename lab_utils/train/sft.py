@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.hardware import Hardware, compute_dtype, flash_attention_usable
+from lab_utils.core.paths import atomic_write_json
+from lab_utils.core.profiles import Profile, TrainSettings
+from lab_utils.core.results import versions
 from lab_utils.data.alpaca import (
     check_lengths,
     clean,
@@ -20,10 +24,6 @@ from lab_utils.data.alpaca import (
 from lab_utils.data.standin import hub_source
 from lab_utils.models.loading import load_kwargs
 from lab_utils.models.memory import LORA_TARGET_SETS
-from lab_utils.run.hardware import Hardware, compute_dtype, flash_attention_usable
-from lab_utils.run.paths import atomic_write_json
-from lab_utils.run.profiles import Profile, TrainSettings
-from lab_utils.run.results import versions
 from lab_utils.train.meter import PeakMemory
 from lab_utils.train.precision import mixed_precision, trained_precision
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from lab_utils.core.hardware import DESCRIBED
+from lab_utils.core.profiles import TrainSettings
 from lab_utils.data.alpaca import clean, to_prompt_completion
 from lab_utils.models.tiny import tiny_llama
-from lab_utils.run.hardware import DESCRIBED
-from lab_utils.run.profiles import TrainSettings
 from lab_utils.train.sft import sft_kwargs
 
 # One line per hyperparameter, shown beside its value in notebook 02.

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lab_utils.run.paths import REPO_ROOT, atomic_write_json
+from lab_utils.core.paths import REPO_ROOT, atomic_write_json
 
 RESULTS_MIME = "application/vnd.lab-results+json"
 TRACKED_PACKAGES = [

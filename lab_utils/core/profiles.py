@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lab_utils.run.hardware import Hardware
+from lab_utils.core.hardware import Hardware
 
 Method = Literal["lora", "qlora", "full"]
 
