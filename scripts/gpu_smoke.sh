@@ -91,7 +91,8 @@ EOF' "$PY"
 step probe 120 "$PY" -m lab_utils probe
 step probe_json 180 "$PY" - <<'EOF'
 import json, os
-from lab_utils import hardware, profiles, serve
+from lab_utils import serve
+from lab_utils.core import hardware, profiles
 hw = hardware.probe()
 out = {"hardware": hw.to_dict(), "features": hardware.feature_table(hw), "compute_dtype": hardware.compute_dtype(hw),
        "fp8_mode": hardware.fp8_mode(hw), "flash_attention_usable": hardware.flash_attention_usable(hw)}
@@ -107,18 +108,26 @@ SOFT=1 step ready 120 "$PY" -m lab_utils ready --profile pocket
 # --- training: the pocket profile on CUDA for a few steps --------------------------------------------------------------
 TRAIN_PY='
 import json, math, os, sys
-from lab_utils.core.profiles import get_profile
-from lab_utils.train.sft import train
+from lab_utils.core.paths import recipe
+from lab_utils.lab import config_file, runconfig
+from lab_utils.train.meter import PeakMemory
 name, method = sys.argv[1], sys.argv[2]
-steps = int(os.environ["SMOKE_STEPS"])
-prof = get_profile("pocket").with_train(method=method, max_steps=steps, bf16=True, eval_steps=steps, save_steps=10 * steps)
-result = train(prof, os.path.join(os.environ["OUT"], name))
-info = result.to_dict()
+steps, out = int(os.environ["SMOKE_STEPS"]), os.path.join(os.environ["OUT"], name)
+cfg = runconfig.resolve("pocket", method=method, max_steps=steps)
+path, _ = config_file.write_config(cfg, out, out + "-config")  # the run config file 02 writes, for this GPU
+meter = PeakMemory()
+with meter:
+    recipe("sft").main(["--config", str(path)])  # what recipes/sft.py runs: train, save, merge, ask
+logs = json.load(open(os.path.join(out, "log_history.json")))
+losses = [r["loss"] for r in logs if "loss" in r]
+info = {"steps": max(r.get("step", 0) for r in logs), "losses": losses, "peak_memory_mb": meter.peak_mb(),
+        "peak_memory_kind": meter.kind}
 json.dump(info, open(os.path.join(os.environ["OUT"], name + ".json"), "w"), indent=2)
 print(json.dumps(info, indent=2))
-assert result.steps == steps, f"ran {result.steps} steps, asked for {steps}"
-assert math.isfinite(result.train_loss_last), "the loss is not finite"
-assert result.peak_memory_kind.startswith("cuda"), f"trained off the GPU ({result.peak_memory_kind})"
+ran = info["steps"]
+assert ran == steps, f"ran {ran} steps, asked for {steps}"
+assert losses and math.isfinite(losses[-1]), "the loss is not finite"
+assert meter.kind.startswith("cuda"), f"trained off the GPU ({meter.kind})"
 '
 if has trl; then
   step train_lora_bf16 300 "$PY" -c "$TRAIN_PY" train_lora_bf16 lora
@@ -137,7 +146,8 @@ if has trl; then
   step memsweep 420 "$PY" - <<'EOF'
 import json, os
 from pathlib import Path
-from lab_utils import hardware, memsweep, profiles
+from lab_utils.core import hardware, profiles
+from lab_utils.train import memsweep
 from lab_utils.models.loading import resolve_model_path
 prof, hw = profiles.get_profile("pocket"), hardware.probe()
 model = memsweep.build_wide_model(Path(os.environ["SCRATCH"]) / "wide", resolve_model_path(prof))
@@ -156,7 +166,7 @@ step fp8_sim 180 "$PY" - <<'EOF'
 import json, os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from lab_utils import fp8
+from lab_utils.measure import fp8
 path = "models/pocket-base"
 tok = AutoTokenizer.from_pretrained(path)
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda").eval()
@@ -176,7 +186,8 @@ EOF
 SERVE_PY='
 import json, os, sys
 import requests
-from lab_utils import hardware, profiles, serve
+from lab_utils import serve
+from lab_utils.core import hardware, profiles
 name, mode = sys.argv[1], sys.argv[2]
 out_dir = os.environ["OUT"]
 prof, hw = profiles.get_profile("pocket"), hardware.probe()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab_utils import compare
+from lab_utils.measure import compare
 from lab_utils.measure.compare import Answer
 
 RECORDS = [
@@ -50,7 +50,7 @@ def test_measures_reward_short_correct_answers() -> None:
 
 def test_one_stop_rate_and_one_table_for_both_backends() -> None:
     """transformers answers (02) and server answers (05) are measured and shown by the same code."""
-    from lab_utils import evaluate
+    from lab_utils.measure import evaluate
 
     hf = [evaluate.Answer("Paris.", "stop", 3), evaluate.Answer("Q: A: Q:", "length", 8)]
     server = [compare.Answer("Paris.", "stop", 3, 10.0), compare.Answer("Q: A: Q:", "length", 8, 12.0)]

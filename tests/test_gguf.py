@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import data, engines, gguf_export, llamacpp, ollama
+from lab_utils import data
+from lab_utils.models import gguf_export, ollama
+from lab_utils.serve import engines, llamacpp
 
 REPO = Path(__file__).resolve().parents[1]
 POCKET = REPO / "models" / "pocket-base"

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import data, memory, memsweep, profiles, rehearsal
+from lab_utils import data
+from lab_utils.core import profiles
 from lab_utils.core.hardware import DESCRIBED
 from lab_utils.core.paths import REPO_ROOT as REPO
 from lab_utils.core.profiles import PROFILES
 from lab_utils.data import standin
+from lab_utils.models import memory, rehearsal
+from lab_utils.train import memsweep
 
 GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 
@@ -119,8 +122,8 @@ def test_rehearsal_scales_the_profile_and_decides_for_its_gpu(rehearsing: None) 
 
 
 def test_heldout_of_a_hub_profile_scores_dataset_records_and_verifiable_questions(rehearsing: None) -> None:
-    from lab_utils import compare
     from lab_utils.lab.runconfig import resolve
+    from lab_utils.measure import compare
 
     cfg = resolve("llama3-8b", DESCRIBED["cpu"])
     held = cfg.heldout()
@@ -239,3 +242,16 @@ def test_a_rehearsal_decides_precision_for_its_target_gpu(rehearsing: None) -> N
     spark = resolve("llama3-8b", DESCRIBED["cpu"])
     assert mixed_precision(spark.profile.train, spark.decision_hardware) == {"bf16": True, "fp16": False}
     assert resolve("pocket", DESCRIBED["cpu"]).target is None, "pocket is never rehearsed: this machine decides"
+
+
+def test_evaluation_loads_as_the_run_decided_and_says_so() -> None:
+    """Issue 30, W-6: 06's transformers row named its weights "fp32" on a GPU too. The run's `eval_load` decides the
+    device and dtype once (fp32 on a CPU, the GPU's 16-bit dtype, NF4 for a QLoRA profile), and the row's label reads
+    it."""
+    from lab_utils.models.loading import eval_load
+
+    cpu, h100, t4 = DESCRIBED["cpu"], DESCRIBED["h100"], DESCRIBED["t4"]
+    assert (eval_load(cpu, cpu).device, eval_load(cpu, cpu).precision) == ("cpu", "fp32")
+    assert (eval_load(h100, h100).device, eval_load(h100, h100).precision) == ("cuda", "bf16")
+    assert eval_load(t4, t4).precision == "fp16" and eval_load(t4, t4, four_bit=True).precision == "nf4"
+    assert eval_load(cpu, t4, four_bit=True).compute_dtype == "float16", "a T4 rehearsal's NF4 computes in fp16"

@@ -213,7 +213,8 @@ def test_probe_reports_native_bf16_with_its_reason() -> None:
 
 @pytest.mark.cpu_only
 def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lab_utils import hardware, train
+    from lab_utils import train
+    from lab_utils.core import hardware
 
     h100 = DESCRIBED["h100"]
     assert hardware._flash_attention_feature(h100).available  # the table: what the hardware allows

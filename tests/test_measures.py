@@ -8,8 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from lab_utils import api, bench, evaluate, fp8, loadtest, memsweep
 from lab_utils.core.profiles import get_profile
+from lab_utils.measure import evaluate, fp8
+from lab_utils.serve import api, loadtest
+from lab_utils.train import bench, memsweep
 
 
 def test_answers_are_matched_on_meaning_not_punctuation() -> None:

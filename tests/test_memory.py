@@ -195,8 +195,8 @@ def test_from_config_matches_transformers(tied: bool) -> None:
 def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
     from dataclasses import replace
 
-    from lab_utils import memsweep
     from lab_utils.core.hardware import DESCRIBED
+    from lab_utils.train import memsweep
 
     slow_cpu = DESCRIBED["cpu"]  # the AVX2-only EPYC: no native bf16
     fast_cpu = replace(slow_cpu, bf16_native=True)
@@ -212,8 +212,8 @@ def test_bf16_configs_run_one_step_where_bf16_is_emulated() -> None:
 
 @pytest.mark.slow
 def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: str) -> None:
-    from lab_utils import memsweep
     from lab_utils.core.hardware import probe
+    from lab_utils.train import memsweep
 
     configs = [c for c in memsweep.CONFIGS if c.name in ("1 baseline: full fp32", "7 LoRA")]
     rows = memsweep.sweep(
@@ -249,7 +249,7 @@ def test_fork_server_runs_each_config_in_a_fresh_child(tmp_path, pocket_model: s
 
 
 def test_fork_server_reports_a_failing_run(tmp_path) -> None:
-    from lab_utils import memsweep
+    from lab_utils.train import memsweep
 
     with memsweep.ForkServer(tmp_path / "w.log", cuda=False) as server:
         with pytest.raises(memsweep.SweepWorkerError, match="failed"):
@@ -301,8 +301,8 @@ def test_the_fork_server_imports_nothing_that_initializes_cuda_before_it_forks()
 def test_a_failed_sweep_row_is_recorded_and_the_sweep_goes_on(
     monkeypatch: pytest.MonkeyPatch, pocket_model: str
 ) -> None:
-    from lab_utils import memsweep
     from lab_utils.core.hardware import probe
+    from lab_utils.train import memsweep
 
     class FailingFirst:
         calls = 0

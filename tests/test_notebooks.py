@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import ollama
+from lab_utils.models import ollama
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -366,7 +366,7 @@ def test_02_compares_the_models_on_your_own_datasets_heldout_split(lab_run, tmp_
     """`make lab DATASET=...` or `dataset=`: 02 trains on your file, and its before/after compares base and fine-tuned
     on that file's held-out records (side by side, stop rate, exact match), not on the pocket set's questions; the
     seed's question is asked as well."""
-    from lab_utils import runconfig
+    from lab_utils.lab import runconfig
 
     path = tmp_path_factory.mktemp("own-data") / "antonyms.jsonl"
     records = antonym_records()

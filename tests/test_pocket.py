@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import pocket
+from lab_utils.models import pocket
 
 
 def test_shipped_model_matches_the_builders_recipe_and_files() -> None:

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from lab_utils import pocket_data as pd  # noqa: E402
+from lab_utils.data import pocket_data as pd  # noqa: E402
 
 DATA_DIR = REPO_ROOT / "data" / "pocket_alpaca"
 SCHEMA = ("instruction", "input", "output", "category")

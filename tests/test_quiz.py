@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from lab_utils import environment, quiz
 from lab_utils.__main__ import main
+from lab_utils.course import quiz
 from lab_utils.course.quizbank import BANK, BANK_FILE, NOTEBOOK_TITLES, Prediction, load_bank, lookup
+from lab_utils.lab import environment
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))

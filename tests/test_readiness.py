@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lab_utils import readiness
 from lab_utils.core.hardware import DESCRIBED
 from lab_utils.core.profiles import get_profile
+from lab_utils.lab import readiness
 
 
 def reachable(env: object) -> tuple[bool, str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import rehearsal
 from lab_utils.data import standin
 from lab_utils.data.alpaca import DataError, _iter_hub, check_lengths, check_record, format_prompt, load_records
+from lab_utils.models import rehearsal
 
 
 @pytest.fixture(scope="module")

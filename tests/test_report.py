@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab_utils import report
-from lab_utils.course import headline
+from lab_utils.course import headline, report
 
 
 def make_run(folder: Path, loss: float, tps: float) -> Path:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from lab_utils import runconfig
 from lab_utils.core.hardware import DESCRIBED
 from lab_utils.core.paths import REPO_ROOT as REPO
 from lab_utils.core.paths import atomic_write_json
+from lab_utils.lab import runconfig
 
 
 def test_resolve_applies_every_override_once() -> None:

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from lab_utils import runner
 from lab_utils.core.results import load_results
+from lab_utils.lab import runner
 from lab_utils.lab.notebooks import strip_notebook
 
 

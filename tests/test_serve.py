@@ -231,7 +231,7 @@ def test_no_server_outlives_a_notebook_cell_that_raises(pocket_model: str, tmp_p
     nb.cells = [
         new_code_cell(f"model = {pocket_model!r}  # model folder", metadata={"tags": ["parameters"]}),
         new_code_cell(
-            "import json, os\nfrom lab_utils import serve, hardware, profiles\n"
+            "import json, os\nfrom lab_utils import serve\nfrom lab_utils.core import hardware, profiles\n"
             "spec = serve.spec_for(profiles.get_profile('pocket'), hardware.probe(), model, 'm')\n"
             f"server = serve.VLLMServer(spec, {str(tmp_path)!r}, 'orphan-check').start(240)\n"
             f"json.dump({{'pid': server.process.pid, 'pgid': os.getpgid(server.process.pid)}}, open({str(pid_file)!r}, 'w'))\n"
@@ -285,7 +285,7 @@ class _Sleeper(ServerProcess):
 
 
 def test_a_cpu_starts_the_next_server_beside_the_first_and_a_gpu_waits(tmp_path: Path) -> None:
-    from lab_utils import engines
+    from lab_utils.serve import engines
 
     first, then = _Sleeper(tmp_path, "a", delay=2), _Sleeper(tmp_path, "b", delay=2)
     try:
@@ -321,7 +321,7 @@ def test_when_one_of_two_starts_fails_neither_keeps_running(tmp_path: Path) -> N
 def test_a_folder_without_its_chat_template_links_the_weights(tmp_path: Path) -> None:
     """04's exercise 1 serves the merged model without its template: no second copy of the weights, no template left
     in either place transformers keeps one."""
-    from lab_utils import merge
+    from lab_utils.models import merge
 
     src = tmp_path / "merged"
     src.mkdir()

@@ -16,11 +16,12 @@ import pytest
 import torch
 import yaml
 
-from lab_utils import data, merge, train
+from lab_utils import data, train
 from lab_utils.core.hardware import DESCRIBED, probe
 from lab_utils.core.paths import REPO_ROOT, recipe
 from lab_utils.core.profiles import get_profile
 from lab_utils.lab import config_file, runconfig
+from lab_utils.models import merge
 
 pytestmark = pytest.mark.slow
 POCKET = get_profile("pocket")

@@ -76,15 +76,19 @@ def hf_answers(
     load: EvalLoad,
 ) -> tuple[list[Answer], float, float]:
     """transformers greedy answers (the reference), its tokens/s one prompt at a time forced to `bench_max_tokens` (as
-    the servers' load test), and the memory the model added to this process (MB). Loaded as `load` says: NF4 where a
-    QLoRA profile evaluates so (its 16-bit 8B does not fit the 16 GB GPU it is for: issue 19, C6)."""
+    the servers' load test), and the memory the model added (MB): the process's resident memory on a CPU, the GPU's
+    allocated memory on a GPU (where the host's hardly moves). Loaded as `load` says: NF4 where a QLoRA profile
+    evaluates so (its 16-bit 8B does not fit the 16 GB GPU it is for: issue 19, C6)."""
     import time
 
     import psutil
+    import torch
 
-    before = psutil.Process().memory_info().rss
+    gpu = load.device == "cuda"
+    used = (lambda: torch.cuda.memory_allocated()) if gpu else (lambda: psutil.Process().memory_info().rss)  # noqa: E731
+    before = used()
     model, tokenizer = load_for_eval(model_dir, load)
-    resident = round((psutil.Process().memory_info().rss - before) / 1e6, 1)
+    resident = round((used() - before) / 1e6, 1)
     try:
         out = []
         for prompt in prompts:

@@ -111,6 +111,11 @@ class EvalLoad:
     four_bit: bool = False
     compute_dtype: str = "bfloat16"
 
+    @property
+    def precision(self) -> str:
+        """How the weights are held, in short: nf4, fp32, bf16 or fp16."""
+        return "nf4" if self.four_bit else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.dtype]
+
 
 def eval_load(machine: Hardware, decision: Hardware, four_bit: bool = False) -> EvalLoad:
     """fp32 on a CPU, the 16-bit compute dtype on a GPU (`machine`, the one the process runs on); NF4's compute dtype is
