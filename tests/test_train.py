@@ -126,32 +126,13 @@ def test_an_interrupted_recipe_resumes_to_the_same_step(
     assert steps[-1] == 12 and len(steps) == len(set(steps)), "the resumed history ends at 12, no step twice"
 
 
-def test_the_recipe_frees_the_trained_model_and_merges_with_template_eos_and_no_quantization(
-    pocket_config: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_recipes_merge_has_template_eos_and_no_quantization(
+    pocket_config: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    import gc
-    import weakref
-
-    sft, loaded, alive = recipe("sft"), [], []
-    real = sft.AutoModelForCausalLM
-
-    class Watched:  # every model the recipe loads, and which earlier ones are alive when the next loads
-        @staticmethod
-        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
-            alive.append([r() is not None for r in loaded])
-            model = real.from_pretrained(*args, **kwargs)
-            loaded.append(weakref.ref(model))
-            return model
-
-    monkeypatch.setattr(sft, "AutoModelForCausalLM", Watched)
+    """The merged folder vLLM serves. (That the trained model is freed before the merge loads the base, issue 19's C4,
+    is checked on the recipe by the GPU check's lora20 stage, whose CPU run is in tests/test_gpu_check.py.)"""
     path = config_for(pocket_config[0], tmp_path, max_steps=3, save_steps=100, eval_steps=100, merge=True)
-    gc.disable()  # freed by the recipe itself (its references dropped, its collection), not by a lucky collection
-    try:
-        sft.main(["--config", str(path)])
-    finally:
-        gc.enable()
-    # Issue 19, C4: TRL's rebound forward keeps the model alive after `del trainer` until a collection.
-    assert alive == [[], [False]], "the trained model is freed before the merge loads the base"
+    recipe("sft").main(["--config", str(path)])
     out = tmp_path / "run" / "merged"
     facts = merge.check_merged(out)
     assert facts["safetensors_only"] is True and facts["has_quantization_config"] is False
