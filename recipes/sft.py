@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM with TRL's SFTTrainer (LoRA, QLoRA or full) from a run's config file, merge it, ask it one question.
+"""Fine-tune a causal LM with TRL's SFTTrainer (LoRA, QLoRA or full) from a run's config file, ask it one question, merge.
 
 Usage: python recipes/sft.py --config runs/latest/config.yaml [--data my.jsonl] [--output-dir out] [--max-steps N]
 
@@ -119,6 +119,15 @@ def build(config: dict, name: str = "the config", **changes) -> tuple[SFTTrainer
     return trainer, tok, train
 
 
+def ask(model, tok) -> None:
+    """One greedy answer to the seed question, prompted through the chat template exactly as a server will."""
+    text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(model.device)  # the template writes BOS
+    new = model.eval().generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    answer = tok.decode(new, skip_special_tokens=True)
+    print(f"{QUESTION!r} -> {answer!r} ({len(new)} new tokens, stopped at EOS: {new[-1].item() == tok.eos_token_id})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, train, save, merge and ask."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -159,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
             f"trainable parameters; eval loss {shown} -> {after:.4f}"
         )
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    tok.chat_template = config["merge"]["chat_template"]  # chat messages rendered to the training prompt, BOS first
+    if is_main and trainer.args.world_size == 1:  # the trained model answers where it trained (a shard cannot alone)
+        ask(trainer.model, tok)
 
     # Save the adapter whole, then rename it into place: every rank saves (FSDP and ZeRO-3 gather the weights).
     partial = out / "adapter.partial"
@@ -191,20 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     merged.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
     )
-    tok.chat_template = config["merge"]["chat_template"]  # chat messages rendered to the training prompt, BOS first
     shutil.rmtree(out / "merged.partial", ignore_errors=True)
     merged.save_pretrained(str(out / "merged.partial"))  # safetensors
     tok.save_pretrained(str(out / "merged.partial"))  # tokenizer files and chat_template.jinja
     shutil.rmtree(out / "merged", ignore_errors=True)
     (out / "merged.partial").rename(out / "merged")
-
-    # One greedy answer, prompted through the chat template exactly as a server will.
-    merged = merged.to("cpu" if config["sft"]["use_cpu"] else "cuda").eval()
-    text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
-    inputs = tok(text, add_special_tokens=False, return_tensors="pt").to(merged.device)  # the template writes BOS
-    new = merged.generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
-    answer = tok.decode(new, skip_special_tokens=True)
-    print(f"{QUESTION!r} -> {answer!r} ({len(new)} new tokens, stopped at EOS: {new[-1].item() == tok.eos_token_id})")
 
 
 if __name__ == "__main__":

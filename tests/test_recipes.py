@@ -58,9 +58,9 @@ def test_recipe_is_standalone_and_short(path: Path) -> None:
     assert not outside, f"{path.name} imports {outside}: only the standard library and {sorted(ALLOWED)}"
     assert ast.get_docstring(tree) and "Usage:" in ast.get_docstring(tree), "a docstring with the usage line"
     lines = [line for line in source.splitlines() if line.strip()]
-    # sft.py checks your data, trains under one or several processes, saves and merges: about 160 lines of code, the
-    # rest its usage and the Alpaca prompt.
-    assert len(lines) <= 190, f"{path.name} has {len(lines)} non-blank lines: keep it readable top to bottom"
+    # sft.py checks your data, builds the trainer (which the lab's benchmark and sweep import), trains under one or
+    # several processes, asks, saves and merges: about 165 lines of code, the rest its usage and the Alpaca prompt.
+    assert len(lines) <= 195, f"{path.name} has {len(lines)} non-blank lines: keep it readable top to bottom"
 
 
 def test_sft_recipe_prompt_is_the_labs() -> None:
