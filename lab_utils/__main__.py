@@ -63,7 +63,7 @@ def _cmd_strip(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     """Print the hardware probe and the feature matrix."""
-    from lab_utils.core.hardware import feature_table
+    from lab_utils.core.features import feature_table
     from lab_utils.lab.runconfig import resolve
 
     cfg = resolve("auto")

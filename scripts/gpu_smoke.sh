@@ -80,7 +80,7 @@ import torch
 info |= {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
          "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
          "capability": list(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None}
-from lab_utils.core.hardware import flash_attn_importable
+from lab_utils.core.features import flash_attn_importable
 info["flash_attn_importable"] = flash_attn_importable()
 json.dump(info, open(os.path.join(os.environ["OUT"], "versions.json"), "w"), indent=2)
 print(json.dumps(info, indent=2))
@@ -92,10 +92,10 @@ step probe 120 "$PY" -m lab_utils probe
 step probe_json 180 "$PY" - <<'EOF'
 import json, os
 from lab_utils import serve
-from lab_utils.core import hardware, profiles
+from lab_utils.core import features, hardware, profiles
 hw = hardware.probe()
-out = {"hardware": hw.to_dict(), "features": hardware.feature_table(hw), "compute_dtype": hardware.compute_dtype(hw),
-       "fp8_mode": hardware.fp8_mode(hw), "flash_attention_usable": hardware.flash_attention_usable(hw)}
+out = {"hardware": hw.to_dict(), "features": features.feature_table(hw), "compute_dtype": hardware.compute_dtype(hw),
+       "fp8_mode": features.fp8_mode(hw), "flash_attention_usable": features.flash_attention_usable(hw)}
 for name in ("pocket", "llama3-8b"):
     spec = serve.spec_for(profiles.get_profile(name), hw, "/models/m", "m")
     out[f"serve_{name}"] = {"command": serve.build_command(spec, 8000, "KEY")[0][1:], "notes": list(spec.notes)}

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lab_utils.core.hardware import DESCRIBED, Hardware, feature_table, features, fp8_mode, probe
+from lab_utils.core.features import feature_table, features, fp8_mode
+from lab_utils.core.hardware import DESCRIBED, Hardware, probe
 from lab_utils.core.profiles import choose_profile
 
 FEATURE_NAMES = {"bf16", "fp8_serving", "bnb_4bit", "bnb_8bit_optim", "vllm", "flash_attention", "multi_gpu"}
@@ -201,7 +202,8 @@ def test_onednn_isa_cap_makes_bf16_emulated(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_probe_reports_native_bf16_with_its_reason() -> None:
-    from lab_utils.core.hardware import _bf16_feature, cpu_bf16_native
+    from lab_utils.core.features import _bf16_feature
+    from lab_utils.core.hardware import cpu_bf16_native
 
     hw = probe()
     assert (hw.bf16_native, hw.bf16_reason) == cpu_bf16_native()
@@ -214,18 +216,19 @@ def test_probe_reports_native_bf16_with_its_reason() -> None:
 @pytest.mark.cpu_only
 def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch: pytest.MonkeyPatch) -> None:
     from lab_utils import train
+    from lab_utils.core import features as features_mod
     from lab_utils.core import hardware
 
     h100 = DESCRIBED["h100"]
-    assert hardware._flash_attention_feature(h100).available  # the table: what the hardware allows
-    assert not hardware._flash_attention_feature(h100, installed=False).available
-    assert "does not import" in hardware._flash_attention_feature(h100, installed=False).detail
-    assert not hardware._flash_attention_feature(DESCRIBED["t4"], installed=True).available
-    spark = hardware._flash_attention_feature(DESCRIBED["dgx-spark"], installed=True)  # sm_121, flash_attn imports
+    assert features_mod._flash_attention_feature(h100).available  # the table: what the hardware allows
+    assert not features_mod._flash_attention_feature(h100, installed=False).available
+    assert "does not import" in features_mod._flash_attention_feature(h100, installed=False).detail
+    assert not features_mod._flash_attention_feature(DESCRIBED["t4"], installed=True).available
+    spark = features_mod._flash_attention_feature(DESCRIBED["dgx-spark"], installed=True)  # sm_121, flash_attn imports
     assert not spark.available and "Blackwell" in spark.detail, "issue 19: FA2 was picked on sm_121 when it imported"
-    monkeypatch.setattr(hardware, "flash_attn_importable", lambda: False)
-    assert hardware.flash_attention_usable(h100) is False  # installed but broken: training falls back
-    monkeypatch.setattr(hardware, "flash_attn_importable", lambda: True)
-    assert hardware.flash_attention_usable(h100) is True
+    monkeypatch.setattr(features_mod, "flash_attn_importable", lambda: False)
+    assert features_mod.flash_attention_usable(h100) is False  # installed but broken: training falls back
+    monkeypatch.setattr(features_mod, "flash_attn_importable", lambda: True)
+    assert features_mod.flash_attention_usable(h100) is True
     assert train.resolve_batching("auto", hardware.probe()) == "group_by_length"  # this CPU machine: no FlashAttention
     assert train.resolve_batching("auto", h100) == "padding_free"  # flash_attn imports (patched above)

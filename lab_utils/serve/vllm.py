@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lab_utils.core.hardware import DESCRIBED, Hardware, compute_dtype, fp8_mode
+from lab_utils.core.features import fp8_mode
+from lab_utils.core.hardware import DESCRIBED, Hardware, compute_dtype
 from lab_utils.core.profiles import Profile
 from lab_utils.serve.process import ServerError, ServerProcess, free_port, port_in_use, root_cause  # noqa: F401
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_utils.core.hardware import Hardware, compute_dtype, flash_attention_usable
+from lab_utils.core.features import flash_attention_usable
+from lab_utils.core.hardware import Hardware, compute_dtype
 from lab_utils.core.paths import atomic_write_json
 from lab_utils.core.profiles import Profile, TrainSettings
 from lab_utils.core.results import versions
