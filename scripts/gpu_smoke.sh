@@ -147,10 +147,10 @@ if has trl; then
 import json, os
 from pathlib import Path
 from lab_utils.core import hardware, profiles
-from lab_utils.train import memsweep
+from lab_utils.train import memsweep, sweepmodel
 from lab_utils.models.loading import resolve_model_path
 prof, hw = profiles.get_profile("pocket"), hardware.probe()
-model = memsweep.build_wide_model(Path(os.environ["SCRATCH"]) / "wide", resolve_model_path(prof))
+model = sweepmodel.build_wide_model(Path(os.environ["SCRATCH"]) / "wide", resolve_model_path(prof))
 rows = memsweep.sweep(str(model), prof.dataset, hw, steps=2, seq_len=128, log_dir=os.environ["OUT"])
 json.dump(rows, open(os.path.join(os.environ["OUT"], "memsweep.json"), "w"), indent=2, default=str)
 bad = [r["name"] for r in rows if r["ran"] and not r.get("peak_memory_mb")]

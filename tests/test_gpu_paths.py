@@ -17,7 +17,7 @@ from lab_utils.core.paths import REPO_ROOT as REPO
 from lab_utils.core.profiles import PROFILES
 from lab_utils.data import standin
 from lab_utils.models import memory, rehearsal
-from lab_utils.train import memsweep
+from lab_utils.train import memsweep, sweepmodel
 
 GPU_PROFILES = ["llama3-8b", "llama3-8b-qlora", "llama3-70b-qlora"]
 
@@ -80,9 +80,9 @@ def test_qlora_profile_evaluates_in_4bit_and_70b_does_not_merge() -> None:
 
 
 def test_sweep_skips_what_does_not_fit_the_target_gpu_and_sweeps_at_most_8b() -> None:
-    swept, why = memsweep.sweep_model("meta-llama/Meta-Llama-3-70B")
+    swept, why = sweepmodel.sweep_model("meta-llama/Meta-Llama-3-70B")
     assert swept == "meta-llama/Meta-Llama-3-8B" and "70B" in why
-    assert memsweep.sweep_model("meta-llama/Meta-Llama-3-8B") == ("meta-llama/Meta-Llama-3-8B", None)
+    assert sweepmodel.sweep_model("meta-llama/Meta-Llama-3-8B") == ("meta-llama/Meta-Llama-3-8B", None)
     dims = memory.dims_for_model(swept)
     gpu = DESCRIBED["rtx-4090"]
     budget = memsweep.memory_budget_mb(gpu)

@@ -32,7 +32,7 @@ LESSON_CALLS: dict[str, tuple[str, ...]] = {
         "merge_and_unload()",
         ".save_pretrained(",
     ),
-    "03_memory_optimizations": ("memsweep.arguments_table(",),
+    "03_memory_optimizations": ("memreading.arguments_table(",),
     "04_vllm_serving": ("command_line()", "vllm_serve_line()", "OpenAI(", "chat.completions.create("),
     "05_before_after": ("OpenAI(", "completions.create("),
     "06_export": ("gguf.GGUFWriter(", "writer.add_tensor(", "llama_model_quantize(", "command_line()"),

@@ -1,5 +1,6 @@
-"""Notebook 03's reading of the memory sweep, generated from the rows that ran (and its plot): what each technique changed in the
-measured peak beside what the estimator predicted, and which comparisons a run without some rows cannot make.
+"""Notebook 03's reading of the memory sweep, generated from the rows that ran: what each technique changed in the
+measured peak beside what the estimator predicted, and which comparisons a run without some rows cannot make; the
+plot, each row's library arguments, and where the estimator puts LoRA above full fine-tuning.
 
 Any subset of the nine configurations reads true (class mode runs 1, 3, 5, 7 and 8): a row is compared with the
 nearest row it builds on that ran, and the techniques in between are named together.
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab_utils.train.memsweep import CONFIGS
+from lab_utils.core.hardware import Hardware
+from lab_utils.models.loading import bnb_kwargs
+from lab_utils.models.memory import ModelDims
+from lab_utils.train.memsweep import BASE, CONFIGS, SweepConfig, estimate, sft_args
+from lab_utils.train.sft import lora_kwargs
 
 # Each row's parent (the row it adds its technique to, as memsweep.CONFIGS builds them) and what it adds. Row 6 is
 # row 4 with the paged optimizer; its parent here is row 5, so that 5 -> 6 isolates the paging.
@@ -161,3 +166,48 @@ def plot(rows: list[dict[str, Any]]) -> Any:
     fig.suptitle("What each technique buys: memory and speed on this machine")
     fig.tight_layout()
     return fig
+
+
+def lora_crossover_seq_len(dims: ModelDims, max_seq_len: int = 65536) -> int | None:
+    """The sequence length (in steps of 64, at the sweep's micro-batch) at which the estimator puts LoRA (row 7) at or
+    above full fine-tuning (row 1), both fp32 without checkpointing: LoRA's savings (gradients and optimizer state of
+    the frozen weights) are fixed while its extra activations (the adapters' dropped-out inputs) grow with the
+    tokens. None if not below `max_seq_len`."""
+    full, lora = BASE, CONFIGS[6]
+    for seq_len in range(64, max_seq_len + 1, 64):
+        if estimate(lora, dims, seq_len) >= estimate(full, dims, seq_len):
+            return seq_len
+    return None
+
+
+def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int, hardware: Hardware, machine: Hardware) -> Any:
+    """Each row as the library arguments it trains with, generated from the definitions that run (`settings` through
+    `train.sft_kwargs`, `lora_kwargs`, `models.bnb_kwargs`, for the run's decision `hardware` and `machine`):
+    `SFTConfig`'s values that differ from row 1, the `LoraConfig` and the `BitsAndBytesConfig`."""
+    import pandas as pd
+
+    def kwargs(config: SweepConfig) -> dict[str, Any]:
+        return sft_args(config, steps, seq_len, "out", hardware, machine)
+
+    base, rows = kwargs(BASE), []
+    for config in configs:
+        sft, settings = kwargs(config), config.settings(steps, seq_len)
+        lora = lora_kwargs(settings)
+        bnb = {
+            k: str(v).replace("torch.", "")
+            for k, v in bnb_kwargs(config.method, hardware).items()
+            if k != "load_in_4bit"
+        }
+        rows.append(
+            {
+                "configuration": config.name,
+                "SFTConfig (vs row 1)": ", ".join(f"{k}={v!r}" for k, v in sft.items() if base.get(k) != v) or "-",
+                "LoraConfig": f"r={lora['r']}, lora_alpha={lora['lora_alpha']}, all linear"
+                if config.method != "full"
+                else "-",
+                "BitsAndBytesConfig": ("load_in_4bit=True, " + ", ".join(f"{k}={v}" for k, v in bnb.items()))
+                if bnb
+                else "-",
+            }
+        )
+    return pd.DataFrame(rows).set_index("configuration")

@@ -21,13 +21,13 @@ from lab_utils.core.paths import recipe
 from lab_utils.core.profiles import TrainSettings
 from lab_utils.data.alpaca import clean, load_records, skips_bad_rows, to_prompt_completion
 from lab_utils.models.loading import bnb_kwargs, distinct_pad_token, load_kwargs
-from lab_utils.models.memory import ModelDims, dims_for_model, estimate_for_settings
-from lab_utils.models.pocket import PocketConfig, make_model
+from lab_utils.models.memory import ModelDims, estimate_for_settings
 from lab_utils.models.tiny import save_probe_model
 from lab_utils.train.forkserver import ForkServer, SweepWorkerError, serve  # noqa: F401
 from lab_utils.train.meter import PeakMemory
 from lab_utils.train.optstate import state_allocator
 from lab_utils.train.sft import lora_kwargs, sft_kwargs
+from lab_utils.train.sweepmodel import model_dims
 
 
 @dataclass(frozen=True)
@@ -103,84 +103,6 @@ CONFIGS: list[SweepConfig] = [
 ]
 
 
-def arguments_table(configs: list[SweepConfig], steps: int, seq_len: int, hardware: Hardware, machine: Hardware) -> Any:
-    """Each row as the library arguments it trains with, generated from the definitions that run (`settings` through
-    `train.sft_kwargs`, `lora_kwargs`, `models.bnb_kwargs`, for the run's decision `hardware` and `machine`):
-    `SFTConfig`'s values that differ from row 1, the `LoraConfig` and the `BitsAndBytesConfig`."""
-    import pandas as pd
-
-    def kwargs(config: SweepConfig) -> dict[str, Any]:
-        return sft_args(config, steps, seq_len, "out", hardware, machine)
-
-    base, rows = kwargs(BASE), []
-    for config in configs:
-        sft, settings = kwargs(config), config.settings(steps, seq_len)
-        lora = lora_kwargs(settings)
-        bnb = {
-            k: str(v).replace("torch.", "")
-            for k, v in bnb_kwargs(config.method, hardware).items()
-            if k != "load_in_4bit"
-        }
-        rows.append(
-            {
-                "configuration": config.name,
-                "SFTConfig (vs row 1)": ", ".join(f"{k}={v!r}" for k, v in sft.items() if base.get(k) != v) or "-",
-                "LoraConfig": f"r={lora['r']}, lora_alpha={lora['lora_alpha']}, all linear"
-                if config.method != "full"
-                else "-",
-                "BitsAndBytesConfig": ("load_in_4bit=True, " + ", ".join(f"{k}={v}" for k, v in bnb.items()))
-                if bnb
-                else "-",
-            }
-        )
-    return pd.DataFrame(rows).set_index("configuration")
-
-
-@dataclass(frozen=True)
-class WideModel:
-    """The wider pocket variant used for the sweep: big enough that the differences stand above the noise."""
-
-    hidden_size: int = 768
-    num_layers: int = 4
-    num_heads: int = 12  # head_dim 64
-    intermediate_size: int = 2048
-
-
-def build_wide_model(out: Path, tokenizer_dir: str, wide: WideModel = WideModel(), seed: int = 0) -> Path:
-    """Save a randomly initialised wide Llama (fp32 safetensors) with the pocket tokenizer; memory does not care
-    whether the weights were pretrained."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = make_model(
-        PocketConfig(
-            hidden_size=wide.hidden_size,
-            num_layers=wide.num_layers,
-            num_heads=wide.num_heads,
-            intermediate_size=wide.intermediate_size,
-            seed=seed,
-        ),
-        tok,
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
-def model_dims(model_dir: str) -> ModelDims:
-    """The sweep model's dimensions, from its config."""
-    from transformers import AutoConfig
-
-    return ModelDims.from_config(AutoConfig.from_pretrained(model_dir))
-
-
-def max_positions(model_dir: str) -> int:
-    """The longest sequence the sweep's model takes (its max_position_embeddings)."""
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
-
-
 def skip_reason(
     config: SweepConfig, hw: Any, estimate_mb: float | None = None, budget_mb: float | None = None
 ) -> str | None:
@@ -193,23 +115,6 @@ def skip_reason(
     if estimate_mb is not None and budget_mb is not None and estimate_mb > budget_mb:
         return f"estimated {estimate_mb / 1000:,.1f} GB > {budget_mb / 1000:,.1f} GB free on {hw.name}"
     return None
-
-
-# The largest model the sweep trains: nine configurations of a bigger one take hours, and most cannot fit anyway. A
-# larger base (70B) is swept on the 8B model of its family: the same techniques save the same shares.
-SWEEP_STAND_IN = "meta-llama/Meta-Llama-3-8B"
-MAX_SWEEP_PARAMS = 8.1e9
-
-
-def sweep_model(base_model: str) -> tuple[str, str | None]:
-    """The hub model the sweep trains for a profile's base, and a note when it is a smaller stand-in."""
-    dims = dims_for_model(base_model)
-    if dims is not None and dims.n_params() > MAX_SWEEP_PARAMS:
-        return SWEEP_STAND_IN, (
-            f"{base_model} has {dims.n_params() / 1e9:.0f}B parameters: the sweep trains {SWEEP_STAND_IN} instead "
-            "(the same techniques save the same shares; notebook 02 trains the real model)"
-        )
-    return base_model, None
 
 
 def memory_budget_mb(hw: Any) -> float:
@@ -255,18 +160,6 @@ def steps_for(config: SweepConfig, hw: Any, steps: int) -> tuple[int, str | None
 def estimate(config: SweepConfig, dims: ModelDims, seq_len: int) -> float:
     """The estimator's total for this configuration, in MB (from the same TrainSettings the run trains with)."""
     return estimate_for_settings(dims, config.settings(1, seq_len)).total_mb
-
-
-def lora_crossover_seq_len(dims: ModelDims, max_seq_len: int = 65536) -> int | None:
-    """The sequence length (in steps of 64, at the sweep's micro-batch) at which the estimator puts LoRA (row 7) at or
-    above full fine-tuning (row 1), both fp32 without checkpointing: LoRA's savings (gradients and optimizer state of
-    the frozen weights) are fixed while its extra activations (the adapters' dropped-out inputs) grow with the
-    tokens. None if not below `max_seq_len`."""
-    full, lora = BASE, CONFIGS[6]
-    for seq_len in range(64, max_seq_len + 1, 64):
-        if estimate(lora, dims, seq_len) >= estimate(full, dims, seq_len):
-            return seq_len
-    return None
 
 
 def select_configs(numbers: str) -> list[SweepConfig]:
