@@ -88,7 +88,7 @@ ALLOWED_QUESTIONS = {
     "lab_utils/train/meter.py": "measures: reads CUDA's peak where there is CUDA, else the process's memory",
     "lab_utils/train/memsweep.py": "measures: the free memory of the GPU the sweep runs on",
     "lab_utils/models/loading.py": "cleans up: free() returns cached CUDA memory where there is CUDA",
-    "lab_utils/models/pocket.py": "measures: records the machine a pocket model was built on",
+    "lab_utils/models/pocketbuild.py": "measures: records the machine a pocket model was built on",
 }
 
 

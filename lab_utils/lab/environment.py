@@ -8,7 +8,7 @@ from lab_utils.core.profiles import PROFILES
 from lab_utils.core.results import versions
 from lab_utils.course.quiz import is_interactive
 from lab_utils.models.memory import METHODS, MODEL_DIMS, ModelDims, estimate_training_memory, lora_params
-from lab_utils.models.pocket import PocketConfig
+from lab_utils.models.pocketbuild import PocketConfig
 
 __all__ = ["memory_calculator", "memory_table", "model_dims", "profiles_table", "versions_table"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.models.memory import ModelDims, dims_for_model
-from lab_utils.models.pocket import PocketConfig, make_model
+from lab_utils.models.pocketbuild import PocketConfig, make_model
 
 
 @dataclass(frozen=True)
