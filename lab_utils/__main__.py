@@ -212,7 +212,8 @@ def _cmd_answer_key(args: argparse.Namespace) -> int:
 def _cmd_quiz_scores(args: argparse.Namespace) -> int:
     """Print one row per learner folder: each notebook's score before and after, the gain, and the predictions' hits."""
     from lab_utils.core.paths import atomic_write_text
-    from lab_utils.course.quiz import SCORES_FILE, room_csv, room_rows, room_table
+    from lab_utils.course.quiz import SCORES_FILE
+    from lab_utils.course.room import room_csv, room_rows, room_table
 
     rows = room_rows(args.folders)
     if not rows:

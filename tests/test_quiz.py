@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lab_utils.__main__ import main
-from lab_utils.course import quiz
+from lab_utils.course import quiz, room
 from lab_utils.course.quizbank import BANK, BANK_FILE, NOTEBOOK_TITLES, Prediction, load_bank, lookup
 from lab_utils.lab import environment
 
@@ -282,8 +282,8 @@ def _room(tmp_path: Path) -> Path:
 def test_quiz_scores_gathers_a_rooms_run_folders_into_one_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    room = _room(tmp_path)
-    rows = quiz.room_rows([room])
+    folder = _room(tmp_path)
+    rows = room.room_rows([folder])
     assert list(rows) == ["alice/20261203-055344", "bob/run", "carol"]
     assert rows["alice/20261203-055344"]["02"] == {
         "before": 2,
@@ -296,14 +296,16 @@ def test_quiz_scores_gathers_a_rooms_run_folders_into_one_table(
     }
     assert rows["alice/20261203-055344"]["04"]["hit"] is False, "predicted A, the run's 6.3x is C"
     assert rows["bob/run"]["02"]["gain"] is None and rows["carol"]["02"]["hit"] is True
-    assert main(["quiz-scores", str(room)]) == 0
+    assert main(["quiz-scores", str(folder)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["learner", "02", "(of", "5)", "04", "(of", "5)", "predictions"]
     assert table[2].split() == ["alice/20261203-055344", "2→5", "+3", "✓", "1→4", "+3", "✗", "1", "of", "2"]
     assert table[3].split() == ["bob/run", "3→-", "-"] and table[4].split()[:3] == ["carol", "1→2", "+1"]
     assert table[-1].split() == ["room", "mean", "2→3.5", "+2", "1→4", "+3"]
     out = tmp_path / "room.csv"
-    assert main(["quiz-scores", str(room / "alice" / "20261203-055344"), str(room / "carol"), "--csv", str(out)]) == 0
+    assert (
+        main(["quiz-scores", str(folder / "alice" / "20261203-055344"), str(folder / "carol"), "--csv", str(out)]) == 0
+    )
     lines = out.read_text().splitlines()
     assert lines[0].startswith("learner,02_before,02_after,02_gain,02_of,02_predicted,02_band,02_hit,04_before")
     assert lines[1] == "20261203-055344,2,5,3,5,D,D,True,1,4,3,5,A,C,False,1,2"
