@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM with TRL's SFTTrainer (LoRA, QLoRA or full) from a run's config file, ask it one question, merge.
+"""Fine-tune a causal LM with TRL's SFTTrainer (LoRA, QLoRA or full) from a run's config file, ask it, merge it.
 
 Usage: python recipes/sft.py --config runs/latest/config.yaml [--data my.jsonl] [--output-dir out] [--max-steps N]
 
@@ -98,7 +98,7 @@ def fp32_adapters(model) -> int:
 
 
 def build(config: dict, name: str = "the config", **changes) -> tuple[SFTTrainer, AutoTokenizer, Dataset]:
-    """The tokenizer, the data, the SFTConfig (with `changes`), the model and the SFTTrainer, from the config's sections."""
+    """The tokenizer, the data, the SFTConfig (with `changes`), the model and the SFTTrainer, from the config."""
     tok = AutoTokenizer.from_pretrained(config["model"]["pretrained_model_name_or_path"])
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.pad_token = config["tokenizer"]["pad_token"]  # pad == EOS would mask EOS out of the labels (trl#1623)
@@ -162,10 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         shown = "not measured (sharded)" if before is None else f"{before:.4f}"
         how = trainer.accelerator.distributed_type.value  # NO, MULTI_CPU or MULTI_GPU (DDP), FSDP, DEEPSPEED
         trainable = sum(getattr(q, "ds_numel", q.numel()) for q in trainer.model.parameters() if q.requires_grad)
+        steps, world = f"{trainer.state.global_step} of {trainer.args.max_steps}", trainer.args.world_size
+        resumed = f", resumed from {Path(resume).name}" if resume else ""
         print(
-            f"{len(train)} examples; step {trainer.state.global_step} of {trainer.args.max_steps} on {trainer.args.world_size} "
-            f"process(es) ({how})" + (f", resumed from {Path(resume).name}" if resume else "") + f"; {trainable:,} "
-            f"trainable parameters; eval loss {shown} -> {after:.4f}"
+            f"{len(train)} examples; step {steps} on {world} process(es) ({how}){resumed}; {trainable:,} trainable "
+            f"parameters; eval loss {shown} -> {after:.4f}"
         )
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     tok.chat_template = config["merge"]["chat_template"]  # chat messages rendered to the training prompt, BOS first

@@ -232,3 +232,11 @@ def test_flash_attention_is_one_rule_for_the_table_and_for_training(monkeypatch:
     assert features_mod.flash_attention_usable(h100) is True
     assert train.resolve_batching("auto", hardware.probe()) == "group_by_length"  # this CPU machine: no FlashAttention
     assert train.resolve_batching("auto", h100) == "padding_free"  # flash_attn imports (patched above)
+
+
+def test_hardware_survives_a_json_round_trip() -> None:
+    """The memory sweep sends the run's hardware to its fork server's children as JSON (a tuple becomes a list)."""
+    import json
+
+    for hw in DESCRIBED.values():
+        assert Hardware.from_dict(json.loads(json.dumps(hw.to_dict()))) == hw

@@ -45,7 +45,8 @@ def code_cells(stem: str) -> list[str]:
 
 
 def test_import_linter_keeps_the_layers_and_finds_no_circles() -> None:
-    """`lint-imports` (contracts in pyproject.toml): core < data < models < train < serve < measure < course < lab, no cycles."""
+    """`lint-imports` (contracts in pyproject.toml): core < data < models < train < serve < measure < course < lab, and
+    no cycles."""
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert exe, "import-linter is in the [test] extra"
     out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)

@@ -94,7 +94,7 @@ def test_papermill_sees_every_parameter(path: Path) -> None:
 
 
 def test_code_passes_the_linter_and_the_formatter() -> None:
-    """ruff (configured in pyproject.toml) finds nothing, in the notebooks too, and `ruff format` would change nothing."""
+    """ruff (configured in pyproject.toml) finds nothing, in the notebooks too; `ruff format` would change nothing."""
     import shutil
     import subprocess
     import sys

@@ -43,6 +43,12 @@ class Hardware:
         """Plain-dict form, for printing and recording with a run."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Hardware:
+        """The inverse of `to_dict`, after JSON too (which turns the compute capability into a list)."""
+        cc = d.get("compute_capability")
+        return cls(**{**d, "compute_capability": tuple(cc) if cc else None})
+
 
 # --- probing the real machine -------------------------------------------------------------------------------------
 

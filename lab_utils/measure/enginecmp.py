@@ -84,8 +84,9 @@ def hf_answers(
     import psutil
     import torch
 
-    gpu = load.device == "cuda"
-    used = (lambda: torch.cuda.memory_allocated()) if gpu else (lambda: psutil.Process().memory_info().rss)  # noqa: E731
+    def used() -> int:
+        return torch.cuda.memory_allocated() if load.device == "cuda" else psutil.Process().memory_info().rss
+
     before = used()
     model, tokenizer = load_for_eval(model_dir, load)
     resident = round((used() - before) / 1e6, 1)

@@ -4,7 +4,6 @@ adapter unmerged, and a model for evaluation; the tokenizer with a pad token dis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lab_utils.core.hardware import Hardware, compute_dtype
@@ -137,14 +136,6 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def load_base_and_adapter(base_path: str, adapter_dir: str | Path, load: EvalLoad) -> Any:
-    """The base model as `load` says (in 4-bit NF4 where it says so, as QLoRA trained) with the adapter applied, not
-    merged."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(_from_pretrained(base_path, load), str(adapter_dir))
-
-
 def _from_pretrained(path: str, load: EvalLoad) -> Any:
     """A model's weights in `load`'s dtype, or in NF4."""
     import torch
@@ -157,7 +148,11 @@ def _from_pretrained(path: str, load: EvalLoad) -> Any:
 def load_for_eval(path: str, load: EvalLoad, adapter_dir: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) as `load` says (fp32 on a CPU, 16-bit on a GPU; NF4 for a QLoRA profile: an 8B model then
     takes ~6 GB instead of 16); with `adapter_dir`, base+adapter unmerged."""
-    model = load_base_and_adapter(path, adapter_dir, load) if adapter_dir else _from_pretrained(path, load)
+    from peft import PeftModel
+
+    model = _from_pretrained(path, load)
+    if adapter_dir:  # the adapter applied, not merged
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
     if load.device != "cpu" and not load.four_bit:  # bitsandbytes places a 4-bit model on the GPU itself
         model = model.to(load.device)
     return model, load_tokenizer(adapter_dir or path)

@@ -50,8 +50,8 @@ class SweepWorkerError(RuntimeError):
 class ForkServer:
     """A process that imports the training stack once, then forks one fresh child per configuration.
 
-    `with ForkServer(log, cuda) as server: server.run(config, ...)`. Children write their result to a pipe; their stdout and
-    stderr go to the log file. The server is stopped (with any child) when the block ends, even after an error."""
+    `with ForkServer(log, cuda) as server: server.run(config, ...)`. Children write their result to a pipe; their stdout
+    and stderr go to the log file. The server is stopped (with any child) when the block ends, even after an error."""
 
     def __init__(self, log_path: str | Path, cuda: bool, module: str = "lab_utils.train.memsweep") -> None:
         self.log_path = Path(log_path)

@@ -240,10 +240,7 @@ def run_config(
 def _run_request(request: dict[str, Any]) -> dict[str, Any]:
     """The fork server's child: one configuration of the sweep, as `sweep` requested it."""
     config = next(c for c in CONFIGS if c.name == request["config"])
-    hardware, machine = (
-        Hardware(**{**d, "compute_capability": tuple(d["compute_capability"] or ()) or None})
-        for d in (request["hardware"], request["machine"])
-    )  # JSON made the tuple a list
+    hardware, machine = Hardware.from_dict(request["hardware"]), Hardware.from_dict(request["machine"])
     return run_config(
         config, request["model"], request["data"], request["steps"], request["seq_len"], hardware, machine
     )

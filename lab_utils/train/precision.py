@@ -18,8 +18,8 @@ def trained_precision(trainer: Any) -> dict[str, Any]:
 
 def mixed_precision(settings: TrainSettings, hardware: Hardware) -> dict[str, bool]:
     """SFTConfig's precision flags: the profile's bf16 becomes fp16 autocast on a GPU below compute capability 8.0
-    (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off. A rehearsal
-    decides for its target GPU (`hardware`, the run's decision hardware): a T4 rehearsal trains in fp16 autocast on the CPU."""
+    (bf16 is emulated there), with the loss scaling fp16 needs; fp32 when the profile turns bf16 off. `hardware` is the
+    run's decision hardware: a T4 rehearsal trains in fp16 autocast on the CPU."""
     if not settings.bf16:
         return {"bf16": False, "fp16": False}
     fp16 = compute_dtype(hardware) == "float16"

@@ -130,7 +130,8 @@ def sft_kwargs(
 
 def model_kwargs(settings: TrainSettings, hardware: Hardware, machine: Hardware) -> dict[str, Any]:
     """`from_pretrained` arguments for the base model to train (besides QLoRA's `BitsAndBytesConfig`): its dtype (for
-    `hardware`), a 4-bit model's placement per rank, and FlashAttention-2 where padding-free batches use it (`machine`)."""
+    `hardware`), a 4-bit model's placement per rank, and FlashAttention-2 where padding-free batches use it
+    (`machine`)."""
     cuda = machine.device == "cuda"
     return load_kwargs(settings.method, settings.bf16, hardware, cuda, attention_for(settings, machine))
 
