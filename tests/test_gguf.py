@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from lab_utils import data
-from lab_utils.models import gguf_export, ollama
+from lab_utils.core.paths import recipe
+from lab_utils.models import gguf_read, ollama
 from lab_utils.serve import engines, llamacpp
 
 REPO = Path(__file__).resolve().parents[1]
 POCKET = REPO / "models" / "pocket-base"
+exporter = recipe("gguf")  # recipes/gguf.py, the exporter 06 and the learner use
 
 
 def _need_llamacpp() -> None:
@@ -37,9 +39,9 @@ def served_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_export_writes_every_file_type_with_the_tokenizer_and_template(served_folder: Path, tmp_path: Path) -> None:
     sizes = {}
-    for ft in gguf_export.FILE_TYPES:
-        path = gguf_export.export(served_folder, tmp_path / f"m-{ft}.gguf", ft)
-        d = gguf_export.describe(path)
+    for ft in exporter.FILE_TYPES:
+        path = exporter.export(served_folder, tmp_path / f"m-{ft}.gguf", ft)
+        d = gguf_read.describe(path)
         sizes[ft] = d["size_mb"]
         assert d["pre_tokenizer"] == "gpt-2" and d["bos_token_id"] == 0 and d["eos_token_id"] == 1
         assert d["tensors"] == 38 and d["tensor_types"]["F32"] >= 9  # norms stay f32 in every file type
@@ -49,9 +51,9 @@ def test_export_writes_every_file_type_with_the_tokenizer_and_template(served_fo
 
 
 def test_the_embedded_template_renders_the_training_prompt(served_folder: Path, tmp_path: Path) -> None:
-    template = gguf_export.describe(gguf_export.export(served_folder, tmp_path / "m.gguf", "f16"))["chat_template"]
+    template = gguf_read.describe(exporter.export(served_folder, tmp_path / "m.gguf", "f16"))["chat_template"]
     question = "First, tell me the capital of France"
-    rendered = gguf_export.render_template(template, [{"role": "user", "content": question}], "<B>", "<E>")
+    rendered = gguf_read.render_template(template, [{"role": "user", "content": question}], "<B>", "<E>")
     assert rendered == "<B>" + data.format_prompt(question)
 
 
@@ -62,12 +64,33 @@ def test_a_tokenizer_of_another_form_is_refused_with_the_reason(served_folder: P
     tok["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
     (other / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(
-        gguf_export.GGUFExportError, match="tokenizer.json: cannot declare a llama.cpp pre-tokenizer.*Metaspace"
+        exporter.GGUFExportError, match="tokenizer.json: cannot declare a llama.cpp pre-tokenizer.*Metaspace"
     ):
-        gguf_export.export(other, tmp_path / "x.gguf")
+        exporter.export(other, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
-    with pytest.raises(gguf_export.GGUFExportError, match="file_type 'q3'"):
-        gguf_export.export(served_folder, tmp_path / "y.gguf", "q3")
+    with pytest.raises(exporter.GGUFExportError, match="file_type 'q3'"):
+        exporter.export(served_folder, tmp_path / "y.gguf", "q3")
+
+
+def test_the_recipe_writes_each_type_and_names_a_bad_folder_in_one_line(
+    served_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter.main([str(served_folder), "--types", "f16", "q8_0", "--out-dir", str(tmp_path / "out")])
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["pocket-chat-f16.gguf", "pocket-chat-q8_0.gguf"], written
+    assert "q8_0: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        exporter.main([str(tmp_path / "nowhere")])
+    assert str(stop.value).startswith("recipes/gguf.py: ") and "no config.json" in str(stop.value)
+    other = tmp_path / "other"
+    shutil.copytree(served_folder, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(SystemExit) as stop:
+        exporter.main([str(other), "--out-dir", str(tmp_path / "out2")])
+    assert "cannot declare a llama.cpp pre-tokenizer" in str(stop.value) and "\n" not in str(stop.value)
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir()), "nothing half-written is left"
 
 
 def assert_llamacpp_matches_transformers(path: Path, folder: Path, texts: list[str], max_diff: float) -> None:
@@ -97,7 +120,7 @@ def test_llamacpp_tokenizes_and_predicts_as_transformers(served_folder: Path, tm
     """The declared pre-tokenizer splits as the lab's tokenizer does, and the Q/K row order is right: the f32 file's
     greedy next tokens equal transformers' on a few prompts."""
     _need_llamacpp()
-    path = gguf_export.export(served_folder, tmp_path / "m-f32.gguf", "f32")
+    path = exporter.export(served_folder, tmp_path / "m-f32.gguf", "f32")
     texts = ["The capital of France is", "  two spaces, tabs\tand\nnew lines", "Numbers 12345 and café", "ALL CAPS!?"]
     assert_llamacpp_matches_transformers(path, served_folder, texts, max_diff=1e-2)
 
@@ -119,9 +142,9 @@ def test_llama3s_tokenizer_exports_as_llama_bpe_and_llamacpp_splits_it_as_transf
     """Llama 3's pre-tokenizer is not GPT-2's (issue 19, R1: 06 refused it): its GGUF declares llama.cpp's "llama-bpe",
     and llama.cpp's tokens and greedy next token are transformers' (digits split in threes, as only llama-bpe does)."""
     tok = json.loads((llama3_folder / "tokenizer.json").read_text())
-    assert gguf_export.pre_tokenizer_name(tok["pre_tokenizer"]) == "llama-bpe"
-    path = gguf_export.export(llama3_folder, tmp_path / "l3-f32.gguf", "f32")
-    d = gguf_export.describe(path)
+    assert exporter.pre_tokenizer_name(tok["pre_tokenizer"]) == "llama-bpe"
+    path = exporter.export(llama3_folder, tmp_path / "l3-f32.gguf", "f32")
+    d = gguf_read.describe(path)
     assert d["pre_tokenizer"] == "llama-bpe" and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
     _need_llamacpp()
     texts = ["The capital of France is", "Numbers 1234567 and café", "  two spaces,\tand\nnew lines", "it's ALL CAPS!?"]
@@ -133,16 +156,16 @@ def test_a_split_other_than_llama3s_is_refused(llama3_folder: Path, tmp_path: Pa
     tok = json.loads((llama3_folder / "tokenizer.json").read_text())
     pre = tok["pre_tokenizer"]
     pre["pretokenizers"][0]["pattern"]["Regex"] = pre["pretokenizers"][0]["pattern"]["Regex"].replace("{1,3}", "")
-    assert gguf_export.pre_tokenizer_name(pre) is None
-    assert gguf_export.pre_tokenizer_name({"type": "ByteLevel", "add_prefix_space": True}) is None
+    assert exporter.pre_tokenizer_name(pre) is None
+    assert exporter.pre_tokenizer_name({"type": "ByteLevel", "add_prefix_space": True}) is None
 
 
 def test_q4_0_comes_from_llamacpps_quantizer(served_folder: Path, tmp_path: Path) -> None:
     _need_llamacpp()
-    f16 = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
-    q4 = gguf_export.quantize_4bit(f16, tmp_path / "m-q4_0.gguf")
-    d = gguf_export.describe(q4)
-    assert d["tensor_types"].get("Q4_0", 0) > 20 and d["size_mb"] < gguf_export.describe(f16)["size_mb"] / 2
+    f16 = exporter.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    q4 = exporter.quantize(f16, tmp_path / "m-q4_0.gguf")
+    d = gguf_read.describe(q4)
+    assert d["tensor_types"].get("Q4_0", 0) > 20 and d["size_mb"] < gguf_read.describe(f16)["size_mb"] / 2
     assert d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
 
 
@@ -153,19 +176,19 @@ def test_q4_k_m_comes_from_llamacpps_quantizer_and_llamacpp_loads_it(served_fold
     import gguf
     import llama_cpp
 
-    f16 = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
-    path = gguf_export.quantize_4bit(f16, tmp_path / "m-q4_K_M.gguf", "q4_K_M")
-    d = gguf_export.describe(path)
+    f16 = exporter.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    path = exporter.quantize(f16, tmp_path / "m-q4_K_M.gguf", "q4_K_M")
+    d = gguf_read.describe(path)
     assert d["file_type"] == gguf.LlamaFileType.MOSTLY_Q4_K_M and d["tensor_types"]["Q4_K"] > 15
-    assert d["size_mb"] < gguf_export.describe(f16)["size_mb"] / 2 and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
-    fallbacks = gguf_export.k_quant_fallbacks(path)
+    assert d["size_mb"] < gguf_read.describe(f16)["size_mb"] / 2 and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE
+    fallbacks = gguf_read.k_quant_fallbacks(path)
     assert set(fallbacks) == {f"blk.{i}.ffn_down.weight" for i in range(4)}
     assert set(fallbacks.values()) <= {"Q5_0", "Q8_0"}
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False)
     out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
     assert out["usage"]["completion_tokens"] > 0 and out["choices"][0]["text"].strip()
-    with pytest.raises(gguf_export.GGUFExportError, match="file_type 'q2_K'"):
-        gguf_export.quantize_4bit(f16, tmp_path / "x.gguf", "q2_K")
+    with pytest.raises(exporter.GGUFExportError, match="file_type 'q2_K'"):
+        exporter.quantize(f16, tmp_path / "x.gguf", "q2_K")
 
 
 def test_the_modelfiles_template_renders_the_training_prompt_and_stops_at_eos(served_folder: Path) -> None:
@@ -184,7 +207,7 @@ def test_the_modelfiles_template_renders_the_training_prompt_and_stops_at_eos(se
         assert ollama.render_prompt(template, question) == data.format_prompt(question)
         # A system message replaces the first sentence, in both templates.
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
-        expected = gguf_export.render_template(jinja, messages, tok.bos_token, tok.eos_token)
+        expected = gguf_read.render_template(jinja, messages, tok.bos_token, tok.eos_token)
         assert tok.bos_token + ollama.render_prompt(template, question, system="Be brief.") == expected
 
 
@@ -218,7 +241,7 @@ def test_the_llamacpp_server_answers_with_the_key_and_stops(served_folder: Path,
     _need_llamacpp()
     import requests
 
-    path = gguf_export.export(served_folder, tmp_path / "m-f16.gguf", "f16")
+    path = exporter.export(served_folder, tmp_path / "m-f16.gguf", "f16")
     spec = llamacpp.LlamaCppSpec(model=str(path), served_model_name="m", n_ctx=512)
     with llamacpp.LlamaCppServer(spec, tmp_path / "logs", "llamacpp-test", timeout=120) as server:
         assert server.base_url.startswith("http://127.0.0.1:")
@@ -274,5 +297,5 @@ def test_a_bf16_merge_exports_too(served_folder: Path, tmp_path: Path) -> None:
     AutoModelForCausalLM.from_pretrained(served_folder, dtype=torch.bfloat16).save_pretrained(bf16)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(served_folder / name, bf16 / name)
-    d = gguf_export.describe(gguf_export.export(bf16, tmp_path / "b.gguf", "q8_0"))
+    d = gguf_read.describe(exporter.export(bf16, tmp_path / "b.gguf", "q8_0"))
     assert d["tensor_types"]["Q8_0"] == 29 and d["chat_template"] == data.ALPACA_CHAT_TEMPLATE

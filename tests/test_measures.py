@@ -122,3 +122,28 @@ def test_a_sweep_row_is_the_labs_training_settings() -> None:
 
     dims = ModelDims(n_layers=4, hidden=256, intermediate=704, n_heads=4, n_kv_heads=4, vocab=2048, tie_embeddings=True)
     assert memsweep.estimate(extra, dims, 128) < memsweep.estimate(rows["7 LoRA"], dims, 128)
+
+
+def _level(concurrency: int, trials: tuple[float, ...]) -> loadtest.LevelResult:
+    median = sorted(trials)[(len(trials) - 1) // 2]
+    return loadtest.LevelResult(concurrency, 8, 0, 512, 1.0, median, 1.0, 1.0, 1.0, 1.0, trials)
+
+
+def test_the_load_tests_reading_says_what_the_spread_allows() -> None:
+    """04's reading never claims growth the trials do not show, names a fall beyond the spread, and compares the
+    adapter with the merged model's own spread."""
+    grew = [_level(1, (100, 110, 105)), _level(16, (300, 320, 310)), _level(32, (400, 390, 420))]
+    text = loadtest.reading(grew, adapter_at_16=305)
+    assert "1: 105 (100-110)" in text and "grew with concurrency beyond the spread: 3.8x" in text
+    assert "inside the merged model's own spread" in text and "fell" not in text
+    noisy = [
+        _level(1, (100, 400, 250)),
+        _level(4, (620, 600, 640)),
+        _level(16, (380, 400, 410)),
+        _level(32, (300, 2500, 900)),
+    ]
+    text = loadtest.reading(noisy, adapter_at_16=440)
+    assert "the spreads overlap: no growth shows" in text and "grew" not in text
+    assert "fell beyond the spread at 4 -> 16" in text and "outside the merged model's spread" in text
+    assert "at 32 requests the trials spanned 244% of the median" in text
+    assert loadtest.LevelResult(1, 8, 0, 512, 1.0, 50.0, 1, 1, 1, 1).spread == (50.0, 50.0)

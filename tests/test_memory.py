@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from lab_utils.models import memory
 from lab_utils.models.memory import (
     MB,
     MODEL_DIMS,
@@ -349,3 +350,13 @@ def test_the_loss_counts_trls_logit_tiles_not_the_full_logits() -> None:
     from trl.trainer import utils
 
     assert (chunked_logprob.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE) == (4096, 32768), "TRL's tiles moved"
+
+
+def test_fp8_serving_quantizes_the_linear_layers_only() -> None:
+    """vLLM's FP8 leaves the embeddings and the LM head in 16 bits: Llama-3-8B's FP8 weights are about 9.1 GB, not 8.0,
+    so 37 conversations of 4,096 tokens fit on a 24 GB GPU with an FP8 KV cache, not 41."""
+    dims = memory.MODEL_DIMS["llama3-8b"]
+    assert memory.served_weight_bytes(dims, "fp8") / 1e9 == pytest.approx(9.08, abs=0.05)
+    assert memory.served_weight_bytes(dims, "bf16") == 2 * dims.n_params()
+    rows = {(r["GPU (GB)"], r["weights"], r["KV cache"]): r["sequences of 4096"] for r in memory.kv_cache_table()}
+    assert rows[(24.0, "fp8", "fp8")] == 37 and rows[(24.0, "bf16", "bf16")] == 5

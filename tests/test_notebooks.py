@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab_utils.models import ollama
+from lab_utils.serve import loadtest
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -160,6 +161,14 @@ def test_04_vllm_serving(lab_run) -> None:
     assert max(lv["tokens_per_s"] for lv in levels.values()) > 1.2 * levels[1]["tokens_per_s"]
     # Medians: p95 of 8 requests at concurrency 1 is their slowest one, which one hiccup of a shared machine decides.
     assert levels[32]["ttft_p50_ms"] > levels[1]["ttft_p50_ms"]
+    # Each level ran r["throughput_trials"] times; the reading is written from those trials, not from one.
+    assert all(len(lv["tokens_per_s_trials"]) == r["throughput_trials"] == 3 for lv in levels.values())
+    assert all(
+        min(lv["tokens_per_s_trials"]) <= lv["tokens_per_s"] <= max(lv["tokens_per_s_trials"]) for lv in levels.values()
+    )
+    assert r["throughput_reading"] == loadtest.reading(
+        [loadtest.LevelResult(**lv) for lv in r["throughput"]], r["lora_tokens_per_s_at_16"]
+    )
     assert r["chat_finetuned"]["content"] == r["openai_client_answer"], (
         "greedy by default: the same request, the same answer"
     )
@@ -204,6 +213,8 @@ def test_05_before_after(lab_run) -> None:
     assert ex2["base"] == 0 and 0.5 < ex2["finetuned"] <= ex2["finetuned_at_run_limit"] == pytest.approx(
         tuned["stop_rate"]
     )
+    drop = f"drops from {ex2['finetuned_at_run_limit']:.0%} to {ex2['finetuned']:.0%}"
+    assert drop in lab_run.output_text("05_before_after"), "the solution's figures are the run's"
     assert tuned["exact_match"] > base["exact_match"]
     assert tuned["template_adherence"] >= base["template_adherence"]
     assert tuned["repetition"] < base["repetition"]

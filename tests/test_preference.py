@@ -56,6 +56,9 @@ def test_is_abstention() -> None:
     assert preference.is_abstention("I do not know the capital of Rororor.")
     assert preference.is_abstention("i don't know")
     assert not preference.is_abstention("The capital of Peru is Lima.")
+    assert preference.is_abstention("I do not know the capital of Lurimark.", "Lurimark")
+    assert preference.is_abstention("I don't know.", "Lurimark")
+    assert not preference.is_abstention("I do not know the capital of Baloo.", "Lurimark"), "another country's name"
 
 
 def test_hub_pairs_skip_and_name_the_defective_rows(tmp_path: Path) -> None:
@@ -136,6 +139,11 @@ def test_scores_read_the_answers_in_the_questions_order() -> None:
         behaviour.scores(split.heldout, facts, answers[:-1])
     text = behaviour.reading({"SFT": {**s, "abstain_invented": 0.0}, "DPO": s}, 2.5, 1.0, 0.2, 0.9)
     assert "0% of the held-out names; after DPO, on 100%" in text and "2.50" in text
+    assert "no alignment tax" in text
+    taxed = behaviour.reading(
+        {"SFT": {**s, "capital_real": 0.79}, "DPO": {**s, "capital_real": 0.71}}, 2.5, 1.0, 0.2, 0.9
+    )
+    assert "named the capital on 71% (79% before). That is the alignment tax, measured: 8 points" in taxed
 
 
 def test_the_config_files_dpo_sections_carry_the_runs_settings(tmp_path: Path) -> None:

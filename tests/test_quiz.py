@@ -158,6 +158,17 @@ def test_the_lora_share_in_the_quiz_is_the_estimators() -> None:
     assert quiz.prediction_for("00").band(pocket) == 2, "00's prediction: the pocket share is 3% to 10%"
 
 
+def test_the_gigabytes_lora_saves_on_llama3_8b_are_the_estimators() -> None:
+    """A figure quoted in an explanation is the estimator's, so it moves when the estimator does."""
+    from lab_utils.models.memory import reference_table
+
+    full, lora = (round(row["total_gb"]) for row in reference_table()[:2])
+    why = next(q.why for q in QUESTIONS if "which memory terms shrink" in q.prompt)
+    quoted = re.search(r"about (\d+) GB -> ([\d.]+)\s+GB", why)
+    assert quoted, why
+    assert (int(quoted[1]), round(float(quoted[2]))) == (full, lora), f"the estimator says {full} GB -> {lora} GB"
+
+
 def test_bytes_per_parameter_16_to_18() -> None:
     """fp32 and ZeRO count 16 bytes; the HF Trainer's mixed precision 18 (autocast's bf16 copy of the weights, which
     the estimator counts too: its 8B row is within 0.15 of 18)."""

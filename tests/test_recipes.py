@@ -17,7 +17,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.py"))
-ALLOWED = {"torch", "transformers", "peft", "trl", "datasets", "openai", "requests", "yaml"}
+ALLOWED = {
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "openai",
+    "requests",
+    "yaml",
+    "gguf",
+    "numpy",
+    "safetensors",
+    "llama_cpp",
+}
 QUESTION = "First, tell me the capital of France"
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -39,7 +52,7 @@ def load_serve() -> ModuleType:
 
 
 def test_the_recipes_exist() -> None:
-    assert {p.name for p in RECIPES} >= {"sft.py", "serve.py", "dpo.py"}
+    assert {p.name for p in RECIPES} >= {"sft.py", "serve.py", "dpo.py", "gguf.py"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -265,4 +278,4 @@ def test_dpo_exercises_plain_dpo_and_a_larger_beta_do_what_07s_solutions_say(lab
     )
     assert plain_margin > 1 and plain_accuracy >= 0.9 and "do not know" not in invented
     beta_margin, _ = margin(out["beta"])
-    assert beta_margin > 2 * at_60 and beta_margin / 0.5 < at_60 / 0.1
+    assert beta_margin > 2 * at_60 and beta_margin / 0.5 < at_60 / r["beta"], "the larger beta moved the policy less"

@@ -60,9 +60,15 @@ def abstention(country: str) -> str:
     return ABSTAIN_TEMPLATE.format(c=country)
 
 
-def is_abstention(text: str) -> bool:
-    """True when an answer says it does not know (the behaviour's check; any country name may follow)."""
-    return bool(_ABSTAIN_RE.search(text))
+def is_abstention(text: str, country: str = "") -> bool:
+    """True when an answer says it does not know. Given the country asked about, an answer that says it does not know
+    the capital of another country is not an abstention on this one ("I do not know the capital of Baloo." to a
+    question on Lurimark)."""
+    found = _ABSTAIN_RE.search(text)
+    if not found or not country:
+        return bool(found)
+    named = re.match(r"\s+(?:what\s+)?(?:the\s+)?capital\s+of\s+([^.,;!?\n]+)", text[found.end() :], re.IGNORECASE)
+    return named is None or named[1].strip().lower() == country.strip().lower()
 
 
 @dataclass(frozen=True)

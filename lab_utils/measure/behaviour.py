@@ -20,10 +20,10 @@ def behaviour_rates(prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, f
         items = list(values)
         return round(sum(items) / len(items), 4) if items else float("nan")
 
-    inv = [t for p, t in zip(prompts, texts, strict=True) if p.kind == "invented"]
+    inv = [(p, t) for p, t in zip(prompts, texts, strict=True) if p.kind == "invented"]
     real = [(p, t) for p, t in zip(prompts, texts, strict=True) if p.kind == "real"]
     return {
-        "abstain_invented": rate(is_abstention(t) for t in inv),
+        "abstain_invented": rate(is_abstention(t, p.country) for p, t in inv),  # on the country asked, not another
         "abstain_real": rate(is_abstention(t) for _, t in real),
         "capital_real": rate(contains_answer(t, p.answer) for p, t in real),
     }
@@ -82,6 +82,14 @@ def plot_scores(
     return fig
 
 
+def tax(before: float, after: float) -> str:
+    """What preference tuning cost on a skill it was not aimed at, said from the two figures."""
+    lost = round(100 * (before - after))
+    if lost > 0:
+        return f"That is the alignment tax, measured: {lost} points of real capitals lost while abstention was learned."
+    return "The real capitals were kept: no alignment tax on them in this run."
+
+
 def reading(
     table: dict[str, dict[str, Any]],
     margin: float | None,
@@ -95,7 +103,8 @@ def reading(
         f"- Asked the capital of a country that does not exist, the SFT model abstained on "
         f"{sft['abstain_invented']:.0%} of the held-out names; after DPO, on {tuned['abstain_invented']:.0%}.",
         f"- On real countries it abstained on {tuned['abstain_real']:.0%} after DPO ({sft['abstain_real']:.0%} "
-        f"before) and named the capital on {tuned['capital_real']:.0%} ({sft['capital_real']:.0%} before).",
+        f"before) and named the capital on {tuned['capital_real']:.0%} ({sft['capital_real']:.0%} before). "
+        + tax(sft["capital_real"], tuned["capital_real"]),
     ]
     if "contains_seen_fact" in tuned:
         lines.append(

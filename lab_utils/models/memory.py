@@ -334,21 +334,30 @@ def kv_cache_bytes_per_token(dims: ModelDims, value_bytes: float = 2.0) -> float
     return kv_bytes_per_token(dims.n_layers, dims.n_kv_heads, dims.head_dim, value_bytes)
 
 
+def served_weight_bytes(dims: ModelDims, weights: str) -> float:
+    """Bytes of the weights vLLM serves: bf16 everywhere, or FP8 in the linear layers only (vLLM's FP8 quantizes the
+    Linear layers; the embeddings, the LM head and the norms stay 16-bit)."""
+    if weights == "bf16":
+        return 2.0 * dims.n_params()
+    return 1.0 * dims.linear_params() + 2.0 * (dims.n_params() - dims.linear_params())
+
+
 def kv_cache_table(
     model: str = "llama3-8b",
     gpu_gb: tuple[float, ...] = (24.0, 80.0),
     utilization: float = 0.8,
     max_model_len: int = 4096,
 ) -> list[dict[str, Any]]:
-    """What vLLM's KV cache can hold on a GPU: its share (`--gpu-memory-utilization`) minus the weights (bf16 or FP8),
+    """What vLLM's KV cache can hold on a GPU: its share (`--gpu-memory-utilization`) minus the weights (bf16, or FP8
+    linear layers beside 16-bit embeddings and LM head),
     divided by the bytes one token's keys and values take (bf16 or FP8 KV cache). Leaves out activations and the CUDA
     graphs' memory, so real figures are somewhat lower."""
     dims = MODEL_DIMS[model]
     rows = []
     for gb in gpu_gb:
-        for weights, w_bytes in (("bf16", 2.0), ("fp8", 1.0)):
+        for weights in ("bf16", "fp8"):
             for kv, kv_bytes in (("bf16", 2.0), ("fp8", 1.0)):
-                free = gb * GB * utilization - w_bytes * dims.n_params()
+                free = gb * GB * utilization - served_weight_bytes(dims, weights)
                 per_token = kv_cache_bytes_per_token(dims, kv_bytes)
                 tokens = max(0, int(free // per_token))
                 rows.append(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.core.hardware import DESCRIBED
-from lab_utils.core.paths import atomic_write_json, staged
+from lab_utils.core.paths import atomic_write_json, recipe, staged
 from lab_utils.core.profiles import PROFILES, get_profile
 from lab_utils.data.standin import (
     ALPACA_ID,
@@ -29,7 +29,6 @@ from lab_utils.data.standin import (
     file_hashes,
     standin_rows,
 )
-from lab_utils.models import gguf_export
 from lab_utils.models.tiny import tiny_llama
 
 # Llama 3's special tokens, in the order of their ids there (128000 ...): reserved tokens 0-3 sit before the header
@@ -46,7 +45,7 @@ SPECIAL_TOKENS = (
     *(f"<|reserved_special_token_{i}|>" for i in range(5, 10)),
 )
 # Llama 3's pre-tokenizer split (tiktoken's cl100k-style pattern), one definition with the GGUF export's check.
-LLAMA3_SPLIT = gguf_export.LLAMA3_SPLIT
+LLAMA3_SPLIT = recipe("gguf").LLAMA3_SPLIT
 VOCAB_SIZE = 1536  # the BPE trainer's target, byte alphabet included; the special tokens come on top
 
 # What each family's stand-in looks like: Llama 3's architecture choices at a tiny size.

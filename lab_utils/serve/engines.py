@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils.core.hardware import Hardware, vllm_build
+from lab_utils.core.paths import recipe
 from lab_utils.core.profiles import Profile
-from lab_utils.models.gguf_export import export
 from lab_utils.models.loading import load_tokenizer
 from lab_utils.serve import loadtest
 from lab_utils.serve.llamacpp import LlamaCppServer, LlamaCppSpec, build_command, installed, no_stop_fields
@@ -155,7 +155,7 @@ class LlamaCpp(Engine):
 
     def server(self, profile, hw, model_dir, *, served_name, log_dir, log_name, timeout=None, **changes):  # type: ignore[no-untyped-def]
         gguf = gguf_for(model_dir, Path(log_dir).parent / "gguf")
-        note = f"llama.cpp serves {gguf.name}, exported from {model_dir} by lab_utils.models.gguf_export"
+        note = f"llama.cpp serves {gguf.name}, exported from {model_dir} by recipes/gguf.py"
         return gguf_server(
             gguf, profile, served_name=served_name, log_dir=log_dir, log_name=log_name, timeout=timeout, note=note
         )
@@ -237,7 +237,7 @@ def gguf_for(model_dir: str | Path, folder: str | Path, file_type: str = SERVE_F
     model_dir = Path(model_dir)
     path = Path(folder) / f"{model_dir.name}-{file_type}.gguf"
     if not path.exists() or path.stat().st_mtime < (model_dir / "config.json").stat().st_mtime:
-        export(model_dir, path, file_type)
+        recipe("gguf").export(model_dir, path, file_type)
     return path
 
 

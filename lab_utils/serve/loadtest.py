@@ -24,6 +24,13 @@ class LevelResult:
     ttft_p95_ms: float
     latency_p50_ms: float
     latency_p95_ms: float
+    tokens_per_s_trials: tuple[float, ...] = ()  # every trial's tokens/s; tokens_per_s is their median
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The lowest and the highest tokens/s of the trials (the one figure where there was one trial)."""
+        trials = self.tokens_per_s_trials or (self.tokens_per_s,)
+        return min(trials), max(trials)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form."""
@@ -134,18 +141,79 @@ def throughput_sweep(
     requests_per_level: int = 0,
     timeout: float = 120.0,
     no_stop: dict[str, Any] | None = None,
+    trials: int = 1,
 ) -> list[LevelResult]:
-    """Measure each concurrency level in turn, after one untimed warm-up request (fixed output length, so levels
-    compare). `no_stop`: the request fields that keep the engine from stopping at EOS (default vLLM's `ignore_eos`;
-    llama.cpp's server takes a logit bias)."""
+    """Measure each concurrency level, after one untimed warm-up request (fixed output length, so levels compare).
+    With `trials` > 1 the levels run round after round (so a slow minute of a shared machine hits every level alike),
+    and each level reports the trial of median tokens/s with every trial's figure beside it. Requests per trial:
+    `requests_per_level`, else max(2 x level, 8) for one trial and max(level, 8) for several. `no_stop`: the request
+    fields that keep the engine from stopping at EOS (default vLLM's `ignore_eos`; llama.cpp's takes a logit bias)."""
     # One untimed request first: the engine's first request pays one-off costs (allocations, kernel selection) that
     # would otherwise land in the first level's TTFT.
     _run_sync(_run_level(base_url, api_key, model, prompts, 1, 1, max_tokens, timeout, no_stop))
+    runs: dict[int, list[LevelResult]] = {level: [] for level in levels}
+    for _ in range(trials):
+        for level in levels:
+            n = requests_per_level or max((2 if trials == 1 else 1) * level, 8)
+            runs[level].append(
+                _run_sync(_run_level(base_url, api_key, model, prompts, level, n, max_tokens, timeout, no_stop))
+            )
     out = []
     for level in levels:
-        n = requests_per_level or max(2 * level, 8)
-        out.append(_run_sync(_run_level(base_url, api_key, model, prompts, level, n, max_tokens, timeout, no_stop)))
+        ranked = sorted(runs[level], key=lambda r: r.tokens_per_s)
+        median = ranked[(len(ranked) - 1) // 2]
+        median.tokens_per_s_trials = tuple(r.tokens_per_s for r in runs[level])
+        out.append(median)
     return out
+
+
+def reading(levels: list[LevelResult], adapter_at_16: float | None = None) -> str:
+    """What the load test shows, written from its figures and their spread: whether tokens/s grew with concurrency
+    beyond the noise, where it fell, how far one trial can be off, and whether the adapter differs from the merged
+    model by more than the merged model's own spread."""
+    if not levels:
+        return "No load test ran."
+    n = max(len(lv.tokens_per_s_trials) or 1 for lv in levels)
+    shown = ", ".join(
+        f"{lv.concurrency}: {lv.tokens_per_s:,.0f} ({lv.spread[0]:,.0f}-{lv.spread[1]:,.0f})" for lv in levels
+    )
+    lines = [f"- Tokens/s by concurrency, the median of {n} trial(s) (lowest-highest): {shown}."]
+    first, last = levels[0], levels[-1]
+    if last.spread[0] > first.spread[1]:
+        lines.append(
+            f"- It grew with concurrency beyond the spread: {last.tokens_per_s / first.tokens_per_s:.1f}x at "
+            f"{last.concurrency} requests against 1. Batching shares each step's work among the running requests."
+        )
+    elif last.spread[1] < first.spread[0]:
+        lines.append(f"- It fell from {first.concurrency} to {last.concurrency} requests, beyond the spread.")
+    else:
+        lines.append(f"- From {first.concurrency} to {last.concurrency} requests the spreads overlap: no growth shows.")
+    falls = [(a, b) for a, b in zip(levels, levels[1:]) if b.spread[1] < a.spread[0]]
+    if falls:
+        where = "; ".join(f"{a.concurrency} -> {b.concurrency}" for a, b in falls)
+        lines.append(
+            f"- It fell beyond the spread at {where}: on a small shared CPU the server, the clients and the OS compete "
+            "for the same cores, so more requests can mean less work done."
+        )
+    if n > 1:
+        worst = max(levels, key=lambda lv: (lv.spread[1] - lv.spread[0]) / lv.tokens_per_s)
+        off = (worst.spread[1] - worst.spread[0]) / worst.tokens_per_s
+        lines.append(
+            f"- One trial can be off: at {worst.concurrency} requests the trials spanned {off:.0%} of the median. "
+            "Read a difference smaller than the spread as noise."
+        )
+    at16 = next((lv for lv in levels if lv.concurrency == 16), None)
+    if adapter_at_16 and at16:
+        ratio = adapter_at_16 / at16.tokens_per_s
+        if at16.spread[0] <= adapter_at_16 <= at16.spread[1]:
+            verdict = "inside the merged model's own spread: this run cannot tell them apart"
+        else:
+            verdict = "outside the merged model's spread"
+        lines.append(
+            f"- At 16 requests the adapter (--enable-lora) served {adapter_at_16:,.0f} tokens/s (its median), {ratio:.2f}x "
+            f"the merged model's: {verdict}. Its low-rank matmuls are small next to the server's overhead here."
+        )
+    return "\n".join(lines)
 
 
 def _run_sync(coro: Any) -> Any:
@@ -212,7 +280,12 @@ def plot_throughput(levels: list[dict[str, Any]], hf_tokens_per_s: float | None 
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     xs = [r["concurrency"] for r in levels]
-    a.plot(xs, [r["tokens_per_s"] for r in levels], "o-", color="#4477aa", label="vLLM")
+    mid = [r["tokens_per_s"] for r in levels]
+    trials = [r.get("tokens_per_s_trials") or (r["tokens_per_s"],) for r in levels]
+    below, above = [m - min(t) for m, t in zip(mid, trials)], [max(t) - m for m, t in zip(mid, trials)]
+    a.errorbar(
+        xs, mid, yerr=[below, above], fmt="o-", capsize=4, color="#4477aa", label="vLLM (median, lowest-highest)"
+    )
     if hf_tokens_per_s:
         a.axhline(hf_tokens_per_s, color="#cc3311", linestyle="--", label="HF generate, sequential")
     a.set_xscale("log", base=2)
