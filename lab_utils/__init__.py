@@ -8,3 +8,9 @@ tests import a module from its stage (`from lab_utils.measure import evaluate`),
 """
 
 __version__ = "0.1.0"
+
+import logging
+
+# On CPUs with AVX512-BF16, bitsandbytes tries to fetch a 4-bit kernel from the Hugging Face hub when it is imported,
+# and warns when it cannot (offline, or no `kernels` package); its built-in kernel runs instead: noise in a classroom.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -6,12 +6,14 @@ The folder is what recipes/sft.py writes to OUT/merged. f32, f16 and q8_0 are wr
 library llama.cpp's own converter is built on); q4_0 and q4_K_M (Ollama's default) come from the f16 file through
 llama.cpp's own quantizer, where llama-cpp-python is installed. Each file is written to FILE.partial, then renamed.
 Serve one with `python recipes/serve.py OUT/gguf/merged-q8_0.gguf --engine llamacpp`.
-Not llama.cpp's `convert_hf_to_gguf.py`: it refuses a tokenizer it does not know by hash ("BPE pre-tokenizer was not
-recognized"); this export checks the tokenizer's form instead, and writes the tensors as that converter does.
+
+Not llama.cpp's `convert_hf_to_gguf.py`: it refuses tokenizers it does not know by hash ("BPE pre-tokenizer was not
+recognized"). This export checks the tokenizer's form instead, and writes the tensors as that converter does.
 """
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ import gguf
 import numpy as np
 from safetensors import safe_open
 
+# gguf warns about the tokenizer's sequence-pair template, which a causal LM never uses ("Unknown separator token").
+logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
 FT, Q8_0 = gguf.LlamaFileType, gguf.GGMLQuantizationType.Q8_0
 FILE_TYPES = {"f32": FT.ALL_F32, "f16": FT.MOSTLY_F16, "q8_0": FT.MOSTLY_Q8_0}
 # The 4-bit types llama.cpp's quantizer writes, by llama-cpp-python's constant: 06 makes each, so a new type is one entry.

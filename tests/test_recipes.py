@@ -73,7 +73,8 @@ def test_recipe_is_standalone_and_short(path: Path) -> None:
     lines = [line for line in source.splitlines() if line.strip()]
     # sft.py checks your data, builds the trainer (which the lab's benchmark and sweep import), trains under one or
     # several processes, asks, saves and merges: about 165 lines of code, the rest its usage and the Alpaca prompt.
-    assert len(lines) <= 195, f"{path.name} has {len(lines)} non-blank lines: keep it readable top to bottom"
+    # gguf.py checks the tokenizer and writes the header, the tensors and the 4-bit files: about 185 lines of code.
+    assert len(lines) <= 200, f"{path.name} has {len(lines)} non-blank lines: keep it readable top to bottom"
 
 
 def test_sft_recipe_prompt_is_the_labs() -> None:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.rehearsal, pyt
 SMALL = {  # test size: the flow and the decisions, not the figures
     "02_sft": {"benchmark_steps": 2, "n_merge_check": 2, "n_prompts": 8},
     "03_memory_optimizations": {"steps": 1},
-    "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16},
+    "04_vllm_serving": {"concurrency_levels": [1, 4], "requests_per_level": 4, "bench_max_tokens": 16, "trials": 1},
     "05_before_after": {"workers": 4, "n_prompts": 8},
     "06_export": {"n_prompts": 4, "requests_per_level": 2, "compare_vllm": False},
     "07_preference_tuning": {"n_invented": 8, "n_real": 4, "max_new_tokens": 16},

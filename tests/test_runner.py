@@ -173,3 +173,12 @@ def test_your_own_dataset_goes_to_the_notebooks_that_take_one() -> None:
     assert {k for k, p in given.items() if p.get("dataset") == "mine.jsonl"} == {"01", "02"}
     assert given["03"]["configs"] == "1,3,5,7,8" and given["00"] == {"profile": "pocket"}
     assert notebook_parameters(books[2], "auto") == {"profile": "auto"}
+
+
+def test_notebook_kernels_talk_over_unix_sockets_not_localhost_tcp() -> None:
+    """No kernel port on localhost for another user to reach, and no ipykernel warning on every notebook."""
+    import os
+
+    from lab_utils.lab.runner import local_kernel_manager
+
+    assert local_kernel_manager()().transport == ("tcp" if os.name == "nt" else "ipc")

@@ -28,11 +28,25 @@ TIMEOUT_HINTS = {
     "01_alpaca_data": "rebuild_pocket=False (use the shipped pocket model), n_check",
     "02_sft": "max_steps, benchmark_steps (0 skips the benchmark), n_eval_prompts, max_new_tokens",
     "03_memory_optimizations": "steps, seq_len, configs (a subset of the nine)",
-    "04_vllm_serving": "start_timeout_s, bench_max_tokens, the load-test levels",
+    "04_vllm_serving": "start_timeout_s, bench_max_tokens, the load-test levels, trials",
     "05_before_after": "n_prompts, max_tokens",
     "06_export": "n_prompts, requests_per_level, compare_vllm=False",
     "07_preference_tuning": "max_steps, max_new_tokens",
 }
+
+
+def local_kernel_manager() -> type:
+    """A kernel manager that talks to the notebook's kernel over Unix sockets (ZeroMQ's ipc) instead of localhost TCP:
+    no port for another user of the machine to reach, and no ipykernel warning on every notebook ("Kernel is running
+    over TCP without encryption"). TCP where Unix sockets do not exist (Windows)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "tcp" if os.name == "nt" else "ipc"
+
+    return LocalKernelManager
 
 
 class NotebookError(RuntimeError):
@@ -155,6 +169,7 @@ def execute_notebook(
                 execution_timeout=cell_timeout,
                 progress_bar=False,
                 report_mode=False,
+                kernel_manager_class=local_kernel_manager(),
             )
     except PapermillExecutionError as e:
         raise NotebookError(
