@@ -93,6 +93,19 @@ def test_the_right_answer_is_not_a_length_cue() -> None:
     assert len(shortest) <= len(QUESTIONS) / 3, f"the right answer is the shortest in {len(shortest)}"
 
 
+def test_no_absolute_word_gives_a_wrong_choice_away() -> None:
+    """Test-wise learners strike out the choice that says 'must', 'always', 'only', 'cannot' or 'never'. No item may
+    carry such a word in a wrong choice while its right one has none ('weight-only' is a term, not a cue)."""
+    absolute = re.compile(r"(?<!-)\b(must|always|only|cannot|never)\b", re.IGNORECASE)
+    cued = [
+        q.prompt[:60]
+        for q in QUESTIONS
+        if not absolute.search(q.choices[q.answer])
+        and any(absolute.search(c) for i, c in enumerate(q.choices) if i != q.answer)
+    ]
+    assert not cued, cued
+
+
 def test_choices_are_shuffled_per_stage_the_same_way_everywhere() -> None:
     raw = yaml.safe_load(BANK_FILE.read_text())
     for key, qz in BANK.items():
