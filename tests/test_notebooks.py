@@ -280,6 +280,9 @@ def test_06_export(lab_run) -> None:
     assert r["llamacpp_installed"] is True, "make test installs llama.cpp: the GGUF serving tests must not skip"
     files = r["gguf_files"]
     assert set(files) == {"f16", "q8_0", "q4_0", "q4_K_M"}
+    # Each file read back and dequantized against the fp32 weights: the error grows as the bits shrink, k-quant below q4_0.
+    err = {ft: e["mean_rel_error"] for ft, e in r["weight_errors"].items()}
+    assert err["f16"] < 1e-3 < err["q8_0"] < 1e-2 < err["q4_K_M"] < err["q4_0"] < 0.2, err
     assert files["f16"]["size_mb"] > files["q8_0"]["size_mb"] > files["q4_K_M"]["size_mb"] > files["q4_0"]["size_mb"]
     assert files["q8_0"]["tensor_types"]["Q8_0"] > 0 and files["f16"]["pre_tokenizer"] == "gpt-2"
     assert r["gguf_template_matches_training"] is True
@@ -405,6 +408,9 @@ def test_07_preference_tuning(lab_run) -> None:
     # The behaviour SFT gets wrong, fixed: abstention on held-out invented names rises by >= 0.3 and reaches >= 0.8.
     assert sft["abstain_invented"] <= 0.2 and base["abstain_invented"] <= 0.2
     assert tuned["abstain_invented"] >= 0.8 and tuned["abstain_invented"] >= sft["abstain_invented"] + 0.3
+    # Whether the abstentions name the country asked is measured apart, and the reading says which it was.
+    assert 0 <= tuned["abstain_invented_named"] <= tuned["abstain_invented"]
+    assert ("Each abstention names" in r["reading"]) == (tuned["abstain_invented_named"] >= tuned["abstain_invented"])
     # ... without over-refusal or lost knowledge: no abstention on real countries, facts kept within 0.05 of SFT's.
     assert tuned["abstain_real"] <= 0.1
     assert tuned["contains_seen_fact"] >= sft["contains_seen_fact"] - 0.05

@@ -139,7 +139,13 @@ def test_scores_read_the_answers_in_the_questions_order() -> None:
         behaviour.scores(split.heldout, facts, answers[:-1])
     text = behaviour.reading({"SFT": {**s, "abstain_invented": 0.0}, "DPO": s}, 2.5, 1.0, 0.2, 0.9)
     assert "0% of the held-out names; after DPO, on 100%" in text and "2.50" in text
-    assert "no alignment tax" in text
+    assert "no alignment tax" in text and "Each abstention names the country asked." in text
+    other = [_answer("I do not know the capital of Feloria.") for p in split.heldout if p.kind == "invented"]
+    wrong_name = behaviour.behaviour_rates([p for p in split.heldout if p.kind == "invented"], [a.text for a in other])
+    assert wrong_name["abstain_invented"] == 1.0 and wrong_name["abstain_invented_named"] == 0.0
+    assert "Only 0% name the country asked" in behaviour.reading(
+        {"SFT": s, "DPO": {**s, "abstain_invented": 1.0, "abstain_invented_named": 0.0}}, 2.5, 1, 0.2, 0.9
+    )
     taxed = behaviour.reading(
         {"SFT": {**s, "capital_real": 0.79}, "DPO": {**s, "capital_real": 0.71}}, 2.5, 1.0, 0.2, 0.9
     )

@@ -23,7 +23,9 @@ def behaviour_rates(prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, f
     inv = [(p, t) for p, t in zip(prompts, texts, strict=True) if p.kind == "invented"]
     real = [(p, t) for p, t in zip(prompts, texts, strict=True) if p.kind == "real"]
     return {
-        "abstain_invented": rate(is_abstention(t, p.country) for p, t in inv),  # on the country asked, not another
+        "abstain_invented": rate(is_abstention(t) for _, t in inv),
+        # ... naming the country asked (or none): a small model may learn the sentence with a training country in it
+        "abstain_invented_named": rate(is_abstention(t, p.country) for p, t in inv),
         "abstain_real": rate(is_abstention(t) for _, t in real),
         "capital_real": rate(contains_answer(t, p.answer) for p, t in real),
     }
@@ -82,6 +84,19 @@ def plot_scores(
     return fig
 
 
+def named(scores: dict[str, Any]) -> str:
+    """Whether the abstentions name the country asked, or another one: the sentence learned, or the copying too."""
+    said, right = scores["abstain_invented"], scores.get("abstain_invented_named", scores["abstain_invented"])
+    if not said:
+        return ""
+    if right >= said:
+        return "Each abstention names the country asked."
+    return (
+        f"Only {right:.0%} name the country asked: the others name another invented country, one from the training "
+        "pairs. The model learned the sentence, not to copy a name it never saw into it."
+    )
+
+
 def tax(before: float, after: float) -> str:
     """What preference tuning cost on a skill it was not aimed at, said from the two figures."""
     lost = round(100 * (before - after))
@@ -101,7 +116,8 @@ def reading(
     sft, tuned = table["SFT"], table["DPO"]
     lines = [
         f"- Asked the capital of a country that does not exist, the SFT model abstained on "
-        f"{sft['abstain_invented']:.0%} of the held-out names; after DPO, on {tuned['abstain_invented']:.0%}.",
+        f"{sft['abstain_invented']:.0%} of the held-out names; after DPO, on {tuned['abstain_invented']:.0%}. "
+        + named(tuned),
         f"- On real countries it abstained on {tuned['abstain_real']:.0%} after DPO ({sft['abstain_real']:.0%} "
         f"before) and named the capital on {tuned['capital_real']:.0%} ({sft['capital_real']:.0%} before). "
         + tax(sft["capital_real"], tuned["capital_real"]),

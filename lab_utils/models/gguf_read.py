@@ -61,3 +61,27 @@ def render_template(template: str, messages: list[dict[str, str]], bos: str, eos
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+
+
+def rounding_error(path: str | Path, reference: dict[str, Any]) -> dict[str, Any]:
+    """What a GGUF file's number format did to the weights: each tensor read back, dequantized with the `gguf` package's
+    own dequantizer, against the same tensor in fp32 (`reference`, by GGUF name, in the file's layout: what
+    `recipes/gguf.py`'s `tensors_for(model, "f32")` yields). The relative error ||file - fp32|| / ||fp32|| of each
+    tensor, then their mean, the worst tensor, and the bits the file spends per weight."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    errors, weights = {}, 0
+    for t in reader.tensors:
+        want = reference[t.name]
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        errors[t.name] = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+        weights += want.size
+    worst = max(errors, key=errors.__getitem__)
+    return {
+        "bits_per_weight": round(8 * Path(path).stat().st_size / weights, 2),
+        "mean_rel_error": float(np.mean(list(errors.values()))),
+        "worst_rel_error": errors[worst],
+        "worst_tensor": worst,
+    }
