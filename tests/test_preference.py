@@ -143,7 +143,7 @@ def test_scores_read_the_answers_in_the_questions_order() -> None:
     other = [_answer("I do not know the capital of Feloria.") for p in split.heldout if p.kind == "invented"]
     wrong_name = behaviour.behaviour_rates([p for p in split.heldout if p.kind == "invented"], [a.text for a in other])
     assert wrong_name["abstain_invented"] == 1.0 and wrong_name["abstain_invented_named"] == 0.0
-    assert "Only 0% name the country asked" in behaviour.reading(
+    assert "None names the country asked" in behaviour.reading(
         {"SFT": s, "DPO": {**s, "abstain_invented": 1.0, "abstain_invented_named": 0.0}}, 2.5, 1, 0.2, 0.9
     )
     taxed = behaviour.reading(

@@ -91,9 +91,10 @@ def named(scores: dict[str, Any]) -> str:
         return ""
     if right >= said:
         return "Each abstention names the country asked."
+    share = "None names" if right == 0 else f"Only {right:.0%} name"
     return (
-        f"Only {right:.0%} name the country asked: the others name another invented country, one from the training "
-        "pairs. The model learned the sentence, not to copy a name it never saw into it."
+        f"{share} the country asked: the others name another invented country, one from the training pairs. The "
+        "model learned the sentence, not to copy a name it never saw into it."
     )
 
 
