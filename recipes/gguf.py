@@ -12,6 +12,7 @@ recognized"). This export checks the tokenizer's form instead, and writes the te
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -160,11 +161,21 @@ def tensors_for(model_dir: str | Path, file_type: str) -> Iterator[tuple[str, np
                     yield name, gguf.quants.quantize(data, Q8_0), Q8_0
 
 
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """FILE.partial to write, renamed to FILE when the block completes: a crash never leaves half a file."""
+    tmp = Path(f"{path}.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export(model_dir: str | Path, out_path: str | Path, file_type: str = "f16") -> Path:
     """Write `model_dir` as one GGUF file of `file_type` (f32, f16 or q8_0): the writer calls notebook 06 shows."""
-    out_path, tmp = Path(out_path), Path(f"{out_path}.partial")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with staged(Path(out_path)) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")  # a GGUF file: key-value metadata, then the tensors
         add_metadata(writer, model_dir, file_type)
         for name, data, raw_dtype in tensors_for(model_dir, file_type):
@@ -173,10 +184,7 @@ def export(model_dir: str | Path, out_path: str | Path, file_type: str = "f16") 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out_path)  # complete: renamed into place
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_path
+    return Path(out_path)
 
 
 def check_quantized(status: int, source: str | Path) -> None:
@@ -195,13 +203,9 @@ def quantize(f16_path: str | Path, out_path: str | Path, file_type: str = "q4_0"
         return None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTIZED_TYPES[file_type])
-    out_path, tmp = Path(out_path), Path(f"{out_path}.partial")
-    try:
+    with staged(Path(out_path)) as tmp:
         check_quantized(llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params), f16_path)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_path
+    return Path(out_path)
 
 
 def main(argv: list[str] | None = None) -> None:

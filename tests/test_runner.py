@@ -179,6 +179,6 @@ def test_notebook_kernels_talk_over_unix_sockets_not_localhost_tcp() -> None:
     """No kernel port on localhost for another user to reach, and no ipykernel warning on every notebook."""
     import os
 
-    from lab_utils.lab.runner import local_kernel_manager
+    from lab_utils.lab.runner import LocalKernelManager
 
-    assert local_kernel_manager()().transport == ("tcp" if os.name == "nt" else "ipc")
+    assert LocalKernelManager().transport == ("tcp" if os.name == "nt" else "ipc")

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+
 from lab_utils.core.paths import REPO_ROOT
 from lab_utils.core.results import RESULTS_MIME, load_results
 from lab_utils.course.report import write_report
@@ -35,18 +37,14 @@ TIMEOUT_HINTS = {
 }
 
 
-def local_kernel_manager() -> type:
+class LocalKernelManager(AsyncKernelManager):
     """A kernel manager that talks to the notebook's kernel over Unix sockets (ZeroMQ's ipc) instead of localhost TCP:
     no port for another user of the machine to reach, and no ipykernel warning on every notebook ("Kernel is running
     over TCP without encryption"). TCP where Unix sockets do not exist (Windows)."""
-    from jupyter_client.manager import AsyncKernelManager
 
-    class LocalKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.transport = "tcp" if os.name == "nt" else "ipc"
-
-    return LocalKernelManager
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.transport = "tcp" if os.name == "nt" else "ipc"
 
 
 class NotebookError(RuntimeError):
@@ -169,7 +167,7 @@ def execute_notebook(
                 execution_timeout=cell_timeout,
                 progress_bar=False,
                 report_mode=False,
-                kernel_manager_class=local_kernel_manager(),
+                kernel_manager_class=LocalKernelManager,
             )
     except PapermillExecutionError as e:
         raise NotebookError(

@@ -274,15 +274,14 @@ def kv_cache_usage(base_url: str) -> dict[str, float]:
     return found
 
 
-def plot_throughput(levels: list[dict[str, Any]], hf_tokens_per_s: float | None = None, title: str = "") -> Any:
-    """Output tokens/s and TTFT against concurrency, with HF sequential generate as a reference line."""
+def plot_throughput(levels: list[LevelResult], hf_tokens_per_s: float | None = None, title: str = "") -> Any:
+    """Output tokens/s (the median, with the trials' spread) and TTFT against concurrency, with HF sequential
+    generate as a reference line."""
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    xs = [r["concurrency"] for r in levels]
-    mid = [r["tokens_per_s"] for r in levels]
-    trials = [r.get("tokens_per_s_trials") or (r["tokens_per_s"],) for r in levels]
-    below, above = [m - min(t) for m, t in zip(mid, trials)], [max(t) - m for m, t in zip(mid, trials)]
+    xs, mid = [lv.concurrency for lv in levels], [lv.tokens_per_s for lv in levels]
+    below, above = [m - lv.spread[0] for m, lv in zip(mid, levels)], [lv.spread[1] - m for m, lv in zip(mid, levels)]
     a.errorbar(
         xs, mid, yerr=[below, above], fmt="o-", capsize=4, color="#4477aa", label="vLLM (median, lowest-highest)"
     )
@@ -292,8 +291,8 @@ def plot_throughput(levels: list[dict[str, Any]], hf_tokens_per_s: float | None 
     a.set_xlabel("concurrent requests")
     a.set_ylabel("output tokens/s")
     a.legend()
-    b.plot(xs, [r["ttft_p50_ms"] for r in levels], "o-", label="TTFT p50")
-    b.plot(xs, [r["ttft_p95_ms"] for r in levels], "o--", label="TTFT p95")
+    b.plot(xs, [lv.ttft_p50_ms for lv in levels], "o-", label="TTFT p50")
+    b.plot(xs, [lv.ttft_p95_ms for lv in levels], "o--", label="TTFT p95")
     b.set_xscale("log", base=2)
     b.set_xlabel("concurrent requests")
     b.set_ylabel("ms")
