@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab_utils.core.paths import recipe
+
 K_SUPER_BLOCK = 256  # weights per k-quant super-block: a k-quant tensor's rows must be a multiple of it
 
 
@@ -63,20 +65,20 @@ def render_template(template: str, messages: list[dict[str, str]], bos: str, eos
     return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)
 
 
-def rounding_error(path: str | Path, reference: dict[str, Any]) -> dict[str, Any]:
+def rounding_error(path: str | Path, model_dir: str | Path) -> dict[str, Any]:
     """What a GGUF file's number format did to the weights: each tensor read back, dequantized with the `gguf` package's
-    own dequantizer, against the same tensor in fp32 (`reference`, by GGUF name, in the file's layout: what
-    `recipes/gguf.py`'s `tensors_for(model, "f32")` yields). The relative error ||file - fp32|| / ||fp32|| of each
-    tensor, then their mean, the worst tensor, and the bits the file spends per weight."""
+    own dequantizer, against the same tensor of `model_dir` in fp32, in the file's layout (`recipes/gguf.py`'s
+    `tensors_for`, one tensor at a time: an 8B model is never held whole). The relative error ||file - fp32|| / ||fp32||
+    of each tensor, then their mean, the worst tensor, and the bits the file spends per weight."""
     import gguf
     import numpy as np
 
-    reader = gguf.GGUFReader(str(path))
+    in_file = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}  # memory-mapped: read as each is compared
     errors, weights = {}, 0
-    for t in reader.tensors:
-        want = reference[t.name]
+    for name, want, _ in recipe("gguf").tensors_for(model_dir, "f32"):
+        t = in_file[name]
         got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
-        errors[t.name] = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+        errors[name] = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
         weights += want.size
     worst = max(errors, key=errors.__getitem__)
     return {
