@@ -144,6 +144,8 @@ def test_the_load_tests_reading_says_what_the_spread_allows() -> None:
     ]
     text = loadtest.reading(noisy, adapter_at_16=440)
     assert "the spreads overlap: no growth shows" in text and "grew" not in text
-    assert "fell beyond the spread at 4 -> 16" in text and "outside the merged model's spread: faster in this run" in text
+    assert (
+        "fell beyond the spread at 4 -> 16" in text and "outside the merged model's spread: faster in this run" in text
+    )
     assert "at 32 requests the trials spanned 244% of the median" in text
     assert loadtest.LevelResult(1, 8, 0, 512, 1.0, 50.0, 1, 1, 1, 1).spread == (50.0, 50.0)
